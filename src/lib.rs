@@ -1,0 +1,2 @@
+//! dbt-cloud-operator: run dbt Cloud jobs the Kubernetes way.
+pub mod crd;

@@ -1,0 +1,3 @@
+fn main() {
+    print!("{}", dbt_cloud_operator::crd::yaml());
+}
