@@ -1,0 +1,1245 @@
+//! The typed dbt Cloud API client.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE, USER_AGENT};
+use reqwest::{Method, StatusCode};
+use serde::de::DeserializeOwned;
+use url::Url;
+
+use super::error::DbtCloudError;
+use super::host::{default_allowed_suffixes, AccessHost};
+use super::rate_limit::AccountLimits;
+use super::types::{
+    bracket_list, Account, Envelope, Environment, ErrorEnvelope, Job, ListEnvironmentsParams,
+    ListJobsParams, ListProjectsParams, ListRunsParams, Page, Project, Run, RunFailureDetails,
+    TriggerRunRequest,
+};
+
+/// `User-Agent` sent with every request.
+pub const USER_AGENT_VALUE: &str = concat!("dbt-cloud-operator/", env!("CARGO_PKG_VERSION"));
+
+/// Largest page dbt Cloud serves.
+pub const MAX_PAGE_SIZE: u32 = 100;
+
+/// Upper bound on pages fetched by the `list_all_*` helpers (defensive).
+const MAX_PAGES: usize = 10_000;
+
+const ACCEPT_JSON: &str = "application/json";
+const ACCEPT_ARTIFACT: &str = "application/json, */*;q=0.5";
+
+/// Metrics hook, so this module does not depend on the metrics module.
+/// All methods default to doing nothing.
+pub trait ApiObserver: Send + Sync {
+    /// One HTTP attempt finished: `status` is `None` when no response arrived.
+    fn on_response(&self, endpoint: &'static str, status: Option<u16>, elapsed: Duration) {
+        let _ = (endpoint, status, elapsed);
+    }
+    /// The client waited `waited` for a rate-limiter permit.
+    fn on_rate_limit_wait(&self, waited: Duration) {
+        let _ = waited;
+    }
+    /// dbt Cloud answered 429.
+    fn on_throttled(&self) {}
+}
+
+/// An [`ApiObserver`] that ignores everything.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoopObserver;
+
+impl ApiObserver for NoopObserver {}
+
+/// Client settings (operator-level configuration, never from a custom resource).
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Timeout of one HTTP attempt, from connect to the end of the body.
+    pub request_timeout: Duration,
+    /// TCP/TLS connect timeout (used by [`http_client`]).
+    pub connect_timeout: Duration,
+    /// Attempts of an idempotent call (GET, cancel, Discovery); at least 1.
+    pub max_attempts: u32,
+    /// First backoff delay; doubles per attempt, with jitter.
+    pub backoff_base: Duration,
+    /// Largest backoff delay.
+    pub backoff_max: Duration,
+    /// Longest `Retry-After` waited in-line; longer ones are returned as `RateLimited`.
+    pub max_retry_after: Duration,
+    /// Host suffixes the API key may be sent to (also checks `discovery_url_override`).
+    pub allowed_host_suffixes: Vec<String>,
+    /// Dev/test only: a base URL (e.g. `http://127.0.0.1:PORT`) used instead of
+    /// `https://<host>`. Plain HTTP is accepted only here.
+    pub insecure_base_url_override: Option<Url>,
+    /// Discovery API URL replacing the derived one (HTTPS, allowed host).
+    pub discovery_url_override: Option<Url>,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            request_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(10),
+            max_attempts: 4,
+            backoff_base: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(30),
+            max_retry_after: Duration::from_secs(60),
+            allowed_host_suffixes: default_allowed_suffixes(),
+            insecure_base_url_override: None,
+            discovery_url_override: None,
+        }
+    }
+}
+
+/// Builds the shared `reqwest::Client`: no redirects, `User-Agent`, connect
+/// timeout, connection pooling, HTTPS only unless the insecure override is set.
+/// Requires a rustls `CryptoProvider` installed as process default.
+pub fn http_client(config: &ClientConfig) -> Result<reqwest::Client, DbtCloudError> {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(USER_AGENT_VALUE)
+        .connect_timeout(config.connect_timeout)
+        .pool_idle_timeout(Duration::from_secs(90))
+        .https_only(config.insecure_base_url_override.is_none())
+        .build()
+        .map_err(|e| DbtCloudError::invalid_request(format!("cannot build HTTP client: {e}")))
+}
+
+#[derive(Clone, Copy)]
+enum Budget {
+    Admin,
+    Discovery,
+}
+
+struct Call {
+    endpoint: &'static str,
+    method: Method,
+    url: Url,
+    body: Option<Vec<u8>>,
+    retry: bool,
+    budget: Budget,
+    accept: &'static str,
+}
+
+struct Inner {
+    host: AccessHost,
+    account_id: i64,
+    auth: HeaderValue,
+    key_looks_like_token: bool,
+    http: reqwest::Client,
+    limits: AccountLimits,
+    config: Arc<ClientConfig>,
+    observer: Arc<dyn ApiObserver>,
+    base_url: String,
+    discovery_url: Url,
+}
+
+/// A dbt Cloud API client for one account. Cheap to clone (shared inside).
+///
+/// Idempotent calls are retried with backoff; trigger, rerun and retry POSTs
+/// never are. Each attempt first awaits a permit from the account's limiter.
+#[derive(Clone)]
+pub struct DbtCloudClient {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for DbtCloudClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DbtCloudClient")
+            .field("host", &self.inner.host.as_str())
+            .field("account_id", &self.inner.account_id)
+            .field("base_url", &self.inner.base_url)
+            .field("discovery_url", &self.inner.discovery_url.as_str())
+            .field("api_key", &"[REDACTED]")
+            .finish()
+    }
+}
+
+impl DbtCloudClient {
+    /// Creates a client. `http` should come from [`http_client`] (it must not
+    /// follow redirects). The key is trimmed of surrounding whitespace.
+    pub fn new(
+        host: AccessHost,
+        account_id: i64,
+        api_key: secrecy::SecretString,
+        http: reqwest::Client,
+        limits: AccountLimits,
+        config: Arc<ClientConfig>,
+        observer: Arc<dyn ApiObserver>,
+    ) -> Result<Self, DbtCloudError> {
+        use secrecy::ExposeSecret;
+        if account_id <= 0 {
+            return Err(DbtCloudError::invalid_request(format!(
+                "account id must be positive, got {account_id}"
+            )));
+        }
+        let key = api_key.expose_secret().trim();
+        if key.is_empty() {
+            return Err(DbtCloudError::invalid_request("the API key is empty"));
+        }
+        let key_looks_like_token = key.starts_with("dbtc_") || key.starts_with("dbtu_");
+        let mut auth = HeaderValue::from_str(&format!("Token {key}")).map_err(|_| {
+            DbtCloudError::invalid_request(
+                "the API key contains characters not allowed in an HTTP header (e.g. a line break inside it)",
+            )
+        })?;
+        auth.set_sensitive(true);
+
+        let base_url = match &config.insecure_base_url_override {
+            Some(u) => {
+                check_plain_url(u, "insecure_base_url_override", &["http", "https"])?;
+                u.as_str().trim_end_matches('/').to_string()
+            }
+            None => host.base_url(),
+        };
+        let discovery_url = match (
+            &config.discovery_url_override,
+            &config.insecure_base_url_override,
+        ) {
+            (Some(u), insecure) => {
+                let schemes: &[&str] = if insecure.is_some() {
+                    &["http", "https"]
+                } else {
+                    &["https"]
+                };
+                check_plain_url(u, "discovery_url_override", schemes)?;
+                if insecure.is_none() {
+                    AccessHost::parse(u.host_str().unwrap_or(""), &config.allowed_host_suffixes)?;
+                    if u.port().is_some() {
+                        return Err(DbtCloudError::invalid_request(
+                            "discovery_url_override must not name a port",
+                        ));
+                    }
+                }
+                u.clone()
+            }
+            (None, Some(_)) => parse_url(&format!("{base_url}/graphql"))?,
+            (None, None) => parse_url(&host.discovery_url())?,
+        };
+        Ok(DbtCloudClient {
+            inner: Arc::new(Inner {
+                host,
+                account_id,
+                auth,
+                key_looks_like_token,
+                http,
+                limits,
+                config,
+                observer,
+                base_url,
+                discovery_url,
+            }),
+        })
+    }
+
+    /// The access host.
+    pub fn host(&self) -> &AccessHost {
+        &self.inner.host
+    }
+
+    /// The account id.
+    pub fn account_id(&self) -> i64 {
+        self.inner.account_id
+    }
+
+    /// Base URL of API calls, without trailing slash (e.g. `https://cloud.getdbt.com`).
+    pub fn base_url(&self) -> &str {
+        &self.inner.base_url
+    }
+
+    /// The Discovery API (GraphQL) URL.
+    pub fn discovery_url(&self) -> &Url {
+        &self.inner.discovery_url
+    }
+
+    /// The account's rate-limit budgets.
+    pub fn limits(&self) -> &AccountLimits {
+        &self.inner.limits
+    }
+
+    /// The dbt Cloud web page of a run (prefer `Run::href` when present).
+    pub fn run_web_url(&self, project_id: i64, run_id: i64) -> String {
+        format!(
+            "{}/deploy/{}/projects/{project_id}/runs/{run_id}/",
+            self.inner.base_url, self.inner.account_id
+        )
+    }
+
+    // ----- accounts, projects, environments, jobs -----
+
+    /// `GET /api/v3/accounts/`: accounts the token can access.
+    pub async fn list_accounts(&self) -> Result<Vec<Account>, DbtCloudError> {
+        let url = self.url("/api/v3/accounts/", &[])?;
+        self.get_json::<Vec<Account>>("list_accounts", url)
+            .await
+            .map(|e| e.data)
+    }
+
+    /// `GET /api/v2/accounts/{a}/`.
+    pub async fn get_account(&self) -> Result<Account, DbtCloudError> {
+        let url = self.url(&format!("/api/v2/accounts/{}/", self.account_id()), &[])?;
+        self.get_json("get_account", url).await.map(|e| e.data)
+    }
+
+    /// `GET /api/v3/accounts/{a}/projects/` (one page).
+    pub async fn list_projects(
+        &self,
+        params: &ListProjectsParams,
+    ) -> Result<Page<Project>, DbtCloudError> {
+        let (path, query) = self.projects_query(params);
+        self.list_page("list_projects", &path, query, params.limit, params.offset)
+            .await
+    }
+
+    /// All projects matching `name__icontains`, across pages.
+    pub async fn list_all_projects(
+        &self,
+        name_icontains: Option<&str>,
+    ) -> Result<Vec<Project>, DbtCloudError> {
+        let params = ListProjectsParams {
+            name_icontains: name_icontains.map(str::to_string),
+            ..Default::default()
+        };
+        let (path, query) = self.projects_query(&params);
+        self.paginate("list_projects", &path, query).await
+    }
+
+    fn projects_query(&self, p: &ListProjectsParams) -> (String, Vec<(&'static str, String)>) {
+        let mut q = Vec::new();
+        push_opt(&mut q, "name__icontains", &p.name_icontains);
+        (
+            format!("/api/v3/accounts/{}/projects/", self.account_id()),
+            q,
+        )
+    }
+
+    /// `GET /api/v3/accounts/{a}/projects/{p}/environments/` (one page).
+    pub async fn list_environments(
+        &self,
+        project_id: i64,
+        params: &ListEnvironmentsParams,
+    ) -> Result<Page<Environment>, DbtCloudError> {
+        let (path, query) = self.environments_query(project_id, params);
+        self.list_page(
+            "list_environments",
+            &path,
+            query,
+            params.limit,
+            params.offset,
+        )
+        .await
+    }
+
+    /// All environments of a project matching `name__icontains`, across pages.
+    pub async fn list_all_environments(
+        &self,
+        project_id: i64,
+        name_icontains: Option<&str>,
+    ) -> Result<Vec<Environment>, DbtCloudError> {
+        let params = ListEnvironmentsParams {
+            name_icontains: name_icontains.map(str::to_string),
+            ..Default::default()
+        };
+        let (path, query) = self.environments_query(project_id, &params);
+        self.paginate("list_environments", &path, query).await
+    }
+
+    fn environments_query(
+        &self,
+        project_id: i64,
+        p: &ListEnvironmentsParams,
+    ) -> (String, Vec<(&'static str, String)>) {
+        let mut q = Vec::new();
+        push_opt(&mut q, "name__icontains", &p.name_icontains);
+        (
+            format!(
+                "/api/v3/accounts/{}/projects/{project_id}/environments/",
+                self.account_id()
+            ),
+            q,
+        )
+    }
+
+    /// `GET /api/v2/accounts/{a}/jobs/` (one page).
+    pub async fn list_jobs(&self, params: &ListJobsParams) -> Result<Page<Job>, DbtCloudError> {
+        let (path, query) = self.jobs_query(params);
+        self.list_page("list_jobs", &path, query, params.limit, params.offset)
+            .await
+    }
+
+    /// All jobs matching the filters (limit/offset ignored), across pages.
+    pub async fn list_all_jobs(&self, params: &ListJobsParams) -> Result<Vec<Job>, DbtCloudError> {
+        let (path, query) = self.jobs_query(params);
+        self.paginate("list_jobs", &path, query).await
+    }
+
+    fn jobs_query(&self, p: &ListJobsParams) -> (String, Vec<(&'static str, String)>) {
+        let mut q = Vec::new();
+        push_opt(&mut q, "project_id", &p.project_id);
+        push_opt(&mut q, "environment_id", &p.environment_id);
+        push_opt(&mut q, "name__icontains", &p.name_icontains);
+        push_opt(&mut q, "order_by", &p.order_by);
+        (format!("/api/v2/accounts/{}/jobs/", self.account_id()), q)
+    }
+
+    /// `GET /api/v2/accounts/{a}/jobs/{j}/`.
+    pub async fn get_job(&self, job_id: i64) -> Result<Job, DbtCloudError> {
+        let url = self.url(
+            &format!("/api/v2/accounts/{}/jobs/{job_id}/", self.account_id()),
+            &[],
+        )?;
+        self.get_json("get_job", url).await.map(|e| e.data)
+    }
+
+    // ----- runs -----
+
+    /// `POST /api/v2/accounts/{a}/jobs/{j}/run/`. Never retried: on an error for
+    /// which [`DbtCloudError::is_ambiguous_for_trigger`] is true, a run may exist.
+    pub async fn trigger_run(
+        &self,
+        job_id: i64,
+        request: &TriggerRunRequest,
+    ) -> Result<Run, DbtCloudError> {
+        request.validate()?;
+        let body = serde_json::to_vec(request)
+            .map_err(|e| DbtCloudError::invalid_request(format!("cannot encode request: {e}")))?;
+        let url = self.url(
+            &format!("/api/v2/accounts/{}/jobs/{job_id}/run/", self.account_id()),
+            &[],
+        )?;
+        self.post_json("trigger_run", url, body, false).await
+    }
+
+    /// `GET /api/v2/accounts/{a}/runs/{r}/` with `include_related` (e.g. `["trigger", "run_steps"]`).
+    pub async fn get_run(
+        &self,
+        run_id: i64,
+        include_related: &[&str],
+    ) -> Result<Run, DbtCloudError> {
+        let mut q = Vec::new();
+        if !include_related.is_empty() {
+            q.push(("include_related", include_related.join(",")));
+        }
+        let url = self.url(
+            &format!("/api/v2/accounts/{}/runs/{run_id}/", self.account_id()),
+            &q,
+        )?;
+        self.get_json("get_run", url).await.map(|e| e.data)
+    }
+
+    /// `GET /api/v2/accounts/{a}/runs/` (one page).
+    pub async fn list_runs(&self, params: &ListRunsParams) -> Result<Page<Run>, DbtCloudError> {
+        let (path, query) = self.runs_query(params);
+        self.list_page("list_runs", &path, query, params.limit, params.offset)
+            .await
+    }
+
+    /// All runs matching the filters (limit/offset ignored), across pages.
+    pub async fn list_all_runs(&self, params: &ListRunsParams) -> Result<Vec<Run>, DbtCloudError> {
+        let (path, query) = self.runs_query(params);
+        self.paginate("list_runs", &path, query).await
+    }
+
+    fn runs_query(&self, p: &ListRunsParams) -> (String, Vec<(&'static str, String)>) {
+        let mut q = Vec::new();
+        push_opt(&mut q, "job_definition_id", &p.job_definition_id);
+        push_opt(&mut q, "environment_id", &p.environment_id);
+        push_opt(&mut q, "project_id", &p.project_id);
+        if !p.status_in.is_empty() {
+            let codes: Vec<i64> = p.status_in.iter().map(|s| s.code()).collect();
+            q.push(("status__in", bracket_list(&codes)));
+        }
+        if !p.pk_in.is_empty() {
+            q.push(("pk__in", bracket_list(&p.pk_in)));
+        }
+        push_opt(&mut q, "id__gt", &p.id_gt);
+        push_opt(&mut q, "order_by", &p.order_by);
+        if !p.include_related.is_empty() {
+            q.push(("include_related", p.include_related.join(",")));
+        }
+        (format!("/api/v2/accounts/{}/runs/", self.account_id()), q)
+    }
+
+    /// `POST /api/v2/accounts/{a}/runs/{r}/cancel/` (idempotent: retried).
+    pub async fn cancel_run(&self, run_id: i64) -> Result<Run, DbtCloudError> {
+        let url = self.url(
+            &format!(
+                "/api/v2/accounts/{}/runs/{run_id}/cancel/",
+                self.account_id()
+            ),
+            &[],
+        )?;
+        self.post_json("cancel_run", url, b"{}".to_vec(), true)
+            .await
+    }
+
+    /// `POST /api/v2/accounts/{a}/jobs/{j}/rerun/`: rerun from the point of failure
+    /// (or a new run if the last did not fail). Never retried.
+    pub async fn rerun_job(&self, job_id: i64) -> Result<Run, DbtCloudError> {
+        let url = self.url(
+            &format!(
+                "/api/v2/accounts/{}/jobs/{job_id}/rerun/",
+                self.account_id()
+            ),
+            &[],
+        )?;
+        self.post_json("rerun_job", url, b"{}".to_vec(), false)
+            .await
+    }
+
+    /// `POST /api/v2/accounts/{a}/runs/{r}/retry/`: retry a failed run. Never retried.
+    pub async fn retry_run(&self, run_id: i64) -> Result<Run, DbtCloudError> {
+        let url = self.url(
+            &format!(
+                "/api/v2/accounts/{}/runs/{run_id}/retry/",
+                self.account_id()
+            ),
+            &[],
+        )?;
+        self.post_json("retry_run", url, b"{}".to_vec(), false)
+            .await
+    }
+
+    /// `GET /api/v2/accounts/{a}/runs/{r}/retry/`: failure details of a retryable run.
+    pub async fn get_run_failure_details(
+        &self,
+        run_id: i64,
+    ) -> Result<RunFailureDetails, DbtCloudError> {
+        let url = self.url(
+            &format!(
+                "/api/v2/accounts/{}/runs/{run_id}/retry/",
+                self.account_id()
+            ),
+            &[],
+        )?;
+        self.get_json("get_run_failure_details", url)
+            .await
+            .map(|e| e.data)
+    }
+
+    // ----- artifacts -----
+
+    /// `GET /api/v2/accounts/{a}/runs/{r}/artifacts/`: artifact paths of a run.
+    pub async fn list_run_artifacts(&self, run_id: i64) -> Result<Vec<String>, DbtCloudError> {
+        let url = self.url(
+            &format!(
+                "/api/v2/accounts/{}/runs/{run_id}/artifacts/",
+                self.account_id()
+            ),
+            &[],
+        )?;
+        self.get_json("list_run_artifacts", url)
+            .await
+            .map(|e| e.data)
+    }
+
+    /// `GET /api/v2/accounts/{a}/runs/{r}/artifacts/{path}` (optionally of a 1-based
+    /// `step`): the raw file bytes.
+    pub async fn get_run_artifact(
+        &self,
+        run_id: i64,
+        path: &str,
+        step: Option<u32>,
+    ) -> Result<Vec<u8>, DbtCloudError> {
+        let path = encode_artifact_path(path)?;
+        let mut q = Vec::new();
+        push_opt(&mut q, "step", &step);
+        let url = self.url(
+            &format!(
+                "/api/v2/accounts/{}/runs/{run_id}/artifacts/{path}",
+                self.account_id()
+            ),
+            &q,
+        )?;
+        self.raw_get("get_run_artifact", url).await
+    }
+
+    /// `GET /api/v2/accounts/{a}/jobs/{j}/artifacts/{path}`: the job's latest artifact, raw.
+    pub async fn get_job_artifact(
+        &self,
+        job_id: i64,
+        path: &str,
+    ) -> Result<Vec<u8>, DbtCloudError> {
+        let path = encode_artifact_path(path)?;
+        let url = self.url(
+            &format!(
+                "/api/v2/accounts/{}/jobs/{job_id}/artifacts/{path}",
+                self.account_id()
+            ),
+            &[],
+        )?;
+        self.raw_get("get_job_artifact", url).await
+    }
+
+    // ----- discovery -----
+
+    /// Runs a GraphQL query against the Discovery API and returns its `data`.
+    /// GraphQL `errors` (even with HTTP 200) become [`DbtCloudError::GraphQl`].
+    pub async fn discovery_query(
+        &self,
+        query: &str,
+        variables: serde_json::Value,
+    ) -> Result<serde_json::Value, DbtCloudError> {
+        const EP: &str = "discovery";
+        let body =
+            serde_json::to_vec(&serde_json::json!({ "query": query, "variables": variables }))
+                .map_err(|e| DbtCloudError::invalid_request(format!("cannot encode query: {e}")))?;
+        let bytes = self
+            .execute(Call {
+                endpoint: EP,
+                method: Method::POST,
+                url: self.inner.discovery_url.clone(),
+                body: Some(body),
+                retry: true,
+                budget: Budget::Discovery,
+                accept: ACCEPT_JSON,
+            })
+            .await?;
+        #[derive(serde::Deserialize)]
+        struct GqlError {
+            message: Option<String>,
+        }
+        #[derive(serde::Deserialize)]
+        struct GqlResponse {
+            data: Option<serde_json::Value>,
+            errors: Option<Vec<GqlError>>,
+        }
+        let resp: GqlResponse =
+            serde_json::from_slice(&bytes).map_err(|e| DbtCloudError::Decode {
+                endpoint: EP,
+                message: e.to_string(),
+            })?;
+        if let Some(errors) = resp.errors.filter(|e| !e.is_empty()) {
+            return Err(DbtCloudError::GraphQl {
+                messages: errors
+                    .into_iter()
+                    .map(|e| e.message.unwrap_or_else(|| "unknown error".into()))
+                    .collect(),
+            });
+        }
+        match resp.data {
+            Some(d) if !d.is_null() => Ok(d),
+            _ => Err(DbtCloudError::Decode {
+                endpoint: EP,
+                message: "response has neither `data` nor `errors`".into(),
+            }),
+        }
+    }
+
+    // ----- plumbing -----
+
+    fn url(&self, path: &str, query: &[(&'static str, String)]) -> Result<Url, DbtCloudError> {
+        let mut url = parse_url(&format!("{}{path}", self.inner.base_url))?;
+        if !query.is_empty() {
+            let mut pairs = url.query_pairs_mut();
+            for (k, v) in query {
+                pairs.append_pair(k, v);
+            }
+        }
+        Ok(url)
+    }
+
+    async fn get_json<T: DeserializeOwned>(
+        &self,
+        endpoint: &'static str,
+        url: Url,
+    ) -> Result<Envelope<T>, DbtCloudError> {
+        let bytes = self
+            .execute(Call {
+                endpoint,
+                method: Method::GET,
+                url,
+                body: None,
+                retry: true,
+                budget: Budget::Admin,
+                accept: ACCEPT_JSON,
+            })
+            .await?;
+        decode(endpoint, &bytes)
+    }
+
+    async fn post_json<T: DeserializeOwned>(
+        &self,
+        endpoint: &'static str,
+        url: Url,
+        body: Vec<u8>,
+        retry: bool,
+    ) -> Result<T, DbtCloudError> {
+        let bytes = self
+            .execute(Call {
+                endpoint,
+                method: Method::POST,
+                url,
+                body: Some(body),
+                retry,
+                budget: Budget::Admin,
+                accept: ACCEPT_JSON,
+            })
+            .await?;
+        decode::<T>(endpoint, &bytes).map(|e| e.data)
+    }
+
+    async fn raw_get(&self, endpoint: &'static str, url: Url) -> Result<Vec<u8>, DbtCloudError> {
+        self.execute(Call {
+            endpoint,
+            method: Method::GET,
+            url,
+            body: None,
+            retry: true,
+            budget: Budget::Admin,
+            accept: ACCEPT_ARTIFACT,
+        })
+        .await
+    }
+
+    async fn list_page<T: DeserializeOwned>(
+        &self,
+        endpoint: &'static str,
+        path: &str,
+        mut query: Vec<(&'static str, String)>,
+        limit: Option<u32>,
+        offset: Option<u32>,
+    ) -> Result<Page<T>, DbtCloudError> {
+        let limit = limit.unwrap_or(MAX_PAGE_SIZE).clamp(1, MAX_PAGE_SIZE);
+        query.push(("limit", limit.to_string()));
+        query.push(("offset", offset.unwrap_or(0).to_string()));
+        let url = self.url(path, &query)?;
+        let env = self.get_json::<Vec<T>>(endpoint, url).await?;
+        Ok(Page {
+            items: env.data,
+            total_count: env
+                .extra
+                .and_then(|e| e.pagination)
+                .and_then(|p| p.total_count),
+        })
+    }
+
+    /// Fetches pages of [`MAX_PAGE_SIZE`] until `total_count` is reached, a page is
+    /// empty, or (without `total_count`) a page comes back short.
+    async fn paginate<T: DeserializeOwned>(
+        &self,
+        endpoint: &'static str,
+        path: &str,
+        query: Vec<(&'static str, String)>,
+    ) -> Result<Vec<T>, DbtCloudError> {
+        let mut out = Vec::new();
+        let mut offset: u32 = 0;
+        for _ in 0..MAX_PAGES {
+            let page: Page<T> = self
+                .list_page(
+                    endpoint,
+                    path,
+                    query.clone(),
+                    Some(MAX_PAGE_SIZE),
+                    Some(offset),
+                )
+                .await?;
+            let n = page.items.len();
+            out.extend(page.items);
+            if n == 0 {
+                break;
+            }
+            offset = offset.saturating_add(n as u32);
+            let done = match page.total_count {
+                Some(total) => i64::from(offset) >= total,
+                None => n < MAX_PAGE_SIZE as usize,
+            };
+            if done {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Runs a call with rate limiting and (when `call.retry`) bounded retries.
+    async fn execute(&self, call: Call) -> Result<Vec<u8>, DbtCloudError> {
+        let cfg = &self.inner.config;
+        let max_attempts = if call.retry {
+            cfg.max_attempts.max(1)
+        } else {
+            1
+        };
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let err = match self.attempt(&call).await {
+                Ok(bytes) => return Ok(bytes),
+                Err(e) => e,
+            };
+            if attempt >= max_attempts || !err.is_retryable() {
+                return Err(err);
+            }
+            let delay = match err.retry_after() {
+                Some(ra) if ra > cfg.max_retry_after => return Err(err),
+                Some(ra) => ra,
+                None => backoff(cfg, attempt),
+            };
+            tracing::debug!(
+                endpoint = call.endpoint,
+                attempt,
+                delay_ms = delay.as_millis() as u64,
+                error = %err,
+                "retrying dbt Cloud request"
+            );
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    async fn attempt(&self, call: &Call) -> Result<Vec<u8>, DbtCloudError> {
+        let inner = &self.inner;
+        let waited = match call.budget {
+            Budget::Admin => inner.limits.admin().acquire().await,
+            Budget::Discovery => inner.limits.discovery().acquire().await,
+        };
+        if !waited.is_zero() {
+            inner.observer.on_rate_limit_wait(waited);
+        }
+        let mut req = inner
+            .http
+            .request(call.method.clone(), call.url.clone())
+            .header(AUTHORIZATION, inner.auth.clone())
+            .header(ACCEPT, call.accept)
+            .header(USER_AGENT, USER_AGENT_VALUE)
+            .timeout(inner.config.request_timeout);
+        if let Some(body) = &call.body {
+            req = req
+                .header(CONTENT_TYPE, "application/json")
+                .body(body.clone());
+        }
+        let started = Instant::now();
+        let resp = match req.send().await {
+            Ok(r) => r,
+            Err(e) => {
+                inner
+                    .observer
+                    .on_response(call.endpoint, None, started.elapsed());
+                let err = map_reqwest(call.endpoint, &e);
+                tracing::debug!(endpoint = call.endpoint, error = %err, "dbt Cloud request failed");
+                return Err(err);
+            }
+        };
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let body = resp.bytes().await;
+        inner
+            .observer
+            .on_response(call.endpoint, Some(status.as_u16()), started.elapsed());
+        tracing::debug!(
+            endpoint = call.endpoint,
+            status = status.as_u16(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "dbt Cloud response"
+        );
+        if status.is_success() {
+            return body
+                .map(|b| b.to_vec())
+                .map_err(|e| map_reqwest(call.endpoint, &e));
+        }
+        let body = body.map(|b| b.to_vec()).unwrap_or_default();
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            inner.observer.on_throttled();
+        }
+        Err(self.map_status(call.endpoint, status, &headers, &body))
+    }
+
+    fn map_status(
+        &self,
+        endpoint: &'static str,
+        status: StatusCode,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> DbtCloudError {
+        let code = status.as_u16();
+        if status.is_redirection() {
+            let location_host = headers
+                .get(reqwest::header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|loc| {
+                    let base = Url::parse(&self.inner.base_url).ok();
+                    Url::options()
+                        .base_url(base.as_ref())
+                        .parse(loc)
+                        .ok()
+                        .and_then(|u| u.host_str().map(str::to_string))
+                });
+            return DbtCloudError::Redirect {
+                endpoint,
+                status: code,
+                location_host,
+            };
+        }
+        let user_message = envelope_message(body, code == 400);
+        match code {
+            401 => DbtCloudError::Unauthorized {
+                token_shape_hint: !self.inner.key_looks_like_token,
+                user_message,
+            },
+            403 => DbtCloudError::Forbidden {
+                endpoint,
+                user_message,
+            },
+            404 => DbtCloudError::NotFound {
+                endpoint,
+                user_message,
+            },
+            429 => DbtCloudError::RateLimited {
+                endpoint,
+                retry_after: headers
+                    .get(reqwest::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|s| s.trim().parse::<u64>().ok())
+                    .map(Duration::from_secs),
+                user_message,
+            },
+            500..=599 => DbtCloudError::Server {
+                endpoint,
+                status: code,
+                user_message,
+            },
+            _ => DbtCloudError::BadRequest {
+                endpoint,
+                status: code,
+                user_message,
+            },
+        }
+    }
+}
+
+fn decode<T: DeserializeOwned>(
+    endpoint: &'static str,
+    bytes: &[u8],
+) -> Result<Envelope<T>, DbtCloudError> {
+    serde_json::from_slice(bytes).map_err(|e| DbtCloudError::Decode {
+        endpoint,
+        message: e.to_string(),
+    })
+}
+
+/// Full-jitter exponential backoff: uniform in [d/2, d], d = min(max, base·2^(attempt-1)).
+fn backoff(cfg: &ClientConfig, attempt: u32) -> Duration {
+    let exp = cfg
+        .backoff_base
+        .saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
+    let d = exp.min(cfg.backoff_max);
+    if d.is_zero() {
+        return d;
+    }
+    let nanos = d.as_nanos().min(u128::from(u64::MAX)) as u64;
+    Duration::from_nanos(rand::rng().random_range(nanos / 2..=nanos))
+}
+
+/// The envelope's `status.user_message` (or `developer_message`, or DRF's
+/// `detail`); for 400s also field errors from `data`. Truncated to 500 chars.
+fn envelope_message(body: &[u8], with_field_errors: bool) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let env: ErrorEnvelope = serde_json::from_value(value.clone()).unwrap_or_default();
+    let status = env.status.unwrap_or_default();
+    let mut msg = [status.user_message, status.developer_message]
+        .into_iter()
+        .flatten()
+        .find(|m| !m.trim().is_empty())
+        .or_else(|| {
+            value
+                .get("detail")
+                .and_then(|d| d.as_str())
+                .map(str::to_string)
+        });
+    if with_field_errors {
+        if let Some(obj) = value.get("data").and_then(|d| d.as_object()) {
+            let fields: Vec<String> = obj
+                .iter()
+                .filter_map(|(k, v)| {
+                    let texts: Vec<&str> = match v {
+                        serde_json::Value::String(s) => vec![s.as_str()],
+                        serde_json::Value::Array(a) => {
+                            a.iter().filter_map(|x| x.as_str()).collect()
+                        }
+                        _ => vec![],
+                    };
+                    (!texts.is_empty()).then(|| format!("{k}: {}", texts.join(" ")))
+                })
+                .collect();
+            if !fields.is_empty() {
+                let f = fields.join("; ");
+                msg = Some(match msg {
+                    Some(m) => format!("{m} ({f})"),
+                    None => f,
+                });
+            }
+        }
+    }
+    msg.map(|m| {
+        if m.chars().count() > 500 {
+            let mut t: String = m.chars().take(500).collect();
+            t.push('…');
+            t
+        } else {
+            m
+        }
+    })
+}
+
+fn map_reqwest(endpoint: &'static str, e: &reqwest::Error) -> DbtCloudError {
+    let message = error_chain(e);
+    if e.is_builder() {
+        return DbtCloudError::InvalidRequest { message };
+    }
+    if e.is_connect() {
+        return DbtCloudError::Transport {
+            endpoint,
+            message,
+            request_sent: false,
+        };
+    }
+    if e.is_timeout() {
+        return DbtCloudError::Timeout { endpoint };
+    }
+    DbtCloudError::Transport {
+        endpoint,
+        message,
+        request_sent: true,
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        let m = inner.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        src = inner.source();
+    }
+    s
+}
+
+fn push_opt<T: ToString>(q: &mut Vec<(&'static str, String)>, key: &'static str, v: &Option<T>) {
+    if let Some(v) = v {
+        q.push((key, v.to_string()));
+    }
+}
+
+fn parse_url(s: &str) -> Result<Url, DbtCloudError> {
+    Url::parse(s).map_err(|e| DbtCloudError::invalid_request(format!("invalid URL `{s}`: {e}")))
+}
+
+fn check_plain_url(u: &Url, what: &str, schemes: &[&str]) -> Result<(), DbtCloudError> {
+    if !schemes.contains(&u.scheme()) {
+        return Err(DbtCloudError::invalid_request(format!(
+            "{what} must use {}",
+            schemes.join(" or ")
+        )));
+    }
+    if u.host_str().is_none() {
+        return Err(DbtCloudError::invalid_request(format!(
+            "{what} has no host"
+        )));
+    }
+    if !u.username().is_empty() || u.password().is_some() {
+        return Err(DbtCloudError::invalid_request(format!(
+            "{what} must not contain user info"
+        )));
+    }
+    if u.query().is_some() || u.fragment().is_some() {
+        return Err(DbtCloudError::invalid_request(format!(
+            "{what} must not contain a query or fragment"
+        )));
+    }
+    Ok(())
+}
+
+/// Percent-encodes each segment of an artifact path (`/` kept); refuses empty,
+/// `.` and `..` segments.
+fn encode_artifact_path(path: &str) -> Result<String, DbtCloudError> {
+    let path = path.trim().trim_start_matches('/');
+    if path.is_empty() {
+        return Err(DbtCloudError::invalid_request("artifact path is empty"));
+    }
+    let mut out = Vec::new();
+    for seg in path.split('/') {
+        if seg.is_empty() || seg == "." || seg == ".." {
+            return Err(DbtCloudError::invalid_request(format!(
+                "artifact path `{path}` has an empty, `.` or `..` segment"
+            )));
+        }
+        out.push(urlencoding::encode(seg).into_owned());
+    }
+    Ok(out.join("/"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dbt_cloud::types::RunStatus;
+    use secrecy::SecretString;
+
+    fn client_with(
+        key: &str,
+        config: ClientConfig,
+        host: &str,
+    ) -> Result<DbtCloudClient, DbtCloudError> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = http_client(&config)?;
+        DbtCloudClient::new(
+            AccessHost::parse(host, &config.allowed_host_suffixes)?,
+            42,
+            SecretString::from(key.to_string()),
+            http,
+            AccountLimits::unlimited(),
+            Arc::new(config),
+            Arc::new(NoopObserver),
+        )
+    }
+
+    #[test]
+    fn debug_redacts_key() {
+        let key = "dbtc_supersecretvalue123";
+        let c = client_with(key, ClientConfig::default(), "cloud.getdbt.com").unwrap();
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("supersecret"), "{dbg}");
+        assert!(dbg.contains("REDACTED"));
+        assert_eq!(c.base_url(), "https://cloud.getdbt.com");
+        assert_eq!(
+            c.discovery_url().as_str(),
+            "https://metadata.cloud.getdbt.com/graphql"
+        );
+        assert_eq!(c.account_id(), 42);
+        assert_eq!(
+            c.run_web_url(7, 9),
+            "https://cloud.getdbt.com/deploy/42/projects/7/runs/9/"
+        );
+    }
+
+    #[test]
+    fn new_validates_key_and_overrides() {
+        let e = client_with("  ", ClientConfig::default(), "cloud.getdbt.com").unwrap_err();
+        assert_eq!(e.reason(), "InvalidRequest");
+        let e = client_with("dbtc_a\nb", ClientConfig::default(), "cloud.getdbt.com").unwrap_err();
+        assert!(!e.to_string().contains("dbtc_a"));
+        // Trailing newline (common in Secrets) is trimmed.
+        client_with("dbtc_abc\n", ClientConfig::default(), "cloud.getdbt.com").unwrap();
+
+        let cfg = ClientConfig {
+            discovery_url_override: Some(
+                Url::parse("http://metadata.cloud.getdbt.com/graphql").unwrap(),
+            ),
+            ..Default::default()
+        };
+        assert!(client_with("dbtc_x", cfg, "cloud.getdbt.com").is_err());
+        let cfg = ClientConfig {
+            discovery_url_override: Some(Url::parse("https://evil.example.com/graphql").unwrap()),
+            ..Default::default()
+        };
+        assert_eq!(
+            client_with("dbtc_x", cfg, "cloud.getdbt.com")
+                .unwrap_err()
+                .reason(),
+            "InvalidHost"
+        );
+        let cfg = ClientConfig {
+            discovery_url_override: Some(
+                Url::parse("https://custom.metadata.getdbt.com/graphql").unwrap(),
+            ),
+            ..Default::default()
+        };
+        let c = client_with("dbtc_x", cfg, "cloud.getdbt.com").unwrap();
+        assert_eq!(
+            c.discovery_url().as_str(),
+            "https://custom.metadata.getdbt.com/graphql"
+        );
+
+        let cfg = ClientConfig {
+            insecure_base_url_override: Some(Url::parse("http://127.0.0.1:8080/").unwrap()),
+            ..Default::default()
+        };
+        let c = client_with("dbtc_x", cfg, "ab1.us1.dbt.com").unwrap();
+        assert_eq!(c.base_url(), "http://127.0.0.1:8080");
+        assert_eq!(c.discovery_url().as_str(), "http://127.0.0.1:8080/graphql");
+        let cfg = ClientConfig {
+            insecure_base_url_override: Some(Url::parse("ftp://127.0.0.1/").unwrap()),
+            ..Default::default()
+        };
+        assert!(client_with("dbtc_x", cfg, "cloud.getdbt.com").is_err());
+    }
+
+    #[test]
+    fn cell_based_discovery() {
+        let c = client_with("dbtc_x", ClientConfig::default(), "ab1.eu2.dbt.com").unwrap();
+        assert_eq!(
+            c.discovery_url().as_str(),
+            "https://ab1.metadata.eu2.dbt.com/graphql"
+        );
+    }
+
+    #[test]
+    fn query_encoding() {
+        let c = client_with("dbtc_x", ClientConfig::default(), "cloud.getdbt.com").unwrap();
+        let (path, q) = c.runs_query(&ListRunsParams {
+            job_definition_id: Some(5),
+            status_in: vec![RunStatus::Queued, RunStatus::Running],
+            pk_in: vec![1, 2, 3],
+            id_gt: Some(9),
+            order_by: Some("-id".into()),
+            include_related: vec!["trigger".into(), "job".into()],
+            ..Default::default()
+        });
+        let url = c.url(&path, &q).unwrap();
+        let pairs: Vec<(String, String)> = url.query_pairs().into_owned().collect();
+        let get = |k: &str| pairs.iter().find(|(a, _)| a == k).map(|(_, v)| v.as_str());
+        assert_eq!(get("pk__in"), Some("[1,2,3]"));
+        assert_eq!(get("status__in"), Some("[1,3]"));
+        assert_eq!(get("include_related"), Some("trigger,job"));
+        assert_eq!(get("id__gt"), Some("9"));
+        assert_eq!(get("order_by"), Some("-id"));
+        assert_eq!(url.path(), "/api/v2/accounts/42/runs/");
+    }
+
+    #[test]
+    fn artifact_paths() {
+        assert_eq!(
+            encode_artifact_path("manifest.json").unwrap(),
+            "manifest.json"
+        );
+        assert_eq!(
+            encode_artifact_path("/run/my proj/a.sql").unwrap(),
+            "run/my%20proj/a.sql"
+        );
+        assert!(encode_artifact_path("../x").is_err());
+        assert!(encode_artifact_path("a//b").is_err());
+        assert!(encode_artifact_path("").is_err());
+    }
+
+    #[test]
+    fn envelope_messages() {
+        let body = br#"{"status": {"code": 400, "is_success": false, "user_message": "The request was invalid.", "developer_message": ""},
+                        "data": {"cause": ["Ensure this field has no more than 255 characters."]}}"#;
+        let m = envelope_message(body, true).unwrap();
+        assert!(
+            m.contains("The request was invalid.") && m.contains("cause: Ensure"),
+            "{m}"
+        );
+        assert_eq!(envelope_message(b"<html>oops</html>", true), None);
+        assert_eq!(
+            envelope_message(br#"{"detail": "Invalid token."}"#, false).as_deref(),
+            Some("Invalid token.")
+        );
+    }
+
+    #[test]
+    fn backoff_is_bounded() {
+        let cfg = ClientConfig {
+            backoff_base: Duration::from_millis(100),
+            backoff_max: Duration::from_millis(250),
+            ..Default::default()
+        };
+        for attempt in 1..40 {
+            let d = backoff(&cfg, attempt);
+            assert!(d <= Duration::from_millis(250));
+        }
+        let d = backoff(&cfg, 1);
+        assert!(d >= Duration::from_millis(50) && d <= Duration::from_millis(100));
+    }
+}

@@ -1,0 +1,40 @@
+//! Typed client for the dbt Cloud administrative (v2/v3) and Discovery APIs.
+//!
+//! * [`AccessHost`] validates the host the API key may be sent to (allow-listed
+//!   suffixes, no IPs, ports, paths or schemes) and derives the Discovery URL.
+//! * [`DbtCloudClient`] (cheap clone) performs typed calls; idempotent calls
+//!   (GET, cancel, Discovery queries) are retried with jittered exponential
+//!   backoff honouring `Retry-After`; trigger/rerun/retry POSTs never are.
+//! * [`RateLimiterRegistry`] shares one [`AccountLimits`] per account, awaited
+//!   before every request.
+//! * [`DbtCloudError`] classifies failures for the controller
+//!   ([`DbtCloudError::reason`], [`DbtCloudError::is_retryable`],
+//!   [`DbtCloudError::is_ambiguous_for_trigger`]).
+//! * [`ApiObserver`] is the metrics hook.
+//!
+//! The API key is never logged nor shown by `Debug`/`Display`; redirects are
+//! never followed so the key cannot leave dbt Cloud.
+
+mod client;
+mod error;
+mod host;
+mod rate_limit;
+mod types;
+
+pub use client::{
+    http_client, ApiObserver, ClientConfig, DbtCloudClient, NoopObserver, MAX_PAGE_SIZE,
+    USER_AGENT_VALUE,
+};
+pub use error::DbtCloudError;
+pub use host::{
+    default_allowed_suffixes, AccessHost, HostKind, DEFAULT_ALLOWED_SUFFIXES, DEFAULT_HOST,
+};
+pub use rate_limit::{
+    AccountLimits, LimitSpec, LimiterStats, RateLimitConfig, RateLimiterRegistry, TokenBucket,
+};
+pub use types::{
+    parse_timestamp, truncate_cause, Account, Envelope, Environment, Extra, Job, JobExecution,
+    JobSettings, ListEnvironmentsParams, ListJobsParams, ListProjectsParams, ListRunsParams, Page,
+    Pagination, Project, ResponseStatus, Run, RunFailureDetails, RunStatus, RunStep, RunTrigger,
+    TriggerRunRequest, MAX_CAUSE_CHARS,
+};
