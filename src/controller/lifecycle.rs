@@ -1,0 +1,853 @@
+//! The `DbtCloudJobRun` lifecycle as a pure function: `(object, what dbt Cloud reports, now) →
+//! next action + the status to write`. No IO happens here; the reconciler (a thin shell) gathers
+//! observations, performs the action, and calls [`decide`] again when the action was a question.
+//!
+//! Exactly-once triggering rests on three rules, all enforced here and tested without any client:
+//! 1. A trigger is always preceded by a status write that records the intent (`pendingTrigger`, with
+//!    a token derived from the object's UID and the attempt number); the shell writes it with a
+//!    resourceVersion precondition, so two actors that read the same object cannot both record it.
+//! 2. Whenever a pending trigger exists without a known run, the next step is a search for the run
+//!    carrying the token (or, for native retries, the run retrying the failed one) — never a trigger.
+//! 3. Only when the search finds nothing *after* the ambiguity window (POST timeout + visibility
+//!    margin) is the trigger sent again, with the same token.
+
+use std::time::Duration;
+
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::ResourceExt;
+
+use crate::crd::conditions::{self, set_condition};
+use crate::crd::job_run::{
+    AttemptKind, DbtCloudJobRun, DbtCloudJobRunStatus, PendingTrigger, ResultsSummary, RetryStrategy,
+    RunAttempt, RunPhase, StepSummary, MAX_CAUSE_LEN,
+};
+use crate::dbt_cloud::RunStatus;
+
+/// Condition type mirroring whether the referenced credentials are usable.
+pub const CREDENTIALS_READY: &str = "CredentialsReady";
+/// Condition type set while `spec.suspend` holds the run.
+pub const SUSPENDED: &str = "Suspended";
+
+/// Tunables of the lifecycle (from the operator's configuration).
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// How long after recording a trigger a missing run may still appear (POST timeout plus dbt
+    /// Cloud's visibility delay). Only after this window is a trigger considered not sent.
+    pub ambiguity_window: Duration,
+    /// Requeue delay while waiting for credentials to become ready.
+    pub credentials_retry: Duration,
+    /// Requeue delay while a pending trigger is being confirmed.
+    pub confirm_retry: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            ambiguity_window: Duration::from_secs(60),
+            credentials_retry: Duration::from_secs(30),
+            confirm_retry: Duration::from_secs(3),
+        }
+    }
+}
+
+/// A dbt Cloud run as the lifecycle needs to see it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ObservedRun {
+    /// Run id.
+    pub id: i64,
+    /// Job id the run belongs to.
+    pub job_id: Option<i64>,
+    /// Status code.
+    pub status: RunStatus,
+    /// Link to the run.
+    pub href: Option<String>,
+    /// Whether dbt Cloud can retry it natively (failed runs only).
+    pub can_retry: bool,
+    /// Creation time.
+    pub created_at: Option<Timestamp>,
+    /// Execution start.
+    pub started_at: Option<Timestamp>,
+    /// Finish time.
+    pub finished_at: Option<Timestamp>,
+    /// dbt Cloud's status message (for errors).
+    pub status_message: Option<String>,
+}
+
+/// Whether the referenced credentials can be used.
+#[derive(Clone, Debug, PartialEq)]
+pub enum CredentialsState {
+    /// Validated; a client is available.
+    Ready {
+        /// Account the credentials are for.
+        account_id: i64,
+    },
+    /// Not usable yet; `stalled` when only a user change can fix it (e.g. namespace not allowed).
+    NotReady {
+        /// CamelCase reason.
+        reason: String,
+        /// What to fix.
+        message: String,
+        /// Whether progress needs a user change.
+        stalled: bool,
+    },
+}
+
+/// Outcome of resolving `spec.job` to a job id.
+#[derive(Clone, Debug, PartialEq)]
+pub enum JobResolution {
+    /// Exactly one job.
+    Resolved(i64),
+    /// No job matched, or the job id does not exist / is not visible to the token.
+    NotFound(String),
+    /// Several jobs matched the names.
+    Ambiguous(String),
+    /// The lookup failed in a way that may pass (rate limit, outage).
+    Transient {
+        /// CamelCase reason.
+        reason: String,
+        /// Message for the condition.
+        message: String,
+    },
+}
+
+/// Result of searching dbt Cloud for the run of a pending trigger.
+#[derive(Clone, Debug, PartialEq)]
+pub enum PendingSearch {
+    /// Not searched in this reconcile.
+    NotSearched,
+    /// Found the run.
+    Found(ObservedRun),
+    /// No run carries the token (yet).
+    NotFound,
+}
+
+/// Details of a finished run, fetched once when it turns terminal.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RunDetails {
+    /// Steps of the run.
+    pub steps: Vec<StepSummary>,
+    /// Summary of `run_results.json`, when available.
+    pub results: Option<ResultsSummary>,
+    /// Name and short log tail of the failing step, when a step failed.
+    pub failed_step: Option<(String, String)>,
+}
+
+/// Everything known about the world in this reconcile.
+#[derive(Clone, Debug)]
+pub struct Observation {
+    /// Current time.
+    pub now: Timestamp,
+    /// State of the referenced credentials.
+    pub credentials: CredentialsState,
+    /// Job resolution, when it was performed in this reconcile.
+    pub job: Option<JobResolution>,
+    /// Latest state of `status.runId`, when known.
+    pub current_run: Option<ObservedRun>,
+    /// Search result for `status.pendingTrigger`.
+    pub pending_search: PendingSearch,
+    /// Details of `current_run`, once fetched.
+    pub details: Option<RunDetails>,
+}
+
+impl Observation {
+    /// An observation with nothing gathered yet.
+    pub fn new(now: Timestamp, credentials: CredentialsState) -> Self {
+        Self {
+            now,
+            credentials,
+            job: None,
+            current_run: None,
+            pending_search: PendingSearch::NotSearched,
+            details: None,
+        }
+    }
+}
+
+/// Why a run is being cancelled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CancelReason {
+    /// `spec.cancel` was set.
+    Requested,
+    /// `spec.suspend` was set.
+    Suspended,
+    /// `timeoutSeconds` expired.
+    Timeout,
+}
+
+/// How the shell must start an attempt.
+#[derive(Clone, Debug, PartialEq)]
+pub enum StartRequest {
+    /// `POST /jobs/{job}/run/` with this cause (already ≤ 255 bytes and carrying the token).
+    Trigger {
+        /// Job id.
+        job_id: i64,
+        /// Cause to send.
+        cause: String,
+    },
+    /// `POST /runs/{run}/retry/` (dbt Cloud's native retry of a failed run).
+    Retry {
+        /// Job id.
+        job_id: i64,
+        /// The failed run.
+        run_id: i64,
+    },
+}
+
+/// What the shell should do next.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Action {
+    /// Question: resolve `spec.job` to an id, put the answer in `Observation::job`, decide again.
+    ResolveJob,
+    /// Question: search for the run of the pending trigger, fill `pending_search`, decide again.
+    SearchPendingRun {
+        /// Job to search in.
+        job_id: i64,
+        /// Token in the cause (full triggers).
+        token: String,
+        /// For native retries: the run being retried.
+        retry_of_run_id: Option<i64>,
+    },
+    /// Question: fetch the current state of a run into `current_run`, decide again.
+    ObserveRun {
+        /// Run id.
+        run_id: i64,
+    },
+    /// Question: fetch steps and results of a finished run into `details`, decide again.
+    FetchDetails {
+        /// Run id.
+        run_id: i64,
+    },
+    /// Effect: write the decision's status (recording `pendingTrigger`) with a resourceVersion
+    /// precondition, then send the request; then write [`after_start`]'s status.
+    StartAttempt(StartRequest),
+    /// Effect: cancel the run, put the answer in `current_run`, decide again.
+    CancelRun {
+        /// Run id.
+        run_id: i64,
+        /// Why.
+        reason: CancelReason,
+    },
+    /// Effect: delete the object (`ttlSecondsAfterFinished` expired).
+    Delete,
+    /// Write the status if it changed and requeue after the given delay (none: wait for a change).
+    Settle {
+        /// Requeue delay.
+        requeue: Option<Duration>,
+    },
+}
+
+/// Event to publish (type, reason, note).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventNote {
+    /// `Normal` or `Warning`.
+    pub warning: bool,
+    /// CamelCase reason.
+    pub reason: &'static str,
+    /// Human-readable note.
+    pub note: String,
+}
+
+impl EventNote {
+    fn normal(reason: &'static str, note: impl Into<String>) -> Self {
+        Self { warning: false, reason, note: note.into() }
+    }
+    fn warning(reason: &'static str, note: impl Into<String>) -> Self {
+        Self { warning: true, reason, note: note.into() }
+    }
+}
+
+/// The next action and the status that goes with it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Decision {
+    /// Next action.
+    pub action: Action,
+    /// Status to write (before the action's effect for `StartAttempt`).
+    pub status: DbtCloudJobRunStatus,
+    /// Events to publish once the status is written.
+    pub events: Vec<EventNote>,
+}
+
+/// The marker that identifies an attempt in dbt Cloud (`trigger.cause`): derived from the object's
+/// UID and the attempt number, so it is the same whoever computes it.
+pub fn attempt_token(uid: &str, attempt: u32) -> String {
+    format!("[dco:{uid}#{attempt}]")
+}
+
+/// The cause sent to dbt Cloud: the user's (or default) text, trimmed so that text + space + token
+/// fits in 255 bytes; the token always survives.
+pub fn cause_with_token(cause: &str, token: &str) -> String {
+    let budget = MAX_CAUSE_LEN.saturating_sub(token.len() + 1);
+    let text = conditions::truncate_str(cause.trim(), budget);
+    if text.is_empty() {
+        token.to_string()
+    } else {
+        format!("{text} {token}")
+    }
+}
+
+/// Default cause naming the resource.
+pub fn default_cause(namespace: &str, name: &str) -> String {
+    format!("Triggered by dbt-cloud-operator: {namespace}/{name}")
+}
+
+/// Phase corresponding to a dbt Cloud status of an in-flight run.
+fn in_flight_phase(status: RunStatus) -> RunPhase {
+    match status {
+        RunStatus::Queued => RunPhase::Queued,
+        RunStatus::Starting => RunPhase::Starting,
+        _ => RunPhase::Running,
+    }
+}
+
+fn time(ts: Option<Timestamp>) -> Option<Time> {
+    ts.map(Time)
+}
+
+/// Decides the next step for a run. Pure: same inputs, same output.
+pub fn decide(run: &DbtCloudJobRun, obs: &Observation, settings: &Settings) -> Decision {
+    let mut d = Decider::new(run, obs, settings);
+    let action = d.step();
+    d.finish(action)
+}
+
+/// Status after a successful start request: the attempt is recorded, the pending trigger cleared.
+pub fn after_start(
+    status: &DbtCloudJobRunStatus,
+    started: &ObservedRun,
+    now: Timestamp,
+) -> (DbtCloudJobRunStatus, EventNote) {
+    let mut status = status.clone();
+    let pending = status.pending_trigger.take();
+    let (attempt, kind) = pending
+        .map(|p| (p.attempt, p.kind))
+        .unwrap_or((status.attempt_count + 1, AttemptKind::Full));
+    record_attempt(&mut status, attempt, kind, started, now);
+    let note = EventNote::normal(
+        "Triggered",
+        format!(
+            "Attempt {attempt}: dbt Cloud run {} {}",
+            started.id,
+            if kind == AttemptKind::RerunFailed { "retries the failed steps" } else { "triggered" }
+        ),
+    );
+    (status, note)
+}
+
+fn record_attempt(
+    status: &mut DbtCloudJobRunStatus,
+    attempt: u32,
+    kind: AttemptKind,
+    run: &ObservedRun,
+    now: Timestamp,
+) {
+    if !status.attempts.iter().any(|a| a.run_id == run.id) {
+        status.attempts.push(RunAttempt {
+            attempt,
+            run_id: run.id,
+            url: run.href.clone(),
+            kind,
+            status: run.status.humanized().to_string(),
+            created_at: time(run.created_at),
+            started_at: time(run.started_at),
+            finished_at: time(run.finished_at),
+        });
+    }
+    status.attempt_count = status.attempts.len() as u32;
+    status.run_id = Some(run.id);
+    status.run_url = run.href.clone();
+    status.steps.clear();
+    status.results = None;
+    if status.started_at.is_none() {
+        status.started_at = Some(Time(run.created_at.unwrap_or(now)));
+    }
+    if !run.status.is_terminal() {
+        status.phase = in_flight_phase(run.status);
+    }
+}
+
+struct Decider<'a> {
+    run: &'a DbtCloudJobRun,
+    obs: &'a Observation,
+    settings: &'a Settings,
+    old_phase: RunPhase,
+    status: DbtCloudJobRunStatus,
+    events: Vec<EventNote>,
+    stalled: Option<(String, String)>,
+    waiting: Option<(String, String)>,
+}
+
+impl<'a> Decider<'a> {
+    fn new(run: &'a DbtCloudJobRun, obs: &'a Observation, settings: &'a Settings) -> Self {
+        let status = run.status.clone().unwrap_or_default();
+        Self {
+            run,
+            obs,
+            settings,
+            old_phase: status.phase,
+            status,
+            events: Vec::new(),
+            stalled: None,
+            waiting: None,
+        }
+    }
+
+    fn now(&self) -> Timestamp {
+        self.obs.now
+    }
+
+    fn job_id(&self) -> Option<i64> {
+        self.status.job_id.or(self.run.spec.job.id)
+    }
+
+    fn uid(&self) -> String {
+        self.run.uid().unwrap_or_default()
+    }
+
+    fn poll_interval(&self) -> Duration {
+        Duration::from_secs(self.run.spec.poll_interval_seconds.max(1) as u64)
+    }
+
+    /// The main decision, in priority order.
+    fn step(&mut self) -> Action {
+        let spec = &self.run.spec;
+        if self.status.phase.is_terminal() {
+            return self.after_terminal();
+        }
+        if let CredentialsState::Ready { account_id } = &self.obs.credentials {
+            self.status.account_id = Some(*account_id);
+        }
+        // 1. A recorded trigger without a known run: find it before anything else.
+        if let Some(pending) = self.status.pending_trigger.clone() {
+            if let Some(action) = self.resolve_pending(&pending) {
+                return action;
+            }
+        }
+        let in_flight = self.status.run_id.is_some() && self.current_is_in_flight();
+        // 2. User cancel, suspend, timeout.
+        if spec.cancel {
+            return self.stop(CancelReason::Requested, in_flight);
+        }
+        if spec.suspend {
+            return self.stop(CancelReason::Suspended, in_flight);
+        }
+        conditions::remove_condition(&mut self.status.conditions, SUSPENDED);
+        if self.timed_out() {
+            return self.stop(CancelReason::Timeout, in_flight && spec.cancel_on_timeout);
+        }
+        // 3. Follow the current run.
+        if let Some(run_id) = self.status.run_id {
+            let Some(current) = self.current(run_id) else {
+                return self.need_credentials().unwrap_or(Action::ObserveRun { run_id });
+            };
+            self.update_attempt(&current);
+            if !current.status.is_terminal() {
+                let phase = in_flight_phase(current.status);
+                self.status.phase = phase;
+                self.status.status_message = Some(format!(
+                    "dbt Cloud run {} is {}",
+                    current.id,
+                    current.status.humanized()
+                ));
+                return Action::Settle { requeue: Some(self.poll_interval()) };
+            }
+            let Some(details) = self.obs.details.clone() else {
+                return Action::FetchDetails { run_id };
+            };
+            self.status.steps = details.steps.clone();
+            self.status.results = details.results.clone();
+            return self.after_finished_run(&current, &details);
+        }
+        // 4. Nothing triggered yet (or resumed after suspend): start the first attempt.
+        self.start_attempt(AttemptKind::Full, None)
+    }
+
+    /// The latest observation of `run_id`: polled, or found by the pending-trigger search.
+    fn current(&self, run_id: i64) -> Option<ObservedRun> {
+        let found = match &self.obs.pending_search {
+            PendingSearch::Found(run) => Some(run),
+            _ => None,
+        };
+        self.obs.current_run.as_ref().filter(|r| r.id == run_id).or(found.filter(|r| r.id == run_id)).cloned()
+    }
+
+    fn current_is_in_flight(&self) -> bool {
+        match self.status.run_id.and_then(|id| self.current(id)) {
+            Some(r) => !r.status.is_terminal(),
+            // Unknown: trust the last written phase.
+            _ => !self.status.phase.is_terminal() && self.status.phase != RunPhase::Pending,
+        }
+    }
+
+    fn timed_out(&self) -> bool {
+        match (self.run.spec.timeout_seconds, &self.status.started_at) {
+            (Some(limit), Some(started)) => {
+                self.now().as_second() - started.0.as_second() >= limit
+            }
+            _ => false,
+        }
+    }
+
+    fn need_credentials(&mut self) -> Option<Action> {
+        match &self.obs.credentials {
+            CredentialsState::Ready { .. } => None,
+            CredentialsState::NotReady { reason, message, stalled } => {
+                let msg = format!("Waiting for credentials: {message}");
+                if *stalled {
+                    self.stalled = Some((reason.clone(), msg.clone()));
+                } else {
+                    self.waiting = Some((reason.clone(), msg.clone()));
+                }
+                self.status.status_message = Some(msg);
+                Some(Action::Settle { requeue: Some(self.settings.credentials_retry) })
+            }
+        }
+    }
+
+    fn resolve_pending(&mut self, pending: &PendingTrigger) -> Option<Action> {
+        if let Some(action) = self.need_credentials() {
+            return Some(action);
+        }
+        let job_id = self.job_id()?;
+        match &self.obs.pending_search {
+            PendingSearch::NotSearched => Some(Action::SearchPendingRun {
+                job_id,
+                token: pending.token.clone(),
+                retry_of_run_id: pending.retry_of_run_id,
+            }),
+            PendingSearch::Found(found) => {
+                self.status.pending_trigger = None;
+                record_attempt(&mut self.status, pending.attempt, pending.kind, found, self.obs.now);
+                self.events.push(EventNote::normal(
+                    "Adopted",
+                    format!(
+                        "Attempt {}: found dbt Cloud run {} from an earlier trigger whose outcome was not recorded; following it instead of triggering again",
+                        pending.attempt, found.id
+                    ),
+                ));
+                None
+            }
+            PendingSearch::NotFound => {
+                let waited = self.now().as_second() - pending.requested_at.0.as_second();
+                let window = self.settings.ambiguity_window.as_secs() as i64;
+                if waited < window {
+                    self.status.status_message = Some(format!(
+                        "Confirming whether attempt {} reached dbt Cloud ({waited}s of {window}s)",
+                        pending.attempt
+                    ));
+                    let left = Duration::from_secs((window - waited).max(1) as u64);
+                    return Some(Action::Settle { requeue: Some(left.min(self.settings.confirm_retry)) });
+                }
+                // Not sent: the intent is void. Either stop, or send it again with the same token.
+                self.status.pending_trigger = None;
+                if self.run.spec.cancel || self.run.spec.suspend || self.timed_out() {
+                    return None;
+                }
+                self.events.push(EventNote::warning(
+                    "TriggerNotFound",
+                    format!(
+                        "Attempt {}: no dbt Cloud run appeared within {window}s of the recorded trigger; sending it again",
+                        pending.attempt
+                    ),
+                ));
+                Some(self.start_with(pending.attempt, pending.kind, pending.retry_of_run_id, job_id))
+            }
+        }
+    }
+
+    fn stop(&mut self, reason: CancelReason, in_flight: bool) -> Action {
+        if in_flight {
+            if let Some(run_id) = self.status.run_id {
+                if let Some(action) = self.need_credentials() {
+                    return action;
+                }
+                // After a cancel the shell puts dbt Cloud's answer in `current_run`.
+                let answered = self.current(run_id).is_some_and(|r| r.status.is_terminal());
+                if !answered {
+                    return Action::CancelRun { run_id, reason };
+                }
+            }
+        }
+        if let Some(current) = self.status.run_id.and_then(|id| self.current(id)) {
+            self.update_attempt(&current);
+        }
+        match reason {
+            CancelReason::Requested => {
+                self.events.push(EventNote::normal("Cancelled", "Cancelled as requested by spec.cancel"));
+                self.finish_phase(RunPhase::Cancelled, "Cancelled by spec.cancel".into())
+            }
+            CancelReason::Timeout => {
+                let limit = self.run.spec.timeout_seconds.unwrap_or_default();
+                let what = if in_flight {
+                    "the dbt Cloud run was cancelled"
+                } else if self.run.spec.cancel_on_timeout {
+                    "no dbt Cloud run was in flight"
+                } else {
+                    "the dbt Cloud run was left running (cancelOnTimeout: false)"
+                };
+                self.events.push(EventNote::warning(
+                    "TimedOut",
+                    format!("timeoutSeconds ({limit}s) expired; {what}"),
+                ));
+                self.finish_phase(RunPhase::TimedOut, format!("timeoutSeconds ({limit}s) expired"))
+            }
+            CancelReason::Suspended => {
+                if in_flight {
+                    self.events.push(EventNote::normal(
+                        "Suspended",
+                        "spec.suspend is set: the dbt Cloud run was cancelled; a new attempt starts on resume",
+                    ));
+                }
+                self.status.phase = RunPhase::Pending;
+                self.status.run_id = None;
+                self.status.run_url = None;
+                self.status.status_message = Some("Suspended by spec.suspend".into());
+                let (gen, now) = (self.run.metadata.generation, self.now());
+                set_condition(
+                    &mut self.status.conditions,
+                    SUSPENDED,
+                    true,
+                    "Suspended",
+                    "spec.suspend is true; nothing runs until it is false",
+                    gen,
+                    now,
+                );
+                Action::Settle { requeue: None }
+            }
+        }
+    }
+
+    fn start_attempt(&mut self, kind: AttemptKind, retry_of: Option<i64>) -> Action {
+        if let Some(action) = self.need_credentials() {
+            return action;
+        }
+        let job_id = match self.job_id() {
+            Some(id) => id,
+            None => match &self.obs.job {
+                None => return Action::ResolveJob,
+                Some(JobResolution::Resolved(id)) => {
+                    self.status.job_id = Some(*id);
+                    *id
+                }
+                Some(JobResolution::NotFound(msg)) => {
+                    self.events.push(EventNote::warning("JobNotFound", msg.clone()));
+                    return self.fail_with("JobNotFound", msg.clone());
+                }
+                Some(JobResolution::Ambiguous(msg)) => {
+                    self.events.push(EventNote::warning("JobNameAmbiguous", msg.clone()));
+                    return self.fail_with("JobNameAmbiguous", msg.clone());
+                }
+                Some(JobResolution::Transient { reason, message }) => {
+                    self.waiting = Some((reason.clone(), message.clone()));
+                    self.status.status_message = Some(message.clone());
+                    return Action::Settle { requeue: Some(self.settings.credentials_retry) };
+                }
+            },
+        };
+        self.status.job_id = Some(job_id);
+        let attempt = self.status.attempts.iter().map(|a| a.attempt).max().unwrap_or(0) + 1;
+        self.start_with(attempt, kind, retry_of, job_id)
+    }
+
+    fn start_with(&mut self, attempt: u32, kind: AttemptKind, retry_of: Option<i64>, job_id: i64) -> Action {
+        let token = attempt_token(&self.uid(), attempt);
+        self.status.pending_trigger = Some(PendingTrigger {
+            attempt,
+            token: token.clone(),
+            kind,
+            retry_of_run_id: retry_of,
+            requested_at: Time(self.now()),
+        });
+        if self.status.started_at.is_none() {
+            self.status.started_at = Some(Time(self.now()));
+        }
+        self.status.phase = RunPhase::Pending;
+        self.status.status_message = Some(format!("Triggering attempt {attempt}"));
+        let request = match (kind, retry_of) {
+            (AttemptKind::RerunFailed, Some(run_id)) => StartRequest::Retry { job_id, run_id },
+            _ => {
+                let text = self.run.spec.trigger.as_ref().and_then(|t| t.cause.clone()).unwrap_or_else(|| {
+                    default_cause(&self.run.namespace().unwrap_or_default(), &self.run.name_any())
+                });
+                StartRequest::Trigger { job_id, cause: cause_with_token(&text, &token) }
+            }
+        };
+        Action::StartAttempt(request)
+    }
+
+    fn update_attempt(&mut self, run: &ObservedRun) {
+        if let Some(a) = self.status.attempts.iter_mut().find(|a| a.run_id == run.id) {
+            a.status = run.status.humanized().to_string();
+            a.url = run.href.clone().or(a.url.take());
+            a.created_at = time(run.created_at).or(a.created_at.take());
+            a.started_at = time(run.started_at).or(a.started_at.take());
+            a.finished_at = time(run.finished_at).or(a.finished_at.take());
+        }
+        if run.href.is_some() {
+            self.status.run_url = run.href.clone();
+        }
+    }
+
+    fn failed_attempts(&self) -> u32 {
+        self.status.attempts.iter().filter(|a| a.status == RunStatus::Error.humanized()).count() as u32
+    }
+
+    fn after_finished_run(&mut self, run: &ObservedRun, details: &RunDetails) -> Action {
+        // The run's own finish time, so durations match dbt Cloud's.
+        if let Some(finished) = run.finished_at {
+            self.status.finished_at = Some(Time(finished));
+        }
+        match run.status {
+            RunStatus::Success => {
+                self.events.push(EventNote::normal(
+                    "Succeeded",
+                    format!("dbt Cloud run {} succeeded", run.id),
+                ));
+                self.finish_phase(RunPhase::Succeeded, format!("dbt Cloud run {} succeeded", run.id))
+            }
+            RunStatus::Cancelled => {
+                self.events.push(EventNote::warning(
+                    "Cancelled",
+                    format!("dbt Cloud run {} was cancelled in dbt Cloud", run.id),
+                ));
+                self.finish_phase(RunPhase::Cancelled, format!("dbt Cloud run {} was cancelled in dbt Cloud", run.id))
+            }
+            _ => {
+                let step = details
+                    .failed_step
+                    .as_ref()
+                    .map(|(name, log)| format!(" at step {name}: {log}"))
+                    .unwrap_or_else(|| {
+                        run.status_message.as_ref().map(|m| format!(": {m}")).unwrap_or_default()
+                    });
+                let message = conditions::truncate_message(&format!("dbt Cloud run {} failed{step}", run.id));
+                let policy = &self.run.spec.retry;
+                if self.failed_attempts() < policy.max_attempts {
+                    let next = self.status.attempts.iter().map(|a| a.attempt).max().unwrap_or(0) + 1;
+                    self.events.push(EventNote::warning("RunFailed", message.clone()));
+                    let kind = match policy.strategy {
+                        RetryStrategy::RerunFailed if run.can_retry => AttemptKind::RerunFailed,
+                        RetryStrategy::RerunFailed => {
+                            self.events.push(EventNote::normal(
+                                "RetryFallbackFull",
+                                format!("dbt Cloud cannot retry run {} natively; triggering the whole job for attempt {next}", run.id),
+                            ));
+                            AttemptKind::Full
+                        }
+                        RetryStrategy::Full => AttemptKind::Full,
+                    };
+                    self.events.push(EventNote::normal(
+                        "Retrying",
+                        format!("Starting attempt {next} of {} ({kind:?})", policy.max_attempts),
+                    ));
+                    let retry_of = (kind == AttemptKind::RerunFailed).then_some(run.id);
+                    self.status.finished_at = None;
+                    return self.start_attempt(kind, retry_of);
+                }
+                self.events.push(EventNote::warning("Failed", message.clone()));
+                self.finish_phase(RunPhase::Failed, message)
+            }
+        }
+    }
+
+    fn fail_with(&mut self, reason: &str, message: String) -> Action {
+        self.stalled = Some((reason.to_string(), message.clone()));
+        self.finish_phase(RunPhase::Failed, message)
+    }
+
+    fn finish_phase(&mut self, phase: RunPhase, message: String) -> Action {
+        self.status.phase = phase;
+        self.status.status_message = Some(conditions::truncate_message(&message));
+        self.status.pending_trigger = None;
+        if self.status.finished_at.is_none() {
+            self.status.finished_at = Some(Time(self.now()));
+        }
+        if let (Some(start), Some(end)) = (&self.status.started_at, &self.status.finished_at) {
+            self.status.duration_seconds = Some((end.0.as_second() - start.0.as_second()).max(0));
+        }
+        self.after_terminal()
+    }
+
+    fn after_terminal(&mut self) -> Action {
+        let Some(ttl) = self.run.spec.ttl_seconds_after_finished else {
+            return Action::Settle { requeue: None };
+        };
+        let finished = self.status.finished_at.as_ref().map(|t| t.0).unwrap_or(self.now());
+        let left = finished.as_second() + ttl - self.now().as_second();
+        if left <= 0 {
+            Action::Delete
+        } else {
+            Action::Settle { requeue: Some(Duration::from_secs(left as u64)) }
+        }
+    }
+
+    /// Writes conditions from the final state and assembles the decision.
+    fn finish(mut self, action: Action) -> Decision {
+        let now = self.now();
+        let gen = self.run.metadata.generation;
+        self.status.observed_generation = gen;
+        let phase = self.status.phase;
+        if phase != self.old_phase && !phase.is_terminal() && phase != RunPhase::Pending {
+            let note = format!(
+                "Phase {} (dbt Cloud run {})",
+                phase.as_str(),
+                self.status.run_id.map(|r| r.to_string()).unwrap_or_default()
+            );
+            self.events.push(EventNote::normal("PhaseChanged", note));
+        }
+        let c = &mut self.status.conditions;
+        match &self.obs.credentials {
+            CredentialsState::Ready { .. } => {
+                set_condition(c, CREDENTIALS_READY, true, "Ready", "Credentials are valid", gen, now);
+            }
+            CredentialsState::NotReady { reason, message, .. } if !phase.is_terminal() => {
+                set_condition(c, CREDENTIALS_READY, false, reason, message, gen, now);
+            }
+            CredentialsState::NotReady { .. } => {}
+        }
+        let message = self.status.status_message.clone().unwrap_or_default();
+        match phase {
+            RunPhase::Succeeded => {
+                set_condition(c, conditions::READY, true, "Succeeded", &message, gen, now);
+                set_condition(c, conditions::COMPLETE, true, "Succeeded", &message, gen, now);
+                conditions::remove_condition(c, conditions::FAILED);
+                set_condition(c, conditions::RECONCILING, false, "Finished", &message, gen, now);
+                set_condition(c, conditions::STALLED, false, "Finished", &message, gen, now);
+            }
+            RunPhase::Failed | RunPhase::Cancelled | RunPhase::TimedOut => {
+                let reason = self
+                    .stalled
+                    .as_ref()
+                    .map(|(r, _)| r.clone())
+                    .unwrap_or_else(|| match phase {
+                        RunPhase::Failed => "RunFailed".into(),
+                        other => other.as_str().into(),
+                    });
+                set_condition(c, conditions::READY, false, &reason, &message, gen, now);
+                set_condition(c, conditions::FAILED, true, &reason, &message, gen, now);
+                conditions::remove_condition(c, conditions::COMPLETE);
+                set_condition(c, conditions::RECONCILING, false, "Finished", &message, gen, now);
+                set_condition(c, conditions::STALLED, true, &reason, &message, gen, now);
+            }
+            _ => {
+                let (reason, stalled) = if let Some((r, _)) = &self.stalled {
+                    (r.clone(), true)
+                } else if let Some((r, _)) = &self.waiting {
+                    (r.clone(), false)
+                } else if conditions::is_true(c, SUSPENDED) {
+                    ("Suspended".to_string(), false)
+                } else {
+                    (phase.as_str().to_string(), false)
+                };
+                set_condition(c, conditions::READY, false, &reason, &message, gen, now);
+                set_condition(c, conditions::RECONCILING, !stalled, &reason, &message, gen, now);
+                set_condition(c, conditions::STALLED, stalled, &reason, &message, gen, now);
+            }
+        }
+        Decision { action, status: self.status, events: self.events }
+    }
+}
+
+#[cfg(test)]
+#[path = "lifecycle_tests.rs"]
+mod tests;
