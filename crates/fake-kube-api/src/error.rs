@@ -31,7 +31,11 @@ impl ApiError {
     }
 
     pub(crate) fn not_found_path() -> Self {
-        Self::new(404, "NotFound", "the server could not find the requested resource")
+        Self::new(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        )
     }
 
     pub(crate) fn with_details(mut self, details: Value) -> Self {

@@ -67,7 +67,10 @@ pub(crate) fn related(a: &str, b: &str) -> bool {
 
 /// `/spec/holderIdentity` -> `.spec.holderIdentity` (the apiserver's conflict message format).
 pub(crate) fn dotted(path: &str) -> String {
-    path.split('/').skip(1).map(|s| format!(".{}", unescape(s))).collect()
+    path.split('/')
+        .skip(1)
+        .map(|s| format!(".{}", unescape(s)))
+        .collect()
 }
 
 /// Leaf paths whose value differs between `old` and `new` (added, changed or removed).

@@ -276,11 +276,14 @@ impl FakeApiServer {
     ) -> Reply {
         let mut s = self.lock();
         let injected = if s.unavailable {
-            Some(ApiError::from_code(503, "the server is currently unable to handle the request"))
+            Some(ApiError::from_code(
+                503,
+                "the server is currently unable to handle the request",
+            ))
         } else if let Some(rule) = s
             .failures
             .iter_mut()
-            .find(|r| r.remaining > 0 && &r.method == method && path.contains(&r.path_contains))
+            .find(|r| r.remaining > 0 && r.method == method && path.contains(&r.path_contains))
         {
             rule.remaining -= 1;
             Some(ApiError::from_code(
@@ -360,7 +363,8 @@ where
                 header(http::header::ACCEPT),
                 &body,
             );
-            let response = Response::builder().header(http::header::CONTENT_TYPE, "application/json");
+            let response =
+                Response::builder().header(http::header::CONTENT_TYPE, "application/json");
             let response = match reply {
                 Reply::Json(code, value) => response.status(code).body(
                     Full::new(Bytes::from(serde_json::to_vec(&value).unwrap_or_default()))
@@ -369,8 +373,10 @@ where
                 Reply::Watch(rx, timeout) => {
                     let frames = rx.map(|b| Ok::<_, Infallible>(http_body::Frame::data(b)));
                     let body = match timeout {
-                        Some(d) => StreamBody::new(frames.take_until(Box::pin(tokio::time::sleep(d))))
-                            .boxed_unsync(),
+                        Some(d) => {
+                            StreamBody::new(frames.take_until(Box::pin(tokio::time::sleep(d))))
+                                .boxed_unsync()
+                        }
                         None => StreamBody::new(frames).boxed_unsync(),
                     };
                     response.status(200).body(body)

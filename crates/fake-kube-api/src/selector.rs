@@ -45,7 +45,10 @@ fn split_terms(s: &str) -> Vec<&str> {
         }
     }
     out.push(&s[start..]);
-    out.into_iter().map(str::trim).filter(|t| !t.is_empty()).collect()
+    out.into_iter()
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .collect()
 }
 
 fn valid_key(k: &str) -> bool {
@@ -91,7 +94,9 @@ pub(crate) fn parse_label_selector(s: &str) -> Result<Vec<LabelReq>, String> {
             | LabelReq::NotExists(k) => k,
         };
         if !valid_key(key) {
-            return Err(format!("unable to parse requirement: invalid label key {key:?}"));
+            return Err(format!(
+                "unable to parse requirement: invalid label key {key:?}"
+            ));
         }
         reqs.push(req);
     }
@@ -107,7 +112,9 @@ pub(crate) fn parse_field_selector(s: &str) -> Result<Vec<FieldReq>, String> {
         } else if let Some((k, v)) = term.split_once("==").or_else(|| term.split_once('=')) {
             (k, v, false)
         } else {
-            return Err(format!("invalid selector: '{term}'; can't understand '{term}'"));
+            return Err(format!(
+                "invalid selector: '{term}'; can't understand '{term}'"
+            ));
         };
         reqs.push(FieldReq {
             path: path.trim().to_string(),
@@ -137,8 +144,14 @@ impl Filter {
     /// Builds a filter from the `labelSelector` and `fieldSelector` query parameters.
     pub(crate) fn parse(labels: Option<&str>, fields: Option<&str>) -> Result<Self, String> {
         Ok(Self {
-            labels: labels.map(parse_label_selector).transpose()?.unwrap_or_default(),
-            fields: fields.map(parse_field_selector).transpose()?.unwrap_or_default(),
+            labels: labels
+                .map(parse_label_selector)
+                .transpose()?
+                .unwrap_or_default(),
+            fields: fields
+                .map(parse_field_selector)
+                .transpose()?
+                .unwrap_or_default(),
         })
     }
 

@@ -193,7 +193,10 @@ impl Req<'_> {
     }
 
     fn manager(&self) -> String {
-        self.query.get("fieldManager").unwrap_or("unknown").to_string()
+        self.query
+            .get("fieldManager")
+            .unwrap_or("unknown")
+            .to_string()
     }
 }
 
@@ -237,7 +240,8 @@ fn parse_path(path: &str) -> Option<Target> {
     let route = match rest {
         [] => return Some(Target::GroupVersion(group.into(), version.into())),
         ["namespaces", ns, plural, tail @ ..]
-            if tail.len() <= 2 && !(tail.is_empty() && matches!(*plural, "status" | "finalize")) =>
+            if tail.len() <= 2
+                && !(tail.is_empty() && matches!(*plural, "status" | "finalize")) =>
         {
             Route {
                 rt: rt(plural),
@@ -346,7 +350,11 @@ fn finalizers(v: &Value) -> Vec<String> {
     meta(v)
         .and_then(|m| m.get("finalizers"))
         .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(|f| f.as_str().map(String::from)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|f| f.as_str().map(String::from))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -559,9 +567,7 @@ impl State {
                 if !m.contains_key(f) {
                     let v = old_meta
                         .and_then(|om| om.get(f).cloned())
-                        .unwrap_or_else(|| {
-                            json!(if f == "uid" { new_uid() } else { now_ts() })
-                        });
+                        .unwrap_or_else(|| json!(if f == "uid" { new_uid() } else { now_ts() }));
                     m.insert(f.into(), v);
                 }
             }
@@ -618,7 +624,12 @@ impl State {
     }
 
     /// Test hook: remove an object at once, ignoring finalizers.
-    pub(crate) fn remove(&mut self, rt: &ResourceType, ns: Option<&str>, name: &str) -> Option<Value> {
+    pub(crate) fn remove(
+        &mut self,
+        rt: &ResourceType,
+        ns: Option<&str>,
+        name: &str,
+    ) -> Option<Value> {
         let key = ObjKey {
             rt: rt.clone(),
             ns: ns.map(String::from),
@@ -679,7 +690,10 @@ impl State {
                 let mut groups: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
                 for rt in self.known_types() {
                     if !rt.group.is_empty() {
-                        groups.entry(rt.group.clone()).or_default().insert(rt.version.clone());
+                        groups
+                            .entry(rt.group.clone())
+                            .or_default()
+                            .insert(rt.version.clone());
                     }
                 }
                 let groups: Vec<Value> = groups
@@ -698,7 +712,11 @@ impl State {
                 ))
             }
             Target::GroupVersion(g, v) => {
-                let gv = if g.is_empty() { v.clone() } else { format!("{g}/{v}") };
+                let gv = if g.is_empty() {
+                    v.clone()
+                } else {
+                    format!("{g}/{v}")
+                };
                 let resources: Vec<Value> = self
                     .known_types()
                     .into_iter()
@@ -776,7 +794,7 @@ impl State {
             (&Method::DELETE, None) => self.delete_collection(route, req),
             _ => Err(ApiError::from_code(
                 405,
-                format!("the server does not allow this method on the requested resource"),
+                "the server does not allow this method on the requested resource",
             )),
         }
     }
@@ -852,7 +870,10 @@ impl State {
         }
         let items: Vec<Value> = items.into_iter().map(|(_, v)| v).collect();
         let (api_version, kind) = if partial {
-            ("meta.k8s.io/v1".to_string(), "PartialObjectMetadataList".to_string())
+            (
+                "meta.k8s.io/v1".to_string(),
+                "PartialObjectMetadataList".to_string(),
+            )
         } else {
             (
                 route.rt.api_version(),
@@ -865,7 +886,12 @@ impl State {
         ))
     }
 
-    fn watch(&mut self, route: &Route, name: Option<&str>, req: &Req<'_>) -> Result<Reply, ApiError> {
+    fn watch(
+        &mut self,
+        route: &Route,
+        name: Option<&str>,
+        req: &Req<'_>,
+    ) -> Result<Reply, ApiError> {
         let filter = Self::filter(req, name)?;
         let timeout = req
             .query
@@ -1262,7 +1288,13 @@ impl State {
                 return Err(conflict_modified(&route.rt, name));
             }
         }
-        let (code, obj) = self.write(&key, result, status_scope, Owner::Update(req.manager()), dry)?;
+        let (code, obj) = self.write(
+            &key,
+            result,
+            status_scope,
+            Owner::Update(req.manager()),
+            dry,
+        )?;
         Ok(Reply::Json(code, obj))
     }
 
@@ -1434,7 +1466,11 @@ impl State {
             let m = meta_mut(&mut new);
             m.insert("deletionTimestamp".into(), json!(now_ts()));
             m.insert("deletionGracePeriodSeconds".into(), json!(0));
-            if let Some(g) = m.get("generation").and_then(Value::as_i64).filter(|g| *g > 0) {
+            if let Some(g) = m
+                .get("generation")
+                .and_then(Value::as_i64)
+                .filter(|g| *g > 0)
+            {
                 m.insert("generation".into(), json!(g + 1));
             }
             if dry {
@@ -1494,7 +1530,13 @@ impl State {
 }
 
 /// Updates field ownership for a write from `old` to `new`.
-fn update_ownership(managers: &mut Managers, old: &Value, new: &Value, owner: &Owner, has_status: bool) {
+fn update_ownership(
+    managers: &mut Managers,
+    old: &Value,
+    new: &Value,
+    owner: &Owner,
+    has_status: bool,
+) {
     let changed = changed_paths(old, new);
     let me = match owner {
         Owner::Update(m) => Some(m.as_str()),
