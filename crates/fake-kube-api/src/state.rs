@@ -400,6 +400,37 @@ fn conflict_modified(rt: &ResourceType, name: &str) -> ApiError {
     .with_details(details(rt, name))
 }
 
+/// Optimistic-concurrency preconditions of a write: a non-empty `metadata.resourceVersion` in
+/// the body (PUT), the patched result (PATCH) or the applied configuration (apply) must equal
+/// the stored one, and likewise `metadata.uid`; otherwise 409 Conflict.
+fn check_preconditions(
+    current: &Value,
+    incoming: &Value,
+    rt: &ResourceType,
+    name: &str,
+) -> Result<(), ApiError> {
+    if let Some(rv) = meta_str(incoming, "resourceVersion").filter(|r| !r.is_empty()) {
+        if rv != meta_str(current, "resourceVersion").unwrap_or_default() {
+            return Err(conflict_modified(rt, name));
+        }
+    }
+    if let Some(uid) = meta_str(incoming, "uid").filter(|u| !u.is_empty()) {
+        let have = meta_str(current, "uid").unwrap_or_default();
+        if uid != have {
+            return Err(ApiError::new(
+                409,
+                "Conflict",
+                format!(
+                    "Operation cannot be fulfilled on {} \"{name}\": Precondition failed: UID in precondition: {uid}, UID in object meta: {have}",
+                    rt.group_resource()
+                ),
+            )
+            .with_details(details(rt, name)));
+        }
+    }
+    Ok(())
+}
+
 /// Who is writing, for the field-ownership model.
 enum Owner {
     /// A non-apply write (create/PUT/PATCH) by this field manager.
@@ -1216,12 +1247,7 @@ impl State {
             }
             return Err(not_found(&route.rt, name));
         };
-        let current_rv = meta_str(&stored.value, "resourceVersion").unwrap_or_default();
-        if let Some(rv) = meta_str(&body, "resourceVersion").filter(|r| !r.is_empty()) {
-            if rv != current_rv {
-                return Err(conflict_modified(&route.rt, name));
-            }
-        }
+        check_preconditions(&stored.value, &body, &route.rt, name)?;
         let (code, obj) = self.write(
             &key,
             body,
@@ -1282,12 +1308,7 @@ impl State {
                 ))
             }
         };
-        let current_rv = meta_str(old, "resourceVersion").unwrap_or_default();
-        if let Some(rv) = meta_str(&result, "resourceVersion").filter(|r| !r.is_empty()) {
-            if rv != current_rv {
-                return Err(conflict_modified(&route.rt, name));
-            }
-        }
+        check_preconditions(old, &result, &route.rt, name)?;
         let (code, obj) = self.write(
             &key,
             result,
@@ -1344,12 +1365,7 @@ impl State {
             return Ok(Reply::Json(201, obj));
         };
         let old = &stored.value;
-        let current_rv = meta_str(old, "resourceVersion").unwrap_or_default();
-        if let Some(rv) = meta_str(&applied, "resourceVersion").filter(|r| !r.is_empty()) {
-            if rv != current_rv {
-                return Err(conflict_modified(&route.rt, &key.name));
-            }
-        }
+        check_preconditions(old, &applied, &route.rt, &key.name)?;
         if !force {
             let mut conflicts = Vec::new();
             for (p, v) in &applied_leaves {
@@ -1460,7 +1476,7 @@ impl State {
         }
         if !finalizers(&obj).is_empty() {
             if meta(&obj).is_some_and(|m| m.contains_key("deletionTimestamp")) {
-                return Ok((202, obj));
+                return Ok((200, obj));
             }
             let mut new = obj.clone();
             let m = meta_mut(&mut new);
@@ -1474,7 +1490,7 @@ impl State {
                 m.insert("generation".into(), json!(g + 1));
             }
             if dry {
-                return Ok((202, new));
+                return Ok((200, new));
             }
             self.rv += 1;
             meta_mut(&mut new).insert("resourceVersion".into(), json!(self.rv.to_string()));
@@ -1482,7 +1498,7 @@ impl State {
                 s.value = new.clone();
             }
             self.emit(EvType::Modified, key, &new, Some(obj));
-            return Ok((202, new));
+            return Ok((200, new));
         }
         let mut gone = obj;
         if !dry {

@@ -980,3 +980,109 @@ async fn lease_manager_elects_one_leader() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn recorder_creates_then_patches_series() {
+    use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+    bounded(async {
+        let server = FakeApiServer::new();
+        let client = server.client();
+        let api: Api<Widget> = Api::namespaced(client.clone(), "team");
+        let w = api
+            .create(&PostParams::default(), &widget("r", 1))
+            .await
+            .unwrap();
+        let recorder = Recorder::new(client, Reporter::from("ctl"));
+        let ev = Event {
+            type_: EventType::Warning,
+            reason: "Failed".into(),
+            note: Some("boom".into()),
+            action: "Run".into(),
+            secondary: None,
+        };
+        recorder.publish(&ev, &w.object_ref(&())).await.unwrap();
+        recorder.publish(&ev, &w.object_ref(&())).await.unwrap();
+        let events = server.events("team");
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0]["type"], "Warning");
+        assert_eq!(events[0]["note"], "boom");
+        assert_eq!(events[0]["series"]["count"], 2);
+        assert!(server.events("default").is_empty());
+        let methods: Vec<_> = server
+            .requests()
+            .into_iter()
+            .filter(|r| r.path.contains("/events"))
+            .map(|r| r.method)
+            .collect();
+        assert_eq!(methods, [http::Method::POST, http::Method::PATCH]);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn dry_run_put_create_uid_precondition_and_collections() {
+    bounded(async {
+        let server = FakeApiServer::new();
+        let client = server.client();
+        let cms: Api<ConfigMap> = Api::default_namespaced(client.clone());
+        let dry = PostParams {
+            dry_run: true,
+            ..Default::default()
+        };
+        let d = cms.create(&dry, &cm("dry", &[])).await.unwrap();
+        assert!(d.metadata.uid.is_some());
+        assert!(cms.get_opt("dry").await.unwrap().is_none());
+
+        // PUT creates Leases (but not ConfigMaps)
+        let leases: Api<Lease> = Api::default_namespaced(client.clone());
+        let lease = Lease {
+            metadata: ObjectMeta {
+                name: Some("put".into()),
+                ..Default::default()
+            },
+            spec: None,
+        };
+        leases.replace("put", &PostParams::default(), &lease).await.unwrap();
+        assert!(leases.get_opt("put").await.unwrap().is_some());
+        let (code, _) = api_code(
+            cms.replace("nope", &PostParams::default(), &cm("nope", &[]))
+                .await
+                .unwrap_err(),
+        );
+        assert_eq!(code, 404);
+
+        // uid precondition in a merge patch
+        cms.create(&PostParams::default(), &cm("u", &[])).await.unwrap();
+        let wrong = json!({"metadata": {"uid": "00000000-0000-4000-8000-000000000000"}, "data": {"a": "b"}});
+        let (code, _) = api_code(
+            cms.patch("u", &PatchParams::default(), &Patch::Merge(&wrong))
+                .await
+                .unwrap_err(),
+        );
+        assert_eq!(code, 409);
+
+        // /status on a resource without the subresource → 404; configurable
+        let (code, _) = api_code(cms.get_status("u").await.unwrap_err());
+        assert_eq!(code, 404);
+        server.set_status_subresource("", "configmaps", true);
+        assert!(cms.get_status("u").await.is_ok());
+
+        // delete_collection with a label selector
+        let mut l = cm("l1", &[]);
+        l.metadata.labels = Some(BTreeMap::from([("gone".into(), "yes".into())]));
+        cms.create(&PostParams::default(), &l).await.unwrap();
+        cms.delete_collection(&DeleteParams::default(), &ListParams::default().labels("gone=yes"))
+            .await
+            .unwrap();
+        let names: Vec<_> = cms
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .map(|c| c.name_any())
+            .collect();
+        assert_eq!(names, ["u"]);
+    })
+    .await;
+}
