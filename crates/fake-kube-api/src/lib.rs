@@ -1,6 +1,22 @@
 //! An in-memory Kubernetes API server implemented as a [`tower::Service`], so that
 //! `kube::Client::new(server.service(), "default")` can drive real controller code in tests.
 //!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! use fake_kube_api::FakeApiServer;
+//! use k8s_openapi::api::core::v1::ConfigMap;
+//! use kube::api::{Api, PostParams};
+//!
+//! let server = FakeApiServer::new();
+//! let api: Api<ConfigMap> = Api::default_namespaced(server.client());
+//! let mut cm = ConfigMap::default();
+//! cm.metadata.name = Some("settings".into());
+//! api.create(&PostParams::default(), &cm).await.unwrap();
+//! assert!(server.get("v1", "configmaps", Some("default"), "settings").is_some());
+//! # }
+//! ```
+//!
 //! # What behaves like the real kube-apiserver
 //!
 //! - URL routing for core (`/api/v1/...`) and grouped (`/apis/{group}/{version}/...`) resources,
@@ -43,6 +59,8 @@
 //! - `metadata.generation` is kept for every group except core, `coordination.k8s.io` and
 //!   `events.k8s.io`; the status subresource is on by default for the same set
 //!   (change with [`FakeApiServer::set_status_subresource`]).
+
+#![warn(missing_docs)]
 
 mod error;
 mod fields;
