@@ -19,8 +19,8 @@ use kube::ResourceExt;
 
 use crate::crd::conditions::{self, set_condition};
 use crate::crd::job_run::{
-    AttemptKind, DbtCloudJobRun, DbtCloudJobRunStatus, PendingTrigger, ResultsSummary, RetryStrategy,
-    RunAttempt, RunPhase, StepSummary, MAX_CAUSE_LEN,
+    AttemptKind, DbtCloudJobRun, DbtCloudJobRunStatus, PendingTrigger, ResultsSummary,
+    RetryStrategy, RunAttempt, RunPhase, StepSummary, MAX_CAUSE_LEN,
 };
 use crate::dbt_cloud::RunStatus;
 
@@ -250,10 +250,18 @@ pub struct EventNote {
 
 impl EventNote {
     fn normal(reason: &'static str, note: impl Into<String>) -> Self {
-        Self { warning: false, reason, note: note.into() }
+        Self {
+            warning: false,
+            reason,
+            note: note.into(),
+        }
     }
     fn warning(reason: &'static str, note: impl Into<String>) -> Self {
-        Self { warning: true, reason, note: note.into() }
+        Self {
+            warning: true,
+            reason,
+            note: note.into(),
+        }
     }
 }
 
@@ -328,10 +336,48 @@ pub fn after_start(
         format!(
             "Attempt {attempt}: dbt Cloud run {} {}",
             started.id,
-            if kind == AttemptKind::RerunFailed { "retries the failed steps" } else { "triggered" }
+            if kind == AttemptKind::RerunFailed {
+                "retries the failed steps"
+            } else {
+                "triggered"
+            }
         ),
     );
     (status, note)
+}
+
+/// Status after a start request that dbt Cloud definitely refused (no run was created): the intent
+/// is void. A `permanent` refusal (400, or 404 for the job) fails the run; otherwise the run waits
+/// and the start is decided again later. Returns the status and the Event to publish.
+pub fn after_start_rejected(
+    run: &DbtCloudJobRun,
+    status: &DbtCloudJobRunStatus,
+    reason: &str,
+    message: &str,
+    permanent: bool,
+    now: Timestamp,
+) -> (DbtCloudJobRunStatus, EventNote) {
+    let mut status = status.clone();
+    status.pending_trigger = None;
+    let gen = run.metadata.generation;
+    let message = conditions::truncate_message(message);
+    status.status_message = Some(message.clone());
+    let c = &mut status.conditions;
+    set_condition(c, conditions::READY, false, reason, &message, gen, now);
+    if permanent {
+        status.phase = RunPhase::Failed;
+        status.finished_at = Some(Time(now));
+        if let Some(start) = &status.started_at {
+            status.duration_seconds = Some((now.as_second() - start.0.as_second()).max(0));
+        }
+        set_condition(c, conditions::FAILED, true, reason, &message, gen, now);
+        set_condition(c, conditions::RECONCILING, false, "Finished", &message, gen, now);
+        set_condition(c, conditions::STALLED, true, reason, &message, gen, now);
+    } else {
+        set_condition(c, conditions::RECONCILING, true, reason, &message, gen, now);
+        set_condition(c, conditions::STALLED, false, reason, &message, gen, now);
+    }
+    (status, EventNote::warning("TriggerRejected", message))
 }
 
 fn record_attempt(
@@ -438,7 +484,9 @@ impl<'a> Decider<'a> {
         // 3. Follow the current run.
         if let Some(run_id) = self.status.run_id {
             let Some(current) = self.current(run_id) else {
-                return self.need_credentials().unwrap_or(Action::ObserveRun { run_id });
+                return self
+                    .need_credentials()
+                    .unwrap_or(Action::ObserveRun { run_id });
             };
             self.update_attempt(&current);
             if !current.status.is_terminal() {
@@ -449,7 +497,9 @@ impl<'a> Decider<'a> {
                     current.id,
                     current.status.humanized()
                 ));
-                return Action::Settle { requeue: Some(self.poll_interval()) };
+                return Action::Settle {
+                    requeue: Some(self.poll_interval()),
+                };
             }
             let Some(details) = self.obs.details.clone() else {
                 return Action::FetchDetails { run_id };
@@ -468,7 +518,12 @@ impl<'a> Decider<'a> {
             PendingSearch::Found(run) => Some(run),
             _ => None,
         };
-        self.obs.current_run.as_ref().filter(|r| r.id == run_id).or(found.filter(|r| r.id == run_id)).cloned()
+        self.obs
+            .current_run
+            .as_ref()
+            .filter(|r| r.id == run_id)
+            .or(found.filter(|r| r.id == run_id))
+            .cloned()
     }
 
     fn current_is_in_flight(&self) -> bool {
@@ -481,9 +536,7 @@ impl<'a> Decider<'a> {
 
     fn timed_out(&self) -> bool {
         match (self.run.spec.timeout_seconds, &self.status.started_at) {
-            (Some(limit), Some(started)) => {
-                self.now().as_second() - started.0.as_second() >= limit
-            }
+            (Some(limit), Some(started)) => self.now().as_second() - started.0.as_second() >= limit,
             _ => false,
         }
     }
@@ -491,7 +544,11 @@ impl<'a> Decider<'a> {
     fn need_credentials(&mut self) -> Option<Action> {
         match &self.obs.credentials {
             CredentialsState::Ready { .. } => None,
-            CredentialsState::NotReady { reason, message, stalled } => {
+            CredentialsState::NotReady {
+                reason,
+                message,
+                stalled,
+            } => {
                 let msg = format!("Waiting for credentials: {message}");
                 if *stalled {
                     self.stalled = Some((reason.clone(), msg.clone()));
@@ -499,7 +556,9 @@ impl<'a> Decider<'a> {
                     self.waiting = Some((reason.clone(), msg.clone()));
                 }
                 self.status.status_message = Some(msg);
-                Some(Action::Settle { requeue: Some(self.settings.credentials_retry) })
+                Some(Action::Settle {
+                    requeue: Some(self.settings.credentials_retry),
+                })
             }
         }
     }
@@ -517,7 +576,13 @@ impl<'a> Decider<'a> {
             }),
             PendingSearch::Found(found) => {
                 self.status.pending_trigger = None;
-                record_attempt(&mut self.status, pending.attempt, pending.kind, found, self.obs.now);
+                record_attempt(
+                    &mut self.status,
+                    pending.attempt,
+                    pending.kind,
+                    found,
+                    self.obs.now,
+                );
                 self.events.push(EventNote::normal(
                     "Adopted",
                     format!(
@@ -536,7 +601,9 @@ impl<'a> Decider<'a> {
                         pending.attempt
                     ));
                     let left = Duration::from_secs((window - waited).max(1) as u64);
-                    return Some(Action::Settle { requeue: Some(left.min(self.settings.confirm_retry)) });
+                    return Some(Action::Settle {
+                        requeue: Some(left.min(self.settings.confirm_retry)),
+                    });
                 }
                 // Not sent: the intent is void. Either stop, or send it again with the same token.
                 self.status.pending_trigger = None;
@@ -550,7 +617,12 @@ impl<'a> Decider<'a> {
                         pending.attempt
                     ),
                 ));
-                Some(self.start_with(pending.attempt, pending.kind, pending.retry_of_run_id, job_id))
+                Some(self.start_with(
+                    pending.attempt,
+                    pending.kind,
+                    pending.retry_of_run_id,
+                    job_id,
+                ))
             }
         }
     }
@@ -573,7 +645,10 @@ impl<'a> Decider<'a> {
         }
         match reason {
             CancelReason::Requested => {
-                self.events.push(EventNote::normal("Cancelled", "Cancelled as requested by spec.cancel"));
+                self.events.push(EventNote::normal(
+                    "Cancelled",
+                    "Cancelled as requested by spec.cancel",
+                ));
                 self.finish_phase(RunPhase::Cancelled, "Cancelled by spec.cancel".into())
             }
             CancelReason::Timeout => {
@@ -589,7 +664,10 @@ impl<'a> Decider<'a> {
                     "TimedOut",
                     format!("timeoutSeconds ({limit}s) expired; {what}"),
                 ));
-                self.finish_phase(RunPhase::TimedOut, format!("timeoutSeconds ({limit}s) expired"))
+                self.finish_phase(
+                    RunPhase::TimedOut,
+                    format!("timeoutSeconds ({limit}s) expired"),
+                )
             }
             CancelReason::Suspended => {
                 if in_flight {
@@ -630,26 +708,43 @@ impl<'a> Decider<'a> {
                     *id
                 }
                 Some(JobResolution::NotFound(msg)) => {
-                    self.events.push(EventNote::warning("JobNotFound", msg.clone()));
+                    self.events
+                        .push(EventNote::warning("JobNotFound", msg.clone()));
                     return self.fail_with("JobNotFound", msg.clone());
                 }
                 Some(JobResolution::Ambiguous(msg)) => {
-                    self.events.push(EventNote::warning("JobNameAmbiguous", msg.clone()));
+                    self.events
+                        .push(EventNote::warning("JobNameAmbiguous", msg.clone()));
                     return self.fail_with("JobNameAmbiguous", msg.clone());
                 }
                 Some(JobResolution::Transient { reason, message }) => {
                     self.waiting = Some((reason.clone(), message.clone()));
                     self.status.status_message = Some(message.clone());
-                    return Action::Settle { requeue: Some(self.settings.credentials_retry) };
+                    return Action::Settle {
+                        requeue: Some(self.settings.credentials_retry),
+                    };
                 }
             },
         };
         self.status.job_id = Some(job_id);
-        let attempt = self.status.attempts.iter().map(|a| a.attempt).max().unwrap_or(0) + 1;
+        let attempt = self
+            .status
+            .attempts
+            .iter()
+            .map(|a| a.attempt)
+            .max()
+            .unwrap_or(0)
+            + 1;
         self.start_with(attempt, kind, retry_of, job_id)
     }
 
-    fn start_with(&mut self, attempt: u32, kind: AttemptKind, retry_of: Option<i64>, job_id: i64) -> Action {
+    fn start_with(
+        &mut self,
+        attempt: u32,
+        kind: AttemptKind,
+        retry_of: Option<i64>,
+        job_id: i64,
+    ) -> Action {
         let token = attempt_token(&self.uid(), attempt);
         self.status.pending_trigger = Some(PendingTrigger {
             attempt,
@@ -666,10 +761,22 @@ impl<'a> Decider<'a> {
         let request = match (kind, retry_of) {
             (AttemptKind::RerunFailed, Some(run_id)) => StartRequest::Retry { job_id, run_id },
             _ => {
-                let text = self.run.spec.trigger.as_ref().and_then(|t| t.cause.clone()).unwrap_or_else(|| {
-                    default_cause(&self.run.namespace().unwrap_or_default(), &self.run.name_any())
-                });
-                StartRequest::Trigger { job_id, cause: cause_with_token(&text, &token) }
+                let text = self
+                    .run
+                    .spec
+                    .trigger
+                    .as_ref()
+                    .and_then(|t| t.cause.clone())
+                    .unwrap_or_else(|| {
+                        default_cause(
+                            &self.run.namespace().unwrap_or_default(),
+                            &self.run.name_any(),
+                        )
+                    });
+                StartRequest::Trigger {
+                    job_id,
+                    cause: cause_with_token(&text, &token),
+                }
             }
         };
         Action::StartAttempt(request)
@@ -689,7 +796,11 @@ impl<'a> Decider<'a> {
     }
 
     fn failed_attempts(&self) -> u32 {
-        self.status.attempts.iter().filter(|a| a.status == RunStatus::Error.humanized()).count() as u32
+        self.status
+            .attempts
+            .iter()
+            .filter(|a| a.status == RunStatus::Error.humanized())
+            .count() as u32
     }
 
     fn after_finished_run(&mut self, run: &ObservedRun, details: &RunDetails) -> Action {
@@ -703,14 +814,20 @@ impl<'a> Decider<'a> {
                     "Succeeded",
                     format!("dbt Cloud run {} succeeded", run.id),
                 ));
-                self.finish_phase(RunPhase::Succeeded, format!("dbt Cloud run {} succeeded", run.id))
+                self.finish_phase(
+                    RunPhase::Succeeded,
+                    format!("dbt Cloud run {} succeeded", run.id),
+                )
             }
             RunStatus::Cancelled => {
                 self.events.push(EventNote::warning(
                     "Cancelled",
                     format!("dbt Cloud run {} was cancelled in dbt Cloud", run.id),
                 ));
-                self.finish_phase(RunPhase::Cancelled, format!("dbt Cloud run {} was cancelled in dbt Cloud", run.id))
+                self.finish_phase(
+                    RunPhase::Cancelled,
+                    format!("dbt Cloud run {} was cancelled in dbt Cloud", run.id),
+                )
             }
             _ => {
                 let step = details
@@ -718,13 +835,25 @@ impl<'a> Decider<'a> {
                     .as_ref()
                     .map(|(name, log)| format!(" at step {name}: {log}"))
                     .unwrap_or_else(|| {
-                        run.status_message.as_ref().map(|m| format!(": {m}")).unwrap_or_default()
+                        run.status_message
+                            .as_ref()
+                            .map(|m| format!(": {m}"))
+                            .unwrap_or_default()
                     });
-                let message = conditions::truncate_message(&format!("dbt Cloud run {} failed{step}", run.id));
+                let message =
+                    conditions::truncate_message(&format!("dbt Cloud run {} failed{step}", run.id));
                 let policy = &self.run.spec.retry;
                 if self.failed_attempts() < policy.max_attempts {
-                    let next = self.status.attempts.iter().map(|a| a.attempt).max().unwrap_or(0) + 1;
-                    self.events.push(EventNote::warning("RunFailed", message.clone()));
+                    let next = self
+                        .status
+                        .attempts
+                        .iter()
+                        .map(|a| a.attempt)
+                        .max()
+                        .unwrap_or(0)
+                        + 1;
+                    self.events
+                        .push(EventNote::warning("RunFailed", message.clone()));
                     let kind = match policy.strategy {
                         RetryStrategy::RerunFailed if run.can_retry => AttemptKind::RerunFailed,
                         RetryStrategy::RerunFailed => {
@@ -738,13 +867,17 @@ impl<'a> Decider<'a> {
                     };
                     self.events.push(EventNote::normal(
                         "Retrying",
-                        format!("Starting attempt {next} of {} ({kind:?})", policy.max_attempts),
+                        format!(
+                            "Starting attempt {next} of {} ({kind:?})",
+                            policy.max_attempts
+                        ),
                     ));
                     let retry_of = (kind == AttemptKind::RerunFailed).then_some(run.id);
                     self.status.finished_at = None;
                     return self.start_attempt(kind, retry_of);
                 }
-                self.events.push(EventNote::warning("Failed", message.clone()));
+                self.events
+                    .push(EventNote::warning("Failed", message.clone()));
                 self.finish_phase(RunPhase::Failed, message)
             }
         }
@@ -772,12 +905,19 @@ impl<'a> Decider<'a> {
         let Some(ttl) = self.run.spec.ttl_seconds_after_finished else {
             return Action::Settle { requeue: None };
         };
-        let finished = self.status.finished_at.as_ref().map(|t| t.0).unwrap_or(self.now());
+        let finished = self
+            .status
+            .finished_at
+            .as_ref()
+            .map(|t| t.0)
+            .unwrap_or(self.now());
         let left = finished.as_second() + ttl - self.now().as_second();
         if left <= 0 {
             Action::Delete
         } else {
-            Action::Settle { requeue: Some(Duration::from_secs(left as u64)) }
+            Action::Settle {
+                requeue: Some(Duration::from_secs(left as u64)),
+            }
         }
     }
 
@@ -791,16 +931,29 @@ impl<'a> Decider<'a> {
             let note = format!(
                 "Phase {} (dbt Cloud run {})",
                 phase.as_str(),
-                self.status.run_id.map(|r| r.to_string()).unwrap_or_default()
+                self.status
+                    .run_id
+                    .map(|r| r.to_string())
+                    .unwrap_or_default()
             );
             self.events.push(EventNote::normal("PhaseChanged", note));
         }
         let c = &mut self.status.conditions;
         match &self.obs.credentials {
             CredentialsState::Ready { .. } => {
-                set_condition(c, CREDENTIALS_READY, true, "Ready", "Credentials are valid", gen, now);
+                set_condition(
+                    c,
+                    CREDENTIALS_READY,
+                    true,
+                    "Ready",
+                    "Credentials are valid",
+                    gen,
+                    now,
+                );
             }
-            CredentialsState::NotReady { reason, message, .. } if !phase.is_terminal() => {
+            CredentialsState::NotReady {
+                reason, message, ..
+            } if !phase.is_terminal() => {
                 set_condition(c, CREDENTIALS_READY, false, reason, message, gen, now);
             }
             CredentialsState::NotReady { .. } => {}
@@ -809,10 +962,34 @@ impl<'a> Decider<'a> {
         match phase {
             RunPhase::Succeeded => {
                 set_condition(c, conditions::READY, true, "Succeeded", &message, gen, now);
-                set_condition(c, conditions::COMPLETE, true, "Succeeded", &message, gen, now);
+                set_condition(
+                    c,
+                    conditions::COMPLETE,
+                    true,
+                    "Succeeded",
+                    &message,
+                    gen,
+                    now,
+                );
                 conditions::remove_condition(c, conditions::FAILED);
-                set_condition(c, conditions::RECONCILING, false, "Finished", &message, gen, now);
-                set_condition(c, conditions::STALLED, false, "Finished", &message, gen, now);
+                set_condition(
+                    c,
+                    conditions::RECONCILING,
+                    false,
+                    "Finished",
+                    &message,
+                    gen,
+                    now,
+                );
+                set_condition(
+                    c,
+                    conditions::STALLED,
+                    false,
+                    "Finished",
+                    &message,
+                    gen,
+                    now,
+                );
             }
             RunPhase::Failed | RunPhase::Cancelled | RunPhase::TimedOut => {
                 let reason = self
@@ -826,7 +1003,15 @@ impl<'a> Decider<'a> {
                 set_condition(c, conditions::READY, false, &reason, &message, gen, now);
                 set_condition(c, conditions::FAILED, true, &reason, &message, gen, now);
                 conditions::remove_condition(c, conditions::COMPLETE);
-                set_condition(c, conditions::RECONCILING, false, "Finished", &message, gen, now);
+                set_condition(
+                    c,
+                    conditions::RECONCILING,
+                    false,
+                    "Finished",
+                    &message,
+                    gen,
+                    now,
+                );
                 set_condition(c, conditions::STALLED, true, &reason, &message, gen, now);
             }
             _ => {
@@ -840,11 +1025,23 @@ impl<'a> Decider<'a> {
                     (phase.as_str().to_string(), false)
                 };
                 set_condition(c, conditions::READY, false, &reason, &message, gen, now);
-                set_condition(c, conditions::RECONCILING, !stalled, &reason, &message, gen, now);
+                set_condition(
+                    c,
+                    conditions::RECONCILING,
+                    !stalled,
+                    &reason,
+                    &message,
+                    gen,
+                    now,
+                );
                 set_condition(c, conditions::STALLED, stalled, &reason, &message, gen, now);
             }
         }
-        Decision { action, status: self.status, events: self.events }
+        Decision {
+            action,
+            status: self.status,
+            events: self.events,
+        }
     }
 }
 

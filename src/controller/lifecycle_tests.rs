@@ -39,7 +39,11 @@ fn ready(now: i64) -> Observation {
 fn not_ready(now: i64) -> Observation {
     Observation::new(
         ts(now),
-        CredentialsState::NotReady { reason: "Unauthorized".into(), message: "key rejected".into(), stalled: false },
+        CredentialsState::NotReady {
+            reason: "Unauthorized".into(),
+            message: "key rejected".into(),
+            stalled: false,
+        },
     )
 }
 
@@ -48,7 +52,9 @@ fn run(id: i64, status: RunStatus) -> ObservedRun {
         id,
         job_id: Some(42),
         status,
-        href: Some(format!("https://cloud.getdbt.com/deploy/7/projects/1/runs/{id}/")),
+        href: Some(format!(
+            "https://cloud.getdbt.com/deploy/7/projects/1/runs/{id}/"
+        )),
         can_retry: status == RunStatus::Error,
         created_at: Some(ts(1)),
         started_at: Some(ts(2)),
@@ -65,7 +71,10 @@ fn settings() -> Settings {
     }
 }
 
-fn cond<'a>(d: &'a Decision, t: &str) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+fn cond<'a>(
+    d: &'a Decision,
+    t: &str,
+) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
     conditions::find(&d.status.conditions, t)
 }
 
@@ -75,23 +84,47 @@ fn cond_status(d: &Decision, t: &str) -> Option<String> {
 
 /// Applies a start decision as the shell would after a successful POST.
 fn started(d: &Decision, run_id: i64, status: RunStatus) -> DbtCloudJobRunStatus {
-    assert!(matches!(d.action, Action::StartAttempt(_)), "{:?}", d.action);
+    assert!(
+        matches!(d.action, Action::StartAttempt(_)),
+        "{:?}",
+        d.action
+    );
     after_start(&d.status, &run(run_id, status), ts(0)).0
 }
 
 fn details_ok() -> RunDetails {
     RunDetails {
-        steps: vec![StepSummary { index: 1, name: "Invoke dbt with `dbt build`".into(), status: "Success".into(), duration_seconds: Some(3) }],
-        results: Some(ResultsSummary { pass: 3, ..Default::default() }),
+        steps: vec![StepSummary {
+            index: 1,
+            name: "Invoke dbt with `dbt build`".into(),
+            status: "Success".into(),
+            duration_seconds: Some(3),
+        }],
+        results: Some(ResultsSummary {
+            pass: 3,
+            ..Default::default()
+        }),
         failed_step: None,
     }
 }
 
 fn details_failed() -> RunDetails {
     RunDetails {
-        steps: vec![StepSummary { index: 1, name: "Invoke dbt with `dbt build`".into(), status: "Error".into(), duration_seconds: Some(3) }],
-        results: Some(ResultsSummary { error: 1, failed_nodes: vec!["model.shop.orders".into()], ..Default::default() }),
-        failed_step: Some(("Invoke dbt with `dbt build`".into(), "Database Error in model orders".into())),
+        steps: vec![StepSummary {
+            index: 1,
+            name: "Invoke dbt with `dbt build`".into(),
+            status: "Error".into(),
+            duration_seconds: Some(3),
+        }],
+        results: Some(ResultsSummary {
+            error: 1,
+            failed_nodes: vec!["model.shop.orders".into()],
+            ..Default::default()
+        }),
+        failed_step: Some((
+            "Invoke dbt with `dbt build`".into(),
+            "Database Error in model orders".into(),
+        )),
     }
 }
 
@@ -107,21 +140,33 @@ fn fresh_run_records_intent_and_triggers_with_token() {
         }
         other => panic!("expected a trigger, got {other:?}"),
     }
-    let pending = d.status.pending_trigger.as_ref().expect("intent recorded before the POST");
+    let pending = d
+        .status
+        .pending_trigger
+        .as_ref()
+        .expect("intent recorded before the POST");
     assert_eq!(pending.attempt, 1);
     assert_eq!(pending.token, token);
     assert_eq!(d.status.phase, RunPhase::Pending);
     assert_eq!(d.status.observed_generation, Some(1));
-    assert_eq!(cond_status(&d, conditions::RECONCILING).as_deref(), Some("True"));
+    assert_eq!(
+        cond_status(&d, conditions::RECONCILING).as_deref(),
+        Some("True")
+    );
     assert_eq!(cond_status(&d, conditions::READY).as_deref(), Some("False"));
 }
 
 #[test]
 fn user_cause_is_kept_and_trimmed_to_fit() {
     let mut s = spec();
-    s.trigger = Some(TriggerOverrides { cause: Some("ü".repeat(5000)), ..Default::default() });
+    s.trigger = Some(TriggerOverrides {
+        cause: Some("ü".repeat(5000)),
+        ..Default::default()
+    });
     let d = decide(&object(s, None), &ready(0), &settings());
-    let Action::StartAttempt(StartRequest::Trigger { cause, .. }) = d.action else { panic!() };
+    let Action::StartAttempt(StartRequest::Trigger { cause, .. }) = d.action else {
+        panic!()
+    };
     assert!(cause.len() <= MAX_CAUSE_LEN, "{} bytes", cause.len());
     assert!(cause.starts_with('ü'));
     assert!(cause.ends_with(&attempt_token(UID, 1)));
@@ -131,12 +176,25 @@ fn user_cause_is_kept_and_trimmed_to_fit() {
 #[test]
 fn credentials_not_ready_waits_without_triggering() {
     let d = decide(&object(spec(), None), &not_ready(0), &settings());
-    assert_eq!(d.action, Action::Settle { requeue: Some(Duration::from_secs(30)) });
+    assert_eq!(
+        d.action,
+        Action::Settle {
+            requeue: Some(Duration::from_secs(30))
+        }
+    );
     assert!(d.status.pending_trigger.is_none());
     assert_eq!(cond(&d, CREDENTIALS_READY).unwrap().reason, "Unauthorized");
     assert_eq!(cond(&d, conditions::READY).unwrap().reason, "Unauthorized");
-    assert_eq!(cond_status(&d, conditions::STALLED).as_deref(), Some("False"));
-    assert!(d.status.status_message.clone().unwrap().contains("key rejected"));
+    assert_eq!(
+        cond_status(&d, conditions::STALLED).as_deref(),
+        Some("False")
+    );
+    assert!(d
+        .status
+        .status_message
+        .clone()
+        .unwrap()
+        .contains("key rejected"));
     // Recovery: same object, credentials ready → trigger.
     let d2 = decide(&object(spec(), Some(d.status)), &ready(10), &settings());
     assert!(matches!(d2.action, Action::StartAttempt(_)));
@@ -146,26 +204,47 @@ fn credentials_not_ready_waits_without_triggering() {
 #[test]
 fn stalled_credentials_mark_stalled() {
     let mut obs = not_ready(0);
-    obs.credentials = CredentialsState::NotReady { reason: "NamespaceNotAllowed".into(), message: "no".into(), stalled: true };
+    obs.credentials = CredentialsState::NotReady {
+        reason: "NamespaceNotAllowed".into(),
+        message: "no".into(),
+        stalled: true,
+    };
     let d = decide(&object(spec(), None), &obs, &settings());
-    assert_eq!(cond_status(&d, conditions::STALLED).as_deref(), Some("True"));
-    assert_eq!(cond_status(&d, conditions::RECONCILING).as_deref(), Some("False"));
+    assert_eq!(
+        cond_status(&d, conditions::STALLED).as_deref(),
+        Some("True")
+    );
+    assert_eq!(
+        cond_status(&d, conditions::RECONCILING).as_deref(),
+        Some("False")
+    );
 }
 
 fn by_name() -> DbtCloudJobRunSpec {
     let mut s = spec();
-    s.job = JobSelector { id: None, project_name: Some("p".into()), environment_name: Some("e".into()), job_name: Some("j".into()) };
+    s.job = JobSelector {
+        id: None,
+        project_name: Some("p".into()),
+        environment_name: Some("e".into()),
+        job_name: Some("j".into()),
+    };
     s
 }
 
 #[test]
 fn job_by_name_is_resolved_before_triggering() {
     let obj = object(by_name(), None);
-    assert_eq!(decide(&obj, &ready(0), &settings()).action, Action::ResolveJob);
+    assert_eq!(
+        decide(&obj, &ready(0), &settings()).action,
+        Action::ResolveJob
+    );
     let mut obs = ready(0);
     obs.job = Some(JobResolution::Resolved(9));
     let d = decide(&obj, &obs, &settings());
-    assert!(matches!(d.action, Action::StartAttempt(StartRequest::Trigger { job_id: 9, .. })));
+    assert!(matches!(
+        d.action,
+        Action::StartAttempt(StartRequest::Trigger { job_id: 9, .. })
+    ));
     assert_eq!(d.status.job_id, Some(9));
 }
 
@@ -173,8 +252,14 @@ fn job_by_name_is_resolved_before_triggering() {
 fn job_lookup_failures_fail_clearly_or_wait() {
     let obj = object(by_name(), None);
     for (res, reason) in [
-        (JobResolution::NotFound("no job named j".into()), "JobNotFound"),
-        (JobResolution::Ambiguous("2 jobs named j".into()), "JobNameAmbiguous"),
+        (
+            JobResolution::NotFound("no job named j".into()),
+            "JobNotFound",
+        ),
+        (
+            JobResolution::Ambiguous("2 jobs named j".into()),
+            "JobNameAmbiguous",
+        ),
     ] {
         let mut obs = ready(0);
         obs.job = Some(res);
@@ -182,11 +267,17 @@ fn job_lookup_failures_fail_clearly_or_wait() {
         assert_eq!(d.action, Action::Settle { requeue: None });
         assert_eq!(d.status.phase, RunPhase::Failed);
         assert_eq!(cond(&d, conditions::FAILED).unwrap().reason, reason);
-        assert_eq!(cond_status(&d, conditions::STALLED).as_deref(), Some("True"));
+        assert_eq!(
+            cond_status(&d, conditions::STALLED).as_deref(),
+            Some("True")
+        );
         assert!(d.events.iter().any(|e| e.reason == reason && e.warning));
     }
     let mut obs = ready(0);
-    obs.job = Some(JobResolution::Transient { reason: "RateLimited".into(), message: "slow down".into() });
+    obs.job = Some(JobResolution::Transient {
+        reason: "RateLimited".into(),
+        message: "slow down".into(),
+    });
     let d = decide(&obj, &obs, &settings());
     assert!(matches!(d.action, Action::Settle { requeue: Some(_) }));
     assert_eq!(d.status.phase, RunPhase::Pending);
@@ -203,7 +294,11 @@ fn pending_trigger_is_searched_never_resent_blindly() {
     let d = decide(&obj, &ready(5), &settings());
     assert_eq!(
         d.action,
-        Action::SearchPendingRun { job_id: 42, token: attempt_token(UID, 1), retry_of_run_id: None }
+        Action::SearchPendingRun {
+            job_id: 42,
+            token: attempt_token(UID, 1),
+            retry_of_run_id: None
+        }
     );
 }
 
@@ -213,7 +308,11 @@ fn found_pending_run_is_adopted() {
     let mut obs = ready(5);
     obs.pending_search = PendingSearch::Found(run(100, RunStatus::Running));
     let d = decide(&obj, &obs, &settings());
-    assert!(matches!(d.action, Action::Settle { requeue: Some(_) }), "{:?}", d.action);
+    assert!(
+        matches!(d.action, Action::Settle { requeue: Some(_) }),
+        "{:?}",
+        d.action
+    );
     assert!(d.status.pending_trigger.is_none());
     assert_eq!(d.status.run_id, Some(100));
     assert_eq!(d.status.attempts.len(), 1);
@@ -233,8 +332,13 @@ fn missing_pending_run_waits_for_the_window_then_resends_same_token() {
     let mut obs = ready(61);
     obs.pending_search = PendingSearch::NotFound;
     let d = decide(&obj, &obs, &settings());
-    let Action::StartAttempt(StartRequest::Trigger { cause, .. }) = &d.action else { panic!("{:?}", d.action) };
-    assert!(cause.ends_with(&attempt_token(UID, 1)), "same attempt, same token");
+    let Action::StartAttempt(StartRequest::Trigger { cause, .. }) = &d.action else {
+        panic!("{:?}", d.action)
+    };
+    assert!(
+        cause.ends_with(&attempt_token(UID, 1)),
+        "same attempt, same token"
+    );
     let p = d.status.pending_trigger.as_ref().unwrap();
     assert_eq!((p.attempt, p.requested_at.0), (1, ts(61)));
     assert!(d.events.iter().any(|e| e.reason == "TriggerNotFound"));
@@ -260,11 +364,19 @@ fn running_status() -> DbtCloudJobRunStatus {
 #[test]
 fn in_flight_run_is_observed_and_phase_follows() {
     let obj = object(spec(), Some(running_status()));
-    assert_eq!(decide(&obj, &ready(5), &settings()).action, Action::ObserveRun { run_id: 100 });
+    assert_eq!(
+        decide(&obj, &ready(5), &settings()).action,
+        Action::ObserveRun { run_id: 100 }
+    );
     let mut obs = ready(5);
     obs.current_run = Some(run(100, RunStatus::Running));
     let d = decide(&obj, &obs, &settings());
-    assert_eq!(d.action, Action::Settle { requeue: Some(Duration::from_secs(10)) });
+    assert_eq!(
+        d.action,
+        Action::Settle {
+            requeue: Some(Duration::from_secs(10))
+        }
+    );
     assert_eq!(d.status.phase, RunPhase::Running);
     assert_eq!(d.status.attempts[0].status, "Running");
     assert!(d.events.iter().any(|e| e.reason == "PhaseChanged"));
@@ -279,18 +391,34 @@ fn success_fetches_details_once_then_completes() {
     let obj = object(spec(), Some(running_status()));
     let mut obs = ready(40);
     obs.current_run = Some(run(100, RunStatus::Success));
-    assert_eq!(decide(&obj, &obs, &settings()).action, Action::FetchDetails { run_id: 100 });
+    assert_eq!(
+        decide(&obj, &obs, &settings()).action,
+        Action::FetchDetails { run_id: 100 }
+    );
     obs.details = Some(details_ok());
     let d = decide(&obj, &obs, &settings());
     assert_eq!(d.action, Action::Settle { requeue: None });
     assert_eq!(d.status.phase, RunPhase::Succeeded);
     assert_eq!(d.status.steps.len(), 1);
     assert_eq!(d.status.results.as_ref().unwrap().pass, 3);
-    assert_eq!(d.status.duration_seconds, Some(30), "trigger (t=0) to dbt Cloud's finish (t=30)");
-    assert_eq!(cond_status(&d, conditions::COMPLETE).as_deref(), Some("True"));
+    assert_eq!(
+        d.status.duration_seconds,
+        Some(30),
+        "trigger (t=0) to dbt Cloud's finish (t=30)"
+    );
+    assert_eq!(
+        cond_status(&d, conditions::COMPLETE).as_deref(),
+        Some("True")
+    );
     assert_eq!(cond_status(&d, conditions::READY).as_deref(), Some("True"));
-    assert_eq!(cond_status(&d, conditions::RECONCILING).as_deref(), Some("False"));
-    assert_eq!(cond_status(&d, conditions::STALLED).as_deref(), Some("False"));
+    assert_eq!(
+        cond_status(&d, conditions::RECONCILING).as_deref(),
+        Some("False")
+    );
+    assert_eq!(
+        cond_status(&d, conditions::STALLED).as_deref(),
+        Some("False")
+    );
     assert!(cond(&d, conditions::FAILED).is_none());
 }
 
@@ -305,33 +433,61 @@ fn failure_without_retries_fails_with_step_log() {
     let msg = d.status.status_message.clone().unwrap();
     assert!(msg.contains("Database Error in model orders"), "{msg}");
     assert_eq!(cond(&d, conditions::FAILED).unwrap().reason, "RunFailed");
-    assert_eq!(cond_status(&d, conditions::STALLED).as_deref(), Some("True"));
-    assert!(d.events.iter().any(|e| e.reason == "Failed" && e.note.contains("orders")));
+    assert_eq!(
+        cond_status(&d, conditions::STALLED).as_deref(),
+        Some("True")
+    );
+    assert!(d
+        .events
+        .iter()
+        .any(|e| e.reason == "Failed" && e.note.contains("orders")));
 }
 
 fn with_retry(strategy: RetryStrategy) -> DbtCloudJobRunSpec {
     let mut s = spec();
-    s.retry = RetryPolicy { max_attempts: 2, strategy };
+    s.retry = RetryPolicy {
+        max_attempts: 2,
+        strategy,
+    };
     s
 }
 
 #[test]
 fn rerun_failed_uses_native_retry_when_possible() {
-    let obj = object(with_retry(RetryStrategy::RerunFailed), Some(running_status()));
+    let obj = object(
+        with_retry(RetryStrategy::RerunFailed),
+        Some(running_status()),
+    );
     let mut obs = ready(40);
     obs.current_run = Some(run(100, RunStatus::Error));
     obs.details = Some(details_failed());
     let d = decide(&obj, &obs, &settings());
-    assert_eq!(d.action, Action::StartAttempt(StartRequest::Retry { job_id: 42, run_id: 100 }));
+    assert_eq!(
+        d.action,
+        Action::StartAttempt(StartRequest::Retry {
+            job_id: 42,
+            run_id: 100
+        })
+    );
     let p = d.status.pending_trigger.as_ref().unwrap();
-    assert_eq!((p.attempt, p.kind, p.retry_of_run_id), (2, AttemptKind::RerunFailed, Some(100)));
+    assert_eq!(
+        (p.attempt, p.kind, p.retry_of_run_id),
+        (2, AttemptKind::RerunFailed, Some(100))
+    );
     assert!(d.events.iter().any(|e| e.reason == "Retrying"));
     assert!(!d.events.iter().any(|e| e.reason == "RetryFallbackFull"));
     // Pending native retry is searched by the run it retries.
-    let obj2 = object(with_retry(RetryStrategy::RerunFailed), Some(d.status.clone()));
+    let obj2 = object(
+        with_retry(RetryStrategy::RerunFailed),
+        Some(d.status.clone()),
+    );
     assert_eq!(
         decide(&obj2, &ready(41), &settings()).action,
-        Action::SearchPendingRun { job_id: 42, token: attempt_token(UID, 2), retry_of_run_id: Some(100) }
+        Action::SearchPendingRun {
+            job_id: 42,
+            token: attempt_token(UID, 2),
+            retry_of_run_id: Some(100)
+        }
     );
     // Attempt 2 succeeds.
     let s2 = after_start(&d.status, &run(101, RunStatus::Queued), ts(41)).0;
@@ -348,19 +504,27 @@ fn rerun_failed_uses_native_retry_when_possible() {
 
 #[test]
 fn rerun_failed_falls_back_to_full_run_and_says_so() {
-    let obj = object(with_retry(RetryStrategy::RerunFailed), Some(running_status()));
+    let obj = object(
+        with_retry(RetryStrategy::RerunFailed),
+        Some(running_status()),
+    );
     let mut obs = ready(40);
     let mut failed = run(100, RunStatus::Error);
     failed.can_retry = false;
     obs.current_run = Some(failed);
     obs.details = Some(details_failed());
     let d = decide(&obj, &obs, &settings());
-    assert!(matches!(d.action, Action::StartAttempt(StartRequest::Trigger { .. })));
+    assert!(matches!(
+        d.action,
+        Action::StartAttempt(StartRequest::Trigger { .. })
+    ));
     assert!(d.events.iter().any(|e| e.reason == "RetryFallbackFull"));
     let obj = object(with_retry(RetryStrategy::Full), Some(running_status()));
     obs.current_run = Some(run(100, RunStatus::Error));
     let d = decide(&obj, &obs, &settings());
-    let Action::StartAttempt(StartRequest::Trigger { cause, .. }) = &d.action else { panic!() };
+    let Action::StartAttempt(StartRequest::Trigger { cause, .. }) = &d.action else {
+        panic!()
+    };
     assert!(cause.ends_with(&attempt_token(UID, 2)));
 }
 
@@ -385,7 +549,13 @@ fn cancel_in_flight_cancels_then_finishes_cancelled() {
     s.cancel = true;
     let obj = object(s, Some(running_status()));
     let d = decide(&obj, &ready(5), &settings());
-    assert_eq!(d.action, Action::CancelRun { run_id: 100, reason: CancelReason::Requested });
+    assert_eq!(
+        d.action,
+        Action::CancelRun {
+            run_id: 100,
+            reason: CancelReason::Requested
+        }
+    );
     let mut obs = ready(6);
     obs.current_run = Some(run(100, RunStatus::Cancelled));
     let d = decide(&obj, &obs, &settings());
@@ -410,7 +580,13 @@ fn timeout_cancels_in_flight_run_unless_told_not_to() {
     s.timeout_seconds = Some(30);
     let obj = object(s.clone(), Some(running_status()));
     let d = decide(&obj, &ready(31), &settings());
-    assert_eq!(d.action, Action::CancelRun { run_id: 100, reason: CancelReason::Timeout });
+    assert_eq!(
+        d.action,
+        Action::CancelRun {
+            run_id: 100,
+            reason: CancelReason::Timeout
+        }
+    );
     let mut obs = ready(32);
     obs.current_run = Some(run(100, RunStatus::Cancelled));
     let d = decide(&obj, &obs, &settings());
@@ -444,7 +620,13 @@ fn suspend_in_flight_cancels_and_resume_starts_a_new_attempt() {
     s.suspend = true;
     let obj = object(s.clone(), Some(running_status()));
     let d = decide(&obj, &ready(5), &settings());
-    assert_eq!(d.action, Action::CancelRun { run_id: 100, reason: CancelReason::Suspended });
+    assert_eq!(
+        d.action,
+        Action::CancelRun {
+            run_id: 100,
+            reason: CancelReason::Suspended
+        }
+    );
     let mut obs = ready(6);
     obs.current_run = Some(run(100, RunStatus::Cancelled));
     let d = decide(&obj, &obs, &settings());
@@ -452,7 +634,9 @@ fn suspend_in_flight_cancels_and_resume_starts_a_new_attempt() {
     assert_eq!(d.status.run_id, None);
     s.suspend = false;
     let d2 = decide(&object(s, Some(d.status)), &ready(7), &settings());
-    let Action::StartAttempt(StartRequest::Trigger { cause, .. }) = &d2.action else { panic!("{:?}", d2.action) };
+    let Action::StartAttempt(StartRequest::Trigger { cause, .. }) = &d2.action else {
+        panic!("{:?}", d2.action)
+    };
     assert!(cause.ends_with(&attempt_token(UID, 2)));
 }
 
@@ -465,10 +649,24 @@ fn ttl_deletes_after_expiry() {
     obs.current_run = Some(run(100, RunStatus::Success));
     obs.details = Some(details_ok());
     let d = decide(&obj, &obs, &settings());
-    assert_eq!(d.action, Action::Settle { requeue: Some(Duration::from_secs(90)) }, "finished at t=30 in dbt Cloud");
+    assert_eq!(
+        d.action,
+        Action::Settle {
+            requeue: Some(Duration::from_secs(90))
+        },
+        "finished at t=30 in dbt Cloud"
+    );
     let done = object(s, Some(d.status));
-    assert_eq!(decide(&done, &ready(129), &settings()).action, Action::Settle { requeue: Some(Duration::from_secs(1)) });
-    assert_eq!(decide(&done, &ready(130), &settings()).action, Action::Delete);
+    assert_eq!(
+        decide(&done, &ready(129), &settings()).action,
+        Action::Settle {
+            requeue: Some(Duration::from_secs(1))
+        }
+    );
+    assert_eq!(
+        decide(&done, &ready(130), &settings()).action,
+        Action::Delete
+    );
 }
 
 #[test]
@@ -476,7 +674,10 @@ fn after_start_records_attempt_and_clears_intent() {
     let d = decide(&object(spec(), None), &ready(0), &settings());
     let (s, note) = after_start(&d.status, &run(100, RunStatus::Queued), ts(1));
     assert!(s.pending_trigger.is_none());
-    assert_eq!((s.run_id, s.attempt_count, s.phase), (Some(100), 1, RunPhase::Queued));
+    assert_eq!(
+        (s.run_id, s.attempt_count, s.phase),
+        (Some(100), 1, RunPhase::Queued)
+    );
     assert_eq!(note.reason, "Triggered");
     // Idempotent: recording the same run twice keeps one attempt.
     let (s2, _) = after_start(&s, &run(100, RunStatus::Queued), ts(2));
@@ -487,8 +688,14 @@ fn after_start_records_attempt_and_clears_intent() {
 #[test]
 fn exhaustive_safety_rules() {
     let phases = [
-        RunPhase::Pending, RunPhase::Queued, RunPhase::Starting, RunPhase::Running, RunPhase::Succeeded,
-        RunPhase::Failed, RunPhase::Cancelled, RunPhase::TimedOut,
+        RunPhase::Pending,
+        RunPhase::Queued,
+        RunPhase::Starting,
+        RunPhase::Running,
+        RunPhase::Succeeded,
+        RunPhase::Failed,
+        RunPhase::Cancelled,
+        RunPhase::TimedOut,
     ];
     let statuses = [
         None,
@@ -519,9 +726,18 @@ fn exhaustive_safety_rules() {
                                         s.cancel = cancel;
                                         s.suspend = suspend;
                                         s.timeout_seconds = Some(5_000);
-                                        let mut st = DbtCloudJobRunStatus { phase, job_id: Some(42), ..Default::default() };
+                                        let mut st = DbtCloudJobRunStatus {
+                                            phase,
+                                            job_id: Some(42),
+                                            ..Default::default()
+                                        };
                                         if has_run {
-                                            st = after_start(&st, &run(99, RunStatus::Queued), ts(0)).0;
+                                            st = after_start(
+                                                &st,
+                                                &run(99, RunStatus::Queued),
+                                                ts(0),
+                                            )
+                                            .0;
                                             st.phase = phase;
                                         }
                                         if has_pending {
@@ -533,7 +749,11 @@ fn exhaustive_safety_rules() {
                                                 requested_at: Time(ts(0)),
                                             });
                                         }
-                                        let mut obs = if creds_ready { ready(now) } else { not_ready(now) };
+                                        let mut obs = if creds_ready {
+                                            ready(now)
+                                        } else {
+                                            not_ready(now)
+                                        };
                                         obs.current_run = current.map(|c| run(99, c));
                                         obs.pending_search = search.clone();
                                         obs.details = details.then(details_failed);
@@ -544,29 +764,63 @@ fn exhaustive_safety_rules() {
                                         assert_eq!(d, decide(&obj, &obs, &settings()), "{ctx}");
                                         let starts = matches!(d.action, Action::StartAttempt(_));
                                         if phase.is_terminal() {
-                                            assert!(matches!(d.action, Action::Settle { .. } | Action::Delete), "{ctx}");
+                                            assert!(
+                                                matches!(
+                                                    d.action,
+                                                    Action::Settle { .. } | Action::Delete
+                                                ),
+                                                "{ctx}"
+                                            );
                                             assert_eq!(d.status.phase, phase, "{ctx}");
                                         }
                                         if starts {
                                             // Never while a recorded trigger is unresolved...
                                             if has_pending {
-                                                assert!(matches!(search, PendingSearch::NotFound) && now >= 60, "{ctx}");
+                                                assert!(
+                                                    matches!(search, PendingSearch::NotFound)
+                                                        && now >= 60,
+                                                    "{ctx}"
+                                                );
                                             }
                                             // ...never without credentials, never when asked to stop,
                                             assert!(creds_ready && !cancel && !suspend, "{ctx}");
                                             // ...and always with the intent in the status to write first.
-                                            let p = d.status.pending_trigger.as_ref().expect("intent");
-                                            assert_eq!(p.token, attempt_token(UID, p.attempt), "{ctx}");
+                                            let p =
+                                                d.status.pending_trigger.as_ref().expect("intent");
+                                            assert_eq!(
+                                                p.token,
+                                                attempt_token(UID, p.attempt),
+                                                "{ctx}"
+                                            );
                                             assert_eq!(p.requested_at.0, ts(now), "{ctx}");
                                         }
                                         if !creds_ready {
-                                            assert!(!matches!(d.action, Action::StartAttempt(_) | Action::CancelRun { .. } | Action::SearchPendingRun { .. }), "{ctx}");
+                                            assert!(
+                                                !matches!(
+                                                    d.action,
+                                                    Action::StartAttempt(_)
+                                                        | Action::CancelRun { .. }
+                                                        | Action::SearchPendingRun { .. }
+                                                ),
+                                                "{ctx}"
+                                            );
                                         }
                                         if matches!(d.action, Action::SearchPendingRun { .. }) {
-                                            assert!(has_pending && matches!(search, PendingSearch::NotSearched), "{ctx}");
+                                            assert!(
+                                                has_pending
+                                                    && matches!(search, PendingSearch::NotSearched),
+                                                "{ctx}"
+                                            );
                                         }
                                         // kstatus: a status always says whether it is still working.
-                                        assert!(conditions::find(&d.status.conditions, conditions::RECONCILING).is_some(), "{ctx}");
+                                        assert!(
+                                            conditions::find(
+                                                &d.status.conditions,
+                                                conditions::RECONCILING
+                                            )
+                                            .is_some(),
+                                            "{ctx}"
+                                        );
                                         assert_eq!(d.status.observed_generation, Some(1), "{ctx}");
                                     }
                                 }
@@ -578,4 +832,22 @@ fn exhaustive_safety_rules() {
         }
     }
     assert_eq!(cases, 8 * 2 * 2 * 7 * 3 * 3 * 2 * 3 * 2);
+}
+
+#[test]
+fn rejected_start_voids_the_intent() {
+    let obj = object(spec(), None);
+    let d = decide(&obj, &ready(0), &settings());
+    let (s, note) = after_start_rejected(&obj, &d.status, "JobNotFound", "404 for job 42", true, ts(1));
+    assert!(s.pending_trigger.is_none());
+    assert_eq!(s.phase, RunPhase::Failed);
+    assert_eq!(conditions::find(&s.conditions, conditions::FAILED).unwrap().reason, "JobNotFound");
+    assert!(note.warning);
+    let (s, _) = after_start_rejected(&obj, &d.status, "RateLimited", "429", false, ts(1));
+    assert!(s.pending_trigger.is_none());
+    assert_eq!(s.phase, RunPhase::Pending);
+    assert!(conditions::is_true(&s.conditions, conditions::RECONCILING));
+    // The next decision starts the attempt again (same attempt number: nothing was created).
+    let d2 = decide(&object(spec(), Some(s)), &ready(2), &settings());
+    assert_eq!(d2.status.pending_trigger.as_ref().unwrap().attempt, 1);
 }

@@ -109,11 +109,43 @@ mod tests {
     #[test]
     fn transition_time_moves_only_when_status_changes() {
         let mut conds = Vec::new();
-        assert!(set_condition(&mut conds, READY, false, "Pending", "a", Some(1), ts(10)));
-        assert!(set_condition(&mut conds, READY, false, "Other", "b", Some(1), ts(20)));
+        assert!(set_condition(
+            &mut conds,
+            READY,
+            false,
+            "Pending",
+            "a",
+            Some(1),
+            ts(10)
+        ));
+        assert!(set_condition(
+            &mut conds,
+            READY,
+            false,
+            "Other",
+            "b",
+            Some(1),
+            ts(20)
+        ));
         assert_eq!(conds[0].last_transition_time.0, ts(10));
-        assert!(!set_condition(&mut conds, READY, false, "Other", "b", Some(1), ts(30)));
-        assert!(set_condition(&mut conds, READY, true, "Done", "c", Some(2), ts(40)));
+        assert!(!set_condition(
+            &mut conds,
+            READY,
+            false,
+            "Other",
+            "b",
+            Some(1),
+            ts(30)
+        ));
+        assert!(set_condition(
+            &mut conds,
+            READY,
+            true,
+            "Done",
+            "c",
+            Some(2),
+            ts(40)
+        ));
         assert_eq!(conds[0].last_transition_time.0, ts(40));
         assert_eq!(conds.len(), 1);
         assert!(is_true(&conds, READY));

@@ -31,9 +31,21 @@ pub const HOST_PATTERN: &str =
     doc = "Credentials for one dbt Cloud account. The operator validates the API key against dbt Cloud and reports the result in the Ready condition. The Secret must live in the same namespace.",
     printcolumn(name = "Account", type_ = "integer", json_path = ".spec.accountId"),
     printcolumn(name = "Host", type_ = "string", json_path = ".spec.host"),
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
-    printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct DbtCloudCredentialsSpec {
@@ -50,7 +62,10 @@ pub struct DbtCloudCredentialsSpec {
     /// Override of the Discovery (metadata) API URL, e.g. `https://metadata.cloud.getdbt.com/graphql`.
     /// Derived from `host` when empty. Must be https and on an allowed dbt Cloud host.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 512), regex(pattern = r"^https://[a-z0-9.-]+(/[A-Za-z0-9._~/-]*)?$"))]
+    #[schemars(
+        length(max = 512),
+        regex(pattern = r"^https://[a-z0-9.-]+(/[A-Za-z0-9._~/-]*)?$")
+    )]
     pub discovery_url: Option<String>,
     /// The Secret (in this namespace) and key holding the dbt Cloud API key.
     pub api_key_secret_ref: SecretKeyRef,
@@ -70,9 +85,21 @@ pub struct DbtCloudCredentialsSpec {
     doc = "Cluster-wide credentials for one dbt Cloud account, usable by DbtCloudJobRuns in the namespaces listed in allowedNamespaces. The Secret lives in the operator's own namespace.",
     printcolumn(name = "Account", type_ = "integer", json_path = ".spec.accountId"),
     printcolumn(name = "Host", type_ = "string", json_path = ".spec.host"),
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
-    printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ClusterDbtCloudCredentialsSpec {
@@ -85,7 +112,10 @@ pub struct ClusterDbtCloudCredentialsSpec {
     pub host: String,
     /// Override of the Discovery (metadata) API URL; derived from `host` when empty.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 512), regex(pattern = r"^https://[a-z0-9.-]+(/[A-Za-z0-9._~/-]*)?$"))]
+    #[schemars(
+        length(max = 512),
+        regex(pattern = r"^https://[a-z0-9.-]+(/[A-Za-z0-9._~/-]*)?$")
+    )]
     pub discovery_url: Option<String>,
     /// The Secret and key holding the API key. The Secret must be in the operator's own namespace
     /// (like cert-manager's ClusterIssuer), so that namespace users cannot read it.

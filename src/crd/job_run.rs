@@ -27,11 +27,34 @@ pub const DEFAULT_POLL_INTERVAL_SECONDS: i64 = 10;
     printcolumn(name = "Job", type_ = "integer", json_path = ".status.jobId"),
     printcolumn(name = "Run", type_ = "integer", json_path = ".status.runId"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
-    printcolumn(name = "Attempts", type_ = "integer", json_path = ".status.attemptCount"),
-    printcolumn(name = "Duration", type_ = "integer", json_path = ".status.durationSeconds", description = "Seconds from trigger to finish"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
-    printcolumn(name = "URL", type_ = "string", json_path = ".status.runUrl", priority = 1),
-    printcolumn(name = "Message", type_ = "string", json_path = ".status.statusMessage", priority = 1)
+    printcolumn(
+        name = "Attempts",
+        type_ = "integer",
+        json_path = ".status.attemptCount"
+    ),
+    printcolumn(
+        name = "Duration",
+        type_ = "integer",
+        json_path = ".status.durationSeconds",
+        description = "Seconds from trigger to finish"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    ),
+    printcolumn(
+        name = "URL",
+        type_ = "string",
+        json_path = ".status.runUrl",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Message",
+        type_ = "string",
+        json_path = ".status.statusMessage",
+        priority = 1
+    )
 )]
 #[x_kube(validation = Rule::new("self.credentialsRef == oldSelf.credentialsRef && self.job == oldSelf.job && self.pollIntervalSeconds == oldSelf.pollIntervalSeconds && self.cancelOnTimeout == oldSelf.cancelOnTimeout && self.retry == oldSelf.retry && has(self.trigger) == has(oldSelf.trigger) && (!has(self.trigger) || self.trigger == oldSelf.trigger) && has(self.timeoutSeconds) == has(oldSelf.timeoutSeconds) && (!has(self.timeoutSeconds) || self.timeoutSeconds == oldSelf.timeoutSeconds)").message("spec is immutable except suspend, cancel, cancelOnDelete and ttlSecondsAfterFinished: create a new DbtCloudJobRun for a new run"))]
 #[serde(rename_all = "camelCase")]
@@ -88,7 +111,7 @@ pub struct CredentialsRef {
 }
 
 /// Kind of credentials object referenced by a run.
-#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
 pub enum CredentialsKind {
     /// A `DbtCloudCredentials` in the run's namespace.
     #[default]
@@ -199,7 +222,10 @@ pub struct RetryPolicy {
 
 impl Default for RetryPolicy {
     fn default() -> Self {
-        Self { max_attempts: default_max_attempts(), strategy: RetryStrategy::default() }
+        Self {
+            max_attempts: default_max_attempts(),
+            strategy: RetryStrategy::default(),
+        }
     }
 }
 
@@ -239,7 +265,10 @@ pub enum RunPhase {
 impl RunPhase {
     /// True for phases that never change again.
     pub fn is_terminal(self) -> bool {
-        matches!(self, Self::Succeeded | Self::Failed | Self::Cancelled | Self::TimedOut)
+        matches!(
+            self,
+            Self::Succeeded | Self::Failed | Self::Cancelled | Self::TimedOut
+        )
     }
 
     /// The phase name as written to status.

@@ -6,8 +6,8 @@ pub mod credentials;
 pub mod job_run;
 
 pub use credentials::{
-    ClusterDbtCloudCredentials, ClusterDbtCloudCredentialsSpec, CredentialsStatus, CredentialsTarget,
-    DbtCloudCredentials, DbtCloudCredentialsSpec, SecretKeyRef,
+    ClusterDbtCloudCredentials, ClusterDbtCloudCredentialsSpec, CredentialsStatus,
+    CredentialsTarget, DbtCloudCredentials, DbtCloudCredentialsSpec, SecretKeyRef,
 };
 pub use job_run::{DbtCloudJobRun, DbtCloudJobRunSpec, DbtCloudJobRunStatus, RunPhase};
 

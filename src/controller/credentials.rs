@@ -1,0 +1,453 @@
+//! Reconciler of `DbtCloudCredentials` and `ClusterDbtCloudCredentials`: reads the referenced
+//! Secret (a `get`, never a list or watch), validates the key against dbt Cloud, reports the result
+//! in the `Ready` condition and keeps a ready-to-use client in the [`CredentialsRegistry`].
+//!
+//! Key rotation: the Secret is re-read every `secret_refresh` (default 60 s); a changed key (seen
+//! through its fingerprint) is validated at once and replaces the client used by every run.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::{Api, Resource, ResourceExt};
+use secrecy::SecretString;
+use serde::de::DeserializeOwned;
+use tracing::{info, instrument, warn};
+
+use super::registry::{CredentialsEntry, CredentialsKey};
+use super::{jittered, Context, FIELD_MANAGER};
+use crate::crd::conditions::{self, set_condition};
+use crate::crd::credentials::{AllowedNamespaces, CredentialsStatus, CredentialsTarget};
+use crate::crd::job_run::CredentialsKind;
+use crate::crd::{ClusterDbtCloudCredentials, DbtCloudCredentials};
+use crate::dbt_cloud::{AccessHost, DbtCloudClient, DbtCloudError};
+use crate::{Error, Result};
+
+/// What both credentials kinds have in common for the reconciler.
+pub trait CredentialsResource:
+    Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static
+{
+    /// Which kind this is.
+    const KIND: CredentialsKind;
+    /// Client-building target; `operator_namespace` locates cluster Secrets.
+    fn target(&self, operator_namespace: &str) -> CredentialsTarget;
+    /// Current status.
+    fn credentials_status(&self) -> Option<&CredentialsStatus>;
+    /// Allowed namespaces (cluster kind only).
+    fn allowed_namespaces(&self) -> Option<AllowedNamespaces>;
+    /// API handle for status writes.
+    fn api_for(&self, client: kube::Client) -> Api<Self>;
+}
+
+impl CredentialsResource for DbtCloudCredentials {
+    const KIND: CredentialsKind = CredentialsKind::DbtCloudCredentials;
+    fn target(&self, _: &str) -> CredentialsTarget {
+        DbtCloudCredentials::target(self)
+    }
+    fn credentials_status(&self) -> Option<&CredentialsStatus> {
+        self.status.as_ref()
+    }
+    fn allowed_namespaces(&self) -> Option<AllowedNamespaces> {
+        None
+    }
+    fn api_for(&self, client: kube::Client) -> Api<Self> {
+        Api::namespaced(client, &self.namespace().unwrap_or_default())
+    }
+}
+
+impl CredentialsResource for ClusterDbtCloudCredentials {
+    const KIND: CredentialsKind = CredentialsKind::ClusterDbtCloudCredentials;
+    fn target(&self, operator_namespace: &str) -> CredentialsTarget {
+        ClusterDbtCloudCredentials::target(self, operator_namespace)
+    }
+    fn credentials_status(&self) -> Option<&CredentialsStatus> {
+        self.status.as_ref()
+    }
+    fn allowed_namespaces(&self) -> Option<AllowedNamespaces> {
+        Some(self.spec.allowed_namespaces.clone())
+    }
+    fn api_for(&self, client: kube::Client) -> Api<Self> {
+        Api::all(client)
+    }
+}
+
+/// Result of checking credentials.
+#[derive(Debug)]
+struct Assessment {
+    reason: String,
+    message: String,
+    /// Only a user change can fix it (as opposed to an outage or rate limit).
+    stalled: bool,
+    account_name: Option<String>,
+    fingerprint: Option<String>,
+    validated_at: Option<Timestamp>,
+    client: Option<DbtCloudClient>,
+}
+
+impl Assessment {
+    fn failed(reason: &str, message: String, stalled: bool) -> Self {
+        Self {
+            reason: reason.into(),
+            message,
+            stalled,
+            account_name: None,
+            fingerprint: None,
+            validated_at: None,
+            client: None,
+        }
+    }
+}
+
+/// A short, non-reversible fingerprint of a key (first 12 hex digits of its SHA-256).
+pub fn fingerprint(key: &str) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, key.as_bytes());
+    let hex: String = digest.as_ref().iter().take(6).map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
+/// Extracts the API key from a Secret, or explains what is wrong with it.
+pub fn key_from_secret(secret: &Secret, target: &CredentialsTarget) -> Result<String, (String, String)> {
+    let name = &target.secret.name;
+    let key = &target.secret.key;
+    let data = secret.data.clone().unwrap_or_default();
+    let Some(value) = data.get(key) else {
+        let mut present: Vec<&String> = data.keys().collect();
+        present.sort();
+        return Err((
+            "SecretKeyMissing".into(),
+            format!(
+                "Secret '{name}' has no key '{key}' (keys present: {}). Add the key, or set spec.apiKeySecretRef.key to the key that holds the API key",
+                if present.is_empty() { "none".to_string() } else { present.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", ") }
+            ),
+        ));
+    };
+    let Ok(text) = std::str::from_utf8(&value.0) else {
+        return Err((
+            "SecretKeyInvalid".into(),
+            format!("The value of key '{key}' in Secret '{name}' is not text; it must hold the dbt Cloud API key as plain text"),
+        ));
+    };
+    let text = text.trim();
+    if text.is_empty() {
+        return Err(("SecretKeyInvalid".into(), format!("The value of key '{key}' in Secret '{name}' is empty")));
+    }
+    if text.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err((
+            "SecretKeyInvalid".into(),
+            format!("The value of key '{key}' in Secret '{name}' contains spaces or control characters; it must hold only the token (no `Token ` prefix, no line breaks)"),
+        ));
+    }
+    Ok(text.to_string())
+}
+
+fn explain(e: &DbtCloudError, account_id: i64, accessible: Option<Vec<String>>) -> (String, String, bool) {
+    match e {
+        DbtCloudError::Unauthorized { .. } => (
+            "Unauthorized".into(),
+            format!("{e}. Ensure the credentials are correct and unexpired"),
+            true,
+        ),
+        DbtCloudError::Forbidden { .. } | DbtCloudError::NotFound { .. } => {
+            let list = accessible
+                .map(|a| if a.is_empty() { "none".to_string() } else { a.join(", ") })
+                .map(|a| format!(" Accounts this key can access: {a}."))
+                .unwrap_or_default();
+            (
+                "AccountNotAccessible".into(),
+                format!("The key cannot access dbt Cloud account {account_id} (check spec.accountId and the token's permissions).{list}"),
+                true,
+            )
+        }
+        DbtCloudError::RateLimited { .. } => ("RateLimited".into(), format!("{e}; will retry"), false),
+        e if e.is_retryable() => ("Unreachable".into(), format!("Cannot reach dbt Cloud: {e}; will retry"), false),
+        e => (e.reason().to_string(), e.to_string(), true),
+    }
+}
+
+async fn assess<K: CredentialsResource>(obj: &K, target: &CredentialsTarget, ctx: &Context, now: Timestamp) -> Assessment {
+    let host = match AccessHost::parse(&target.host, &ctx.config.client.allowed_host_suffixes) {
+        Ok(h) => h,
+        Err(e) => return Assessment::failed("InvalidHost", format!("spec.host: {e}"), true),
+    };
+    if let Some(url) = &target.discovery_url {
+        let ok = url::Url::parse(url)
+            .ok()
+            .filter(|u| u.scheme() == "https" && u.port().is_none() && u.username().is_empty())
+            .and_then(|u| u.host_str().map(str::to_string))
+            .map(|h| AccessHost::parse(&h, &ctx.config.client.allowed_host_suffixes).is_ok())
+            .unwrap_or(false);
+        if !ok {
+            return Assessment::failed(
+                "InvalidHost",
+                format!("spec.discoveryUrl '{url}' must be an https URL on an allowed dbt Cloud host"),
+                true,
+            );
+        }
+    }
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &target.secret_namespace);
+    let secret = match secrets.get_opt(&target.secret.name).await {
+        Ok(Some(s)) => s,
+        Ok(None) => {
+            return Assessment::failed(
+                "SecretNotFound",
+                format!(
+                    "Secret '{}' not found in namespace '{}'. Create it: kubectl create secret generic {} -n {} --from-literal={}=<dbt Cloud API token>",
+                    target.secret.name, target.secret_namespace, target.secret.name, target.secret_namespace, target.secret.key
+                ),
+                true,
+            )
+        }
+        Err(e) => {
+            return Assessment::failed(
+                "SecretUnreadable",
+                format!("Cannot read Secret '{}' in namespace '{}': {e}", target.secret.name, target.secret_namespace),
+                false,
+            )
+        }
+    };
+    let key = match key_from_secret(&secret, target) {
+        Ok(k) => k,
+        Err((reason, message)) => return Assessment::failed(&reason, message, true),
+    };
+    let fp = fingerprint(&key);
+    let client = match DbtCloudClient::new(
+        host,
+        target.account_id,
+        SecretString::from(key),
+        ctx.http.clone(),
+        ctx.limiters.for_account(&target.host, target.account_id),
+        ctx.client_config.clone(),
+        ctx.metrics.clone(),
+    ) {
+        Ok(c) => c,
+        Err(e) => {
+            let mut a = Assessment::failed("InvalidCredentials", e.to_string(), true);
+            a.fingerprint = Some(fp);
+            return a;
+        }
+    };
+    // Skip the dbt Cloud call when this exact key and spec were validated recently.
+    let old = obj.credentials_status().cloned().unwrap_or_default();
+    let recent = old
+        .last_validated_time
+        .as_ref()
+        .is_some_and(|t| now.as_second() - t.0.as_second() < ctx.config.revalidate_every.as_secs() as i64);
+    if conditions::is_true(&old.conditions, conditions::READY)
+        && old.key_fingerprint.as_deref() == Some(fp.as_str())
+        && old.observed_generation == obj.meta().generation
+        && recent
+    {
+        return Assessment {
+            reason: "Valid".into(),
+            message: conditions::find(&old.conditions, conditions::READY).map(|c| c.message.clone()).unwrap_or_default(),
+            stalled: false,
+            account_name: old.account_name.clone(),
+            fingerprint: Some(fp),
+            validated_at: old.last_validated_time.map(|t| t.0),
+            client: Some(client),
+        };
+    }
+    match client.get_account().await {
+        Ok(account) => {
+            let name = account.name.clone();
+            Assessment {
+                reason: "Valid".into(),
+                message: format!(
+                    "API key validated for dbt Cloud account {}{} on {}",
+                    target.account_id,
+                    name.as_ref().map(|n| format!(" ({n})")).unwrap_or_default(),
+                    target.host
+                ),
+                stalled: false,
+                account_name: name,
+                fingerprint: Some(fp),
+                validated_at: Some(now),
+                client: Some(client),
+            }
+        }
+        Err(e) => {
+            // A transient failure does not invalidate a key that was valid a moment ago.
+            if !e.is_retryable() || old.key_fingerprint.as_deref() != Some(fp.as_str()) || !conditions::is_true(&old.conditions, conditions::READY) {
+                let accessible = if matches!(e, DbtCloudError::Forbidden { .. } | DbtCloudError::NotFound { .. }) {
+                    client
+                        .list_accounts()
+                        .await
+                        .ok()
+                        .map(|accounts| accounts.iter().map(|a| format!("{} ({})", a.id, a.name.clone().unwrap_or_default())).collect())
+                } else {
+                    None
+                };
+                let (reason, message, stalled) = explain(&e, target.account_id, accessible);
+                let mut a = Assessment::failed(&reason, message, stalled);
+                a.fingerprint = Some(fp);
+                return a;
+            }
+            warn!(error = %e, "revalidation failed transiently; keeping the key valid");
+            Assessment {
+                reason: "Valid".into(),
+                message: conditions::find(&old.conditions, conditions::READY).map(|c| c.message.clone()).unwrap_or_default(),
+                stalled: false,
+                account_name: old.account_name.clone(),
+                fingerprint: Some(fp),
+                validated_at: old.last_validated_time.map(|t| t.0),
+                client: Some(client),
+            }
+        }
+    }
+}
+
+/// Reconciles a namespaced `DbtCloudCredentials`.
+pub async fn reconcile_namespaced(obj: Arc<DbtCloudCredentials>, ctx: Arc<Context>) -> Result<Action> {
+    reconcile(obj, ctx).await
+}
+
+/// Reconciles a `ClusterDbtCloudCredentials`.
+pub async fn reconcile_cluster(obj: Arc<ClusterDbtCloudCredentials>, ctx: Arc<Context>) -> Result<Action> {
+    reconcile(obj, ctx).await
+}
+
+/// Requeue policy after an error (namespaced kind).
+pub fn error_policy_namespaced(obj: Arc<DbtCloudCredentials>, err: &Error, ctx: Arc<Context>) -> Action {
+    error_policy(obj, err, ctx)
+}
+
+/// Requeue policy after an error (cluster kind).
+pub fn error_policy_cluster(obj: Arc<ClusterDbtCloudCredentials>, err: &Error, ctx: Arc<Context>) -> Action {
+    error_policy(obj, err, ctx)
+}
+
+fn error_policy<K: CredentialsResource>(obj: Arc<K>, err: &Error, ctx: Arc<Context>) -> Action {
+    warn!(name = %obj.name_any(), error = %err, "credentials reconcile failed");
+    ctx.metrics.reconcile_failed(kind_name(K::KIND), err.metric_label());
+    Action::requeue(super::backoff(3))
+}
+
+fn kind_name(kind: CredentialsKind) -> &'static str {
+    match kind {
+        CredentialsKind::DbtCloudCredentials => "DbtCloudCredentials",
+        CredentialsKind::ClusterDbtCloudCredentials => "ClusterDbtCloudCredentials",
+    }
+}
+
+/// Key of a credentials object in the registry.
+pub fn key_of<K: CredentialsResource>(obj: &K) -> CredentialsKey {
+    CredentialsKey { kind: K::KIND, namespace: obj.meta().namespace.clone(), name: obj.name_any() }
+}
+
+#[instrument(skip_all, fields(kind = kind_name(K::KIND), object = %format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any())))]
+async fn reconcile<K: CredentialsResource>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Action> {
+    let started = Instant::now();
+    let kind = kind_name(K::KIND);
+    let key = key_of(obj.as_ref());
+    let ns = obj.namespace().unwrap_or_default();
+    if obj.meta().deletion_timestamp.is_some() {
+        ctx.credentials.remove(&key);
+        ctx.metrics.set_credentials_ready(kind, &ns, &obj.name_any(), None);
+        return Ok(Action::await_change());
+    }
+    let now = Timestamp::now();
+    let target = obj.target(&ctx.config.operator_namespace);
+    let a = assess(obj.as_ref(), &target, &ctx, now).await;
+    let ready = a.client.is_some();
+    ctx.credentials.put(
+        key.clone(),
+        CredentialsEntry {
+            generation: obj.meta().generation,
+            fingerprint: a.fingerprint.clone(),
+            account_id: target.account_id,
+            host: target.host.clone(),
+            client: a.client.clone(),
+            reason: a.reason.clone(),
+            message: a.message.clone(),
+            allowed_namespaces: obj.allowed_namespaces(),
+        },
+    );
+    ctx.metrics.set_credentials_ready(kind, &ns, &obj.name_any(), Some(ready));
+
+    let old = obj.credentials_status().cloned().unwrap_or_default();
+    let mut status = old.clone();
+    let gen = obj.meta().generation;
+    status.observed_generation = gen;
+    status.account_name = a.account_name.clone().or(if ready { old.account_name.clone() } else { None });
+    status.key_fingerprint = a.fingerprint.clone();
+    status.last_validated_time = a.validated_at.map(Time).or(old.last_validated_time.clone());
+    let c = &mut status.conditions;
+    set_condition(c, conditions::READY, ready, &a.reason, &a.message, gen, now);
+    set_condition(c, conditions::RECONCILING, !ready && !a.stalled, &a.reason, &a.message, gen, now);
+    set_condition(c, conditions::STALLED, !ready && a.stalled, &a.reason, &a.message, gen, now);
+
+    if status != old {
+        let api = obj.api_for(ctx.client.clone());
+        let body = serde_json::json!({
+            "apiVersion": K::api_version(&()),
+            "kind": K::kind(&()),
+            "status": status,
+        });
+        api.patch_status(&obj.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body)).await?;
+        let was_ready = conditions::find(&old.conditions, conditions::READY).map(|c| (c.status.clone(), c.reason.clone()));
+        let now_ready = (conditions::status_str(ready), a.reason.clone());
+        if was_ready.as_ref() != Some(&now_ready) {
+            if ready {
+                info!(account = target.account_id, "credentials validated");
+                ctx.publish(obj.as_ref(), false, "Validated", "Validate", a.message.clone()).await;
+            } else {
+                warn!(reason = %a.reason, "credentials not ready");
+                ctx.publish(obj.as_ref(), true, &a.reason, "Validate", a.message.clone()).await;
+            }
+        } else if old.key_fingerprint.is_some() && old.key_fingerprint != status.key_fingerprint {
+            ctx.publish(obj.as_ref(), false, "KeyRotated", "Validate", "A new API key was found in the Secret and validated".into()).await;
+        }
+    }
+    ctx.metrics.reconciled(kind, started.elapsed());
+    let requeue = if ready || a.stalled { ctx.config.secret_refresh } else { ctx.config.lifecycle.credentials_retry };
+    Ok(Action::requeue(jittered(requeue)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::SecretKeyRef;
+    use k8s_openapi::ByteString;
+
+    fn target() -> CredentialsTarget {
+        CredentialsTarget {
+            account_id: 1,
+            host: "cloud.getdbt.com".into(),
+            discovery_url: None,
+            secret: SecretKeyRef { name: "dbt".into(), key: "apiKey".into() },
+            secret_namespace: "ns".into(),
+        }
+    }
+
+    fn secret(pairs: &[(&str, &[u8])]) -> Secret {
+        Secret {
+            data: Some(pairs.iter().map(|(k, v)| (k.to_string(), ByteString(v.to_vec()))).collect()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn secret_key_problems_are_explained() {
+        let (reason, msg) = key_from_secret(&secret(&[("token", b"x")]), &target()).unwrap_err();
+        assert_eq!(reason, "SecretKeyMissing");
+        assert!(msg.contains("keys present: token"), "{msg}");
+        assert_eq!(key_from_secret(&secret(&[("apiKey", b"  ")]), &target()).unwrap_err().0, "SecretKeyInvalid");
+        assert_eq!(key_from_secret(&secret(&[("apiKey", &[0xff, 0xfe])]), &target()).unwrap_err().0, "SecretKeyInvalid");
+        assert_eq!(key_from_secret(&secret(&[("apiKey", b"Token dbtc_x")]), &target()).unwrap_err().0, "SecretKeyInvalid");
+        assert_eq!(key_from_secret(&secret(&[("apiKey", b"dbtc_abc\n")]), &target()).unwrap(), "dbtc_abc");
+        assert_eq!(key_from_secret(&Secret::default(), &target()).unwrap_err().0, "SecretKeyMissing");
+    }
+
+    #[test]
+    fn fingerprint_is_stable_short_and_not_the_key() {
+        let f = fingerprint("dbtc_secret_value");
+        assert_eq!(f, fingerprint("dbtc_secret_value"));
+        assert_ne!(f, fingerprint("dbtc_other"));
+        assert!(!f.contains("secret_value"));
+        assert_eq!(f.len(), "sha256:".len() + 12);
+    }
+}

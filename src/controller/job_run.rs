@@ -1,0 +1,635 @@
+//! Reconciler of `DbtCloudJobRun`: the IO shell around [`lifecycle::decide`]. It gathers what the
+//! lifecycle asks for (credentials, job lookup, run state from the shared poller, run details),
+//! performs the effects (trigger with a recorded intent, cancel, delete) and writes status with
+//! server-side apply, only when it changed.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Patch, PatchParams};
+use kube::core::{Selector, SelectorExt};
+use kube::runtime::controller::Action;
+use kube::runtime::finalizer::{finalizer, Event as FinalizerEvent};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Api, ResourceExt};
+use tracing::{debug, info, instrument, warn};
+
+use super::lifecycle::{
+    self, after_start, after_start_rejected, CredentialsState, JobResolution, Observation, PendingSearch,
+    RunDetails, StartRequest,
+};
+use super::poller::observe;
+use super::registry::CredentialsKey;
+use super::{jittered, Context, FIELD_MANAGER, RUN_FINALIZER};
+use crate::crd::conditions;
+use crate::crd::job_run::{CredentialsKind, JobSelector, ResultsSummary, StepSummary, TriggerOverrides};
+use crate::crd::{ClusterDbtCloudCredentials, DbtCloudCredentials, DbtCloudJobRun, DbtCloudJobRunStatus, RunPhase};
+use crate::dbt_cloud::{
+    parse_timestamp, DbtCloudClient, DbtCloudError, ListJobsParams,
+    ListRunsParams, RunStatus, TriggerRunRequest,
+};
+use crate::{Error, Result};
+
+const KIND: &str = "DbtCloudJobRun";
+/// Most failing nodes listed in status.
+const MAX_FAILED_NODES: usize = 20;
+/// Longest step log tail kept for Events and status.
+const LOG_TAIL: usize = 300;
+
+/// Objects whose runs use the given credentials (for re-reconciling them when credentials change).
+pub fn runs_using(
+    store: &Store<DbtCloudJobRun>,
+    kind: CredentialsKind,
+    namespace: Option<String>,
+    name: &str,
+) -> Vec<ObjectRef<DbtCloudJobRun>> {
+    store
+        .state()
+        .iter()
+        .filter(|r| r.spec.credentials_ref.kind == kind && r.spec.credentials_ref.name == name)
+        .filter(|r| namespace.is_none() || r.namespace() == namespace)
+        .filter(|r| !r.status.as_ref().is_some_and(|s| s.phase.is_terminal()))
+        .map(|r| ObjectRef::from_obj(r.as_ref()))
+        .collect()
+}
+
+/// Reconciles one `DbtCloudJobRun` (finalizer-wrapped).
+#[instrument(skip_all, fields(object = %format!("{}/{}", run.namespace().unwrap_or_default(), run.name_any())))]
+pub async fn reconcile(run: Arc<DbtCloudJobRun>, ctx: Arc<Context>) -> Result<Action> {
+    let ns = run.namespace().unwrap_or_default();
+    if !ctx.config.watch_namespaces.is_empty() && !ctx.config.watch_namespaces.contains(&ns) {
+        return Ok(Action::await_change());
+    }
+    let started = Instant::now();
+    let api: Api<DbtCloudJobRun> = Api::namespaced(ctx.client.clone(), &ns);
+    let result = finalizer(&api, RUN_FINALIZER, run, |event| async {
+        match event {
+            FinalizerEvent::Apply(run) => apply(run, &ctx).await,
+            FinalizerEvent::Cleanup(run) => cleanup(run, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    ctx.metrics.reconciled(KIND, started.elapsed());
+    result
+}
+
+/// Requeue policy after a failed reconcile: soon for conflicts, `Retry-After` for rate limits,
+/// otherwise a jittered delay.
+pub fn error_policy(run: Arc<DbtCloudJobRun>, err: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.reconcile_failed(KIND, err.metric_label());
+    let inner = match err {
+        Error::Finalizer(f) => match f.as_ref() {
+            kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => Some(e),
+            _ => None,
+        },
+        e => Some(e),
+    };
+    let delay = match inner {
+        Some(Error::Conflict(_)) => Duration::from_millis(500),
+        Some(Error::DbtCloud(e)) => e.retry_after().unwrap_or(Duration::from_secs(15)),
+        _ => Duration::from_secs(10),
+    };
+    warn!(object = %format!("{}/{}", run.namespace().unwrap_or_default(), run.name_any()), error = %err, "reconcile failed; retrying in {delay:?}");
+    Action::requeue(jittered(delay))
+}
+
+/// Whether the run's namespace may use cluster-scoped credentials.
+async fn namespace_allowed(ctx: &Context, allowed: &crate::crd::credentials::AllowedNamespaces, ns: &str) -> Result<bool> {
+    if allowed.names.iter().any(|n| n == ns) {
+        return Ok(true);
+    }
+    let Some(selector) = allowed.selector.clone() else { return Ok(false) };
+    let Ok(selector) = Selector::try_from(selector) else { return Ok(false) };
+    let namespace = Api::<Namespace>::all(ctx.client.clone()).get_opt(ns).await?;
+    Ok(namespace.is_some_and(|n| selector.matches(n.metadata.labels.as_ref().unwrap_or(&Default::default()))))
+}
+
+/// The credentials state for a run, and a client when they are ready.
+pub async fn credentials_for(run: &DbtCloudJobRun, ctx: &Context) -> Result<(CredentialsState, Option<DbtCloudClient>)> {
+    let ns = run.namespace().unwrap_or_default();
+    let r = &run.spec.credentials_ref;
+    let key = CredentialsKey {
+        kind: r.kind,
+        namespace: (r.kind == CredentialsKind::DbtCloudCredentials).then(|| ns.clone()),
+        name: r.name.clone(),
+    };
+    let not_ready = |reason: &str, message: String, stalled: bool| {
+        Ok((CredentialsState::NotReady { reason: reason.into(), message, stalled }, None))
+    };
+    let Some(entry) = ctx.credentials.get(&key) else {
+        let exists = match r.kind {
+            CredentialsKind::DbtCloudCredentials => {
+                Api::<DbtCloudCredentials>::namespaced(ctx.client.clone(), &ns).get_opt(&r.name).await?.is_some()
+            }
+            CredentialsKind::ClusterDbtCloudCredentials => {
+                Api::<ClusterDbtCloudCredentials>::all(ctx.client.clone()).get_opt(&r.name).await?.is_some()
+            }
+        };
+        return if exists {
+            not_ready("CredentialsNotValidated", format!("{key} has not been validated yet"), false)
+        } else {
+            let where_ = if r.kind == CredentialsKind::DbtCloudCredentials { format!(" in namespace '{ns}'") } else { String::new() };
+            not_ready(
+                "CredentialsNotFound",
+                format!("{:?} '{}' not found{where_}: create it, or fix spec.credentialsRef", r.kind, r.name),
+                false,
+            )
+        };
+    };
+    if let Some(allowed) = &entry.allowed_namespaces {
+        if !namespace_allowed(ctx, allowed, &ns).await? {
+            return not_ready(
+                "NamespaceNotAllowed",
+                format!("ClusterDbtCloudCredentials '{}' does not allow namespace '{ns}' (see its spec.allowedNamespaces)", r.name),
+                true,
+            );
+        }
+    }
+    match entry.client {
+        Some(client) => Ok((CredentialsState::Ready { account_id: entry.account_id }, Some(client))),
+        None => not_ready(&entry.reason, format!("{key} is not ready: {}", entry.message), false),
+    }
+}
+
+async fn apply(run: Arc<DbtCloudJobRun>, ctx: &Context) -> Result<Action> {
+    let (credentials, client) = credentials_for(&run, ctx).await?;
+    let mut obs = Observation::new(Timestamp::now(), credentials);
+    let obj_ref = ObjectRef::from_obj(run.as_ref());
+    let interval = Duration::from_secs(run.spec.poll_interval_seconds.max(1) as u64);
+    let mut notes = Vec::new();
+    for _ in 0..10 {
+        let decision = lifecycle::decide(&run, &obs, &ctx.config.lifecycle);
+        let action = decision.action.clone();
+        if let lifecycle::Action::Settle { requeue } = action {
+            write_status(ctx, &run, &decision.status, None).await?;
+            publish_all(ctx, &run, &decision, notes).await;
+            follow(ctx, &run, &decision.status, client.as_ref(), &obj_ref, interval, obs.current_run.clone());
+            return Ok(requeue.map(|d| Action::requeue(jittered(d))).unwrap_or_else(Action::await_change));
+        }
+        if let lifecycle::Action::Delete = action {
+            info!("ttlSecondsAfterFinished expired; deleting");
+            ctx.metrics.set_run_phase(&key_of(&run), None);
+            Api::<DbtCloudJobRun>::namespaced(ctx.client.clone(), &run.namespace().unwrap_or_default())
+                .delete(&run.name_any(), &Default::default())
+                .await?;
+            return Ok(Action::await_change());
+        }
+        let Some(client) = client.as_ref() else {
+            return Ok(Action::requeue(jittered(ctx.config.lifecycle.credentials_retry)));
+        };
+        match action {
+            lifecycle::Action::ResolveJob => obs.job = Some(resolve_job(client, &run.spec.job).await),
+            lifecycle::Action::SearchPendingRun { job_id, token, retry_of_run_id } => {
+                let (found, duplicates) = search_pending(client, job_id, &token, retry_of_run_id).await?;
+                for dup in duplicates {
+                    client.cancel_run(dup).await?;
+                    notes.push((true, "DuplicateRunCancelled", format!("dbt Cloud run {dup} carries the same attempt marker as an earlier run and was cancelled")));
+                }
+                if matches!(found, PendingSearch::Found(_)) {
+                    ctx.metrics.runs_adopted.inc();
+                }
+                obs.pending_search = found;
+            }
+            lifecycle::Action::ObserveRun { run_id } => {
+                let known = ctx.poller.snapshot(client, run_id);
+                let current = match known {
+                    Some(k) => k,
+                    None => observe(&client.get_run(run_id, &[]).await?),
+                };
+                obs.current_run = Some(current);
+            }
+            lifecycle::Action::FetchDetails { run_id } => obs.details = Some(fetch_details(client, run_id).await),
+            lifecycle::Action::CancelRun { run_id, reason } => {
+                info!(run_id, ?reason, "cancelling dbt Cloud run");
+                let answer = client.cancel_run(run_id).await?;
+                let mut observed = observe(&answer);
+                // dbt Cloud may answer with the run still "cancelling"; treat the accepted cancel as done.
+                if !observed.status.is_terminal() {
+                    observed.status = RunStatus::Cancelled;
+                }
+                obs.current_run = Some(observed);
+            }
+            lifecycle::Action::StartAttempt(request) => {
+                return start_attempt(ctx, &run, client, &decision, request, &obj_ref, interval).await;
+            }
+            lifecycle::Action::Settle { .. } | lifecycle::Action::Delete => unreachable!("handled above"),
+        }
+    }
+    Err(Error::Invalid("the run lifecycle asked too many questions in one reconcile".into()))
+}
+
+fn key_of(run: &DbtCloudJobRun) -> String {
+    format!("{}/{}", run.namespace().unwrap_or_default(), run.name_any())
+}
+
+/// Keeps the poller, metrics and phase gauge in line with the written status.
+fn follow(
+    ctx: &Context,
+    run: &DbtCloudJobRun,
+    status: &DbtCloudJobRunStatus,
+    client: Option<&DbtCloudClient>,
+    obj_ref: &ObjectRef<DbtCloudJobRun>,
+    interval: Duration,
+    known: Option<lifecycle::ObservedRun>,
+) {
+    ctx.metrics.set_run_phase(&key_of(run), Some(status.phase));
+    let (Some(client), Some(run_id)) = (client, status.run_id) else { return };
+    if status.phase.is_terminal() {
+        ctx.poller.untrack(client, run_id);
+    } else if status.phase != RunPhase::Pending {
+        ctx.poller.track(client, run_id, obj_ref.clone(), interval, known.filter(|k| k.id == run_id));
+    }
+}
+
+async fn publish_all(ctx: &Context, run: &DbtCloudJobRun, decision: &lifecycle::Decision, notes: Vec<(bool, &'static str, String)>) {
+    let old = run.status.clone().unwrap_or_default();
+    let new = &decision.status;
+    for (warning, reason, note) in notes {
+        ctx.publish(run, warning, reason, "Reconcile", note).await;
+    }
+    for e in &decision.events {
+        ctx.publish(run, e.warning, e.reason, "Reconcile", e.note.clone()).await;
+    }
+    // A new reason for not being ready (bad input, credentials, lookups) is worth an Event too.
+    let ready = |s: &DbtCloudJobRunStatus| conditions::find(&s.conditions, conditions::READY).map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()));
+    if let Some((status, reason, message)) = ready(new) {
+        let changed = ready(&old).map(|(_, r, _)| r) != Some(reason.clone());
+        let phase_reason = reason == new.phase.as_str() || reason == "Suspended" || reason.starts_with("Run") || reason == "Succeeded" || reason == "Cancelled" || reason == "TimedOut";
+        if changed && status == "False" && !phase_reason && decision.events.is_empty() {
+            ctx.publish(run, true, &reason, "Reconcile", message).await;
+        }
+    }
+    if old.phase != new.phase && new.phase.is_terminal() {
+        if let (Some(start), Some(end)) = (&new.started_at, &new.finished_at) {
+            ctx.metrics.run_duration.observe((end.0.as_second() - start.0.as_second()).max(0) as f64);
+        }
+        if let Some(a) = new.attempts.last() {
+            if let (Some(created), Some(started)) = (&a.created_at, &a.started_at) {
+                ctx.metrics.run_queue_time.observe((started.0.as_second() - created.0.as_second()).max(0) as f64);
+            }
+        }
+        info!(phase = new.phase.as_str(), run_id = ?new.run_id, "run finished");
+    }
+}
+
+/// Writes the status with server-side apply when it differs from the object's. With
+/// `precondition`, the write fails with [`Error::Conflict`] unless the object still has that
+/// resourceVersion.
+pub async fn write_status(ctx: &Context, run: &DbtCloudJobRun, status: &DbtCloudJobRunStatus, precondition: Option<&str>) -> Result<()> {
+    if precondition.is_none() && run.status.as_ref() == Some(status) {
+        return Ok(());
+    }
+    let api: Api<DbtCloudJobRun> = Api::namespaced(ctx.client.clone(), &run.namespace().unwrap_or_default());
+    let mut body = serde_json::json!({
+        "apiVersion": "dbtcloud.io/v1alpha1",
+        "kind": "DbtCloudJobRun",
+        "status": status,
+    });
+    if let Some(rv) = precondition {
+        body["metadata"] = serde_json::json!({ "resourceVersion": rv });
+    }
+    match api.patch_status(&run.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body)).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 409 => Err(Error::Conflict(s.message.clone())),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn trigger_request(overrides: Option<&TriggerOverrides>, cause: &str) -> Result<TriggerRunRequest> {
+    let mut req = TriggerRunRequest::new(cause)?;
+    if let Some(o) = overrides {
+        req.git_sha = o.git_sha.clone();
+        req.git_branch = o.git_branch.clone();
+        req.schema_override = o.schema_override.clone();
+        req.dbt_version_override = o.dbt_version_override.clone();
+        req.threads_override = o.threads_override;
+        req.target_name_override = o.target_name_override.clone();
+        req.generate_docs_override = o.generate_docs_override;
+        req.timeout_seconds_override = o.timeout_seconds_override;
+        req.steps_override = o.steps_override.clone();
+        req.github_pull_request_id = o.github_pull_request_id;
+        req.gitlab_merge_request_id = o.gitlab_merge_request_id;
+        req.azure_pull_request_id = o.azure_pull_request_id;
+        req.non_native_pull_request_id = o.non_native_pull_request_id;
+    }
+    Ok(req)
+}
+
+async fn start_attempt(
+    ctx: &Context,
+    run: &DbtCloudJobRun,
+    client: &DbtCloudClient,
+    decision: &lifecycle::Decision,
+    request: StartRequest,
+    obj_ref: &ObjectRef<DbtCloudJobRun>,
+    interval: Duration,
+) -> Result<Action> {
+    // 1. Record the intent; fails if anyone changed the object since we read it.
+    let rv = run.resource_version().unwrap_or_default();
+    match write_status(ctx, run, &decision.status, Some(&rv)).await {
+        Err(Error::Conflict(_)) => {
+            debug!("object changed since read; not triggering, will re-read");
+            return Ok(Action::requeue(Duration::from_millis(500)));
+        }
+        other => other?,
+    }
+    // 2. Send it.
+    let result = match &request {
+        StartRequest::Trigger { job_id, cause } => {
+            client.trigger_run(*job_id, &trigger_request(run.spec.trigger.as_ref(), cause)?).await
+        }
+        StartRequest::Retry { run_id, .. } => client.retry_run(*run_id).await,
+    };
+    let now = Timestamp::now();
+    // 3. Record the outcome (a crash before this is resolved by the pending-trigger search).
+    let mut recorded = run.clone();
+    recorded.status = Some(decision.status.clone());
+    match result {
+        Ok(started) => {
+            let observed = observe(&started);
+            let (status, note) = after_start(&decision.status, &observed, now);
+            write_status(ctx, &recorded, &status, None).await?;
+            ctx.metrics.runs_triggered.inc();
+            info!(run_id = started.id, "dbt Cloud run started");
+            let mut d = decision.clone();
+            d.events.push(note);
+            d.status = status.clone();
+            publish_all(ctx, run, &d, Vec::new()).await;
+            follow(ctx, run, &status, Some(client), obj_ref, interval, Some(observed));
+            Ok(Action::requeue(jittered(interval)))
+        }
+        Err(e) if e.is_ambiguous_for_trigger() => {
+            warn!(error = %e, "trigger outcome unknown; will search for the run before deciding again");
+            ctx.publish(run, true, "TriggerOutcomeUnknown", "Trigger", format!("{e}; looking for the run before deciding whether to trigger again")).await;
+            Ok(Action::requeue(ctx.config.lifecycle.confirm_retry))
+        }
+        Err(e) => {
+            let permanent = matches!(e, DbtCloudError::NotFound { .. } | DbtCloudError::BadRequest { .. } | DbtCloudError::InvalidRequest { .. });
+            let reason = match &e {
+                DbtCloudError::NotFound { .. } => "JobNotFound",
+                DbtCloudError::BadRequest { .. } | DbtCloudError::InvalidRequest { .. } => "TriggerRejected",
+                other => other.reason(),
+            };
+            let (status, note) = after_start_rejected(run, &decision.status, reason, &format!("dbt Cloud refused the trigger: {e}"), permanent, now);
+            write_status(ctx, &recorded, &status, None).await?;
+            ctx.publish(run, note.warning, reason, "Trigger", note.note).await;
+            ctx.metrics.set_run_phase(&key_of(run), Some(status.phase));
+            if permanent {
+                Ok(Action::await_change())
+            } else {
+                Ok(Action::requeue(jittered(e.retry_after().unwrap_or(ctx.config.lifecycle.credentials_retry))))
+            }
+        }
+    }
+}
+
+/// Resolves project/environment/job names to exactly one job id.
+async fn resolve_job(client: &DbtCloudClient, job: &JobSelector) -> JobResolution {
+    let transient = |e: DbtCloudError| {
+        if e.is_retryable() {
+            JobResolution::Transient { reason: e.reason().into(), message: format!("Looking up the job failed: {e}") }
+        } else {
+            JobResolution::NotFound(format!("Looking up the job failed: {e}"))
+        }
+    };
+    if let Some(id) = job.id {
+        return match client.get_job(id).await {
+            Ok(j) => JobResolution::Resolved(j.id),
+            Err(e) => transient(e),
+        };
+    }
+    let (Some(p), Some(env), Some(name)) = (&job.project_name, &job.environment_name, &job.job_name) else {
+        return JobResolution::NotFound("spec.job needs id, or projectName + environmentName + jobName".into());
+    };
+    let exact = |candidates: Vec<(i64, Option<String>)>, what: &str, wanted: &str| -> Result<i64, JobResolution> {
+        let ids: Vec<i64> = candidates.into_iter().filter(|(_, n)| n.as_deref() == Some(wanted)).map(|(id, _)| id).collect();
+        match ids.as_slice() {
+            [id] => Ok(*id),
+            [] => Err(JobResolution::NotFound(format!("No dbt Cloud {what} is named '{wanted}' (names are matched exactly; dbt Cloud also hides objects the token cannot see)"))),
+            many => Err(JobResolution::Ambiguous(format!("{} dbt Cloud {what}s are named '{wanted}' (ids {:?}): use spec.job.id instead", many.len(), many))),
+        }
+    };
+    let projects = match client.list_all_projects(Some(p)).await {
+        Ok(v) => v,
+        Err(e) => return transient(e),
+    };
+    let project_id = match exact(projects.into_iter().map(|x| (x.id, x.name)).collect(), "project", p) {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
+    let envs = match client
+        .list_all_environments(project_id, Some(env))
+        .await
+    {
+        Ok(v) => v,
+        Err(e) => return transient(e),
+    };
+    let env_id = match exact(envs.into_iter().map(|x| (x.id, x.name)).collect(), "environment", env) {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
+    let jobs = match client
+        .list_all_jobs(&ListJobsParams { project_id: Some(project_id), environment_id: Some(env_id), name_icontains: Some(name.clone()), ..Default::default() })
+        .await
+    {
+        Ok(v) => v,
+        Err(e) => return transient(e),
+    };
+    match exact(jobs.into_iter().map(|x| (x.id, x.name)).collect(), "job", name) {
+        Ok(id) => JobResolution::Resolved(id),
+        Err(r) => r,
+    }
+}
+
+/// Looks for the run a pending trigger may have created: the newest runs of the job carrying the
+/// token in their cause (or, for native retries, retrying the failed run). Several runs with the
+/// same token are duplicates made by someone else's mistake: the oldest is adopted, the others are
+/// returned to be cancelled.
+async fn search_pending(
+    client: &DbtCloudClient,
+    job_id: i64,
+    token: &str,
+    retry_of: Option<i64>,
+) -> Result<(PendingSearch, Vec<i64>)> {
+    let params = ListRunsParams {
+        job_definition_id: Some(job_id),
+        order_by: Some("-id".into()),
+        include_related: vec!["trigger".into()],
+        limit: Some(100),
+        id_gt: retry_of,
+        ..Default::default()
+    };
+    let page = client.list_runs(&params).await?;
+    let mut matches: Vec<_> = page
+        .items
+        .into_iter()
+        .filter(|r| match retry_of {
+            Some(of) => r.retrying_run_id == Some(of) || r.cause().is_some_and(|c| c.contains(token)),
+            None => r.cause().is_some_and(|c| c.contains(token)),
+        })
+        .collect();
+    matches.sort_by_key(|r| r.id);
+    let Some(first) = matches.first() else { return Ok((PendingSearch::NotFound, Vec::new())) };
+    let duplicates = matches.iter().skip(1).filter(|r| !r.status.is_terminal()).map(|r| r.id).collect();
+    Ok((PendingSearch::Found(observe(first)), duplicates))
+}
+
+/// Steps and `run_results.json` of a finished run. Failures leave parts empty (never fatal).
+async fn fetch_details(client: &DbtCloudClient, run_id: i64) -> RunDetails {
+    let mut details = RunDetails::default();
+    match client.get_run(run_id, &["run_steps"]).await {
+        Ok(run) => {
+            for step in run.run_steps.unwrap_or_default() {
+                let duration = match (step.started_at.as_deref().and_then(parse_timestamp), step.finished_at.as_deref().and_then(parse_timestamp)) {
+                    (Some(s), Some(f)) => Some((f.as_second() - s.as_second()).max(0)),
+                    _ => None,
+                };
+                let name = step.name.clone().unwrap_or_default();
+                let status = step.status_humanized.clone().unwrap_or_else(|| step.status.humanized().to_string());
+                if step.status == RunStatus::Error && details.failed_step.is_none() {
+                    let log = step.logs.clone().or(step.truncated_debug_logs.clone()).unwrap_or_default();
+                    details.failed_step = Some((name.clone(), tail(&log, LOG_TAIL)));
+                }
+                details.steps.push(StepSummary { index: step.index.unwrap_or_default(), name, status, duration_seconds: duration });
+            }
+        }
+        Err(e) => warn!(run_id, error = %e, "could not fetch run steps"),
+    }
+    match client.get_run_artifact(run_id, "run_results.json", None).await {
+        Ok(bytes) => details.results = summarize_run_results(&bytes),
+        Err(e) => debug!(run_id, error = %e, "no run_results.json"),
+    }
+    details
+}
+
+fn tail(log: &str, max: usize) -> String {
+    let trimmed = log.trim();
+    if trimmed.len() <= max {
+        return trimmed.to_string();
+    }
+    let mut start = trimmed.len() - max;
+    while !trimmed.is_char_boundary(start) {
+        start += 1;
+    }
+    format!("…{}", &trimmed[start..])
+}
+
+/// Counts of a `run_results.json` and its failing nodes (capped).
+pub fn summarize_run_results(bytes: &[u8]) -> Option<ResultsSummary> {
+    let doc: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    let results = doc.get("results")?.as_array()?;
+    let mut s = ResultsSummary::default();
+    for r in results {
+        let status = r.get("status").and_then(|v| v.as_str()).unwrap_or_default();
+        let failed = match status {
+            "success" | "pass" => {
+                s.pass += 1;
+                false
+            }
+            "error" | "runtime error" => {
+                s.error += 1;
+                true
+            }
+            "fail" => {
+                s.fail += 1;
+                true
+            }
+            "skipped" | "skip" => {
+                s.skip += 1;
+                false
+            }
+            "warn" => {
+                s.warn += 1;
+                false
+            }
+            _ => false,
+        };
+        if failed && s.failed_nodes.len() < MAX_FAILED_NODES {
+            if let Some(id) = r.get("unique_id").and_then(|v| v.as_str()) {
+                s.failed_nodes.push(id.to_string());
+            }
+        }
+    }
+    Some(s)
+}
+
+async fn cleanup(run: Arc<DbtCloudJobRun>, ctx: &Context) -> Result<Action> {
+    let status = run.status.clone().unwrap_or_default();
+    let in_flight = !status.phase.is_terminal() && (status.run_id.is_some() || status.pending_trigger.is_some());
+    let (_, client) = credentials_for(&run, ctx).await.unwrap_or((CredentialsState::NotReady { reason: String::new(), message: String::new(), stalled: false }, None));
+    if let (Some(c), Some(id)) = (client.as_ref(), status.run_id) {
+        ctx.poller.untrack(c, id);
+    }
+    if !in_flight || !run.spec.cancel_on_delete {
+        ctx.metrics.set_run_phase(&key_of(&run), None);
+        return Ok(Action::await_change());
+    }
+    let deleted_at = run.metadata.deletion_timestamp.as_ref().map(|t| t.0).unwrap_or_else(Timestamp::now);
+    let waited = Timestamp::now().as_second() - deleted_at.as_second();
+    if waited >= ctx.config.deletion_timeout.as_secs() as i64 {
+        ctx.publish(
+            run.as_ref(),
+            true,
+            "CancelAbandoned",
+            "Delete",
+            format!("Could not cancel the dbt Cloud run within {}s of deletion; letting go. Check it in dbt Cloud", ctx.config.deletion_timeout.as_secs()),
+        )
+        .await;
+        ctx.metrics.set_run_phase(&key_of(&run), None);
+        return Ok(Action::await_change());
+    }
+    let Some(client) = client else {
+        return Ok(Action::requeue(Duration::from_secs(10)));
+    };
+    let run_id = match (status.run_id, &status.pending_trigger, status.job_id.or(run.spec.job.id)) {
+        (_, Some(p), Some(job_id)) => match search_pending(&client, job_id, &p.token, p.retry_of_run_id).await?.0 {
+            PendingSearch::Found(r) => Some(r.id),
+            _ if Timestamp::now().as_second() - p.requested_at.0.as_second() < ctx.config.lifecycle.ambiguity_window.as_secs() as i64 => {
+                return Ok(Action::requeue(ctx.config.lifecycle.confirm_retry));
+            }
+            _ => None,
+        },
+        (id, _, _) => id,
+    };
+    if let Some(id) = run_id {
+        match client.cancel_run(id).await {
+            Ok(_) | Err(DbtCloudError::NotFound { .. }) => {
+                ctx.publish(run.as_ref(), false, "Cancelled", "Delete", format!("Cancelled dbt Cloud run {id} because the object was deleted (cancelOnDelete)")).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    ctx.metrics.set_run_phase(&key_of(&run), None);
+    Ok(Action::await_change())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_results_are_summarised() {
+        let doc = serde_json::json!({"results": [
+            {"unique_id": "model.a", "status": "success"},
+            {"unique_id": "test.b", "status": "pass"},
+            {"unique_id": "model.c", "status": "error"},
+            {"unique_id": "test.d", "status": "fail"},
+            {"unique_id": "model.e", "status": "skipped"},
+            {"unique_id": "test.f", "status": "warn"}
+        ]});
+        let s = summarize_run_results(doc.to_string().as_bytes()).unwrap();
+        assert_eq!((s.pass, s.error, s.fail, s.skip, s.warn), (2, 1, 1, 1, 1));
+        assert_eq!(s.failed_nodes, vec!["model.c", "test.d"]);
+        assert!(summarize_run_results(b"not json").is_none());
+    }
+
+    #[test]
+    fn log_tail_keeps_the_end() {
+        assert_eq!(tail("  short ", 10), "short");
+        let t = tail(&"x".repeat(400), 300);
+        assert!(t.starts_with('…') && t.len() <= 303);
+    }
+}
