@@ -140,40 +140,102 @@ impl Metrics {
             phases: Mutex::new(HashMap::new()),
             registry: Registry::default(),
         };
-        registry.register("reconciliations", "Reconciliations by kind", m.reconciliations.clone());
-        registry.register("reconcile_errors", "Reconcile errors by kind and error class", m.reconcile_errors.clone());
-        registry.register("reconcile_duration_seconds", "Reconcile duration by kind", m.reconcile_duration.clone());
+        registry.register(
+            "reconciliations",
+            "Reconciliations by kind",
+            m.reconciliations.clone(),
+        );
+        registry.register(
+            "reconcile_errors",
+            "Reconcile errors by kind and error class",
+            m.reconcile_errors.clone(),
+        );
+        registry.register(
+            "reconcile_duration_seconds",
+            "Reconcile duration by kind",
+            m.reconcile_duration.clone(),
+        );
         registry.register("runs", "DbtCloudJobRuns by phase", m.runs_by_phase.clone());
-        registry.register("runs_triggered", "dbt Cloud runs triggered (attempts started)", m.runs_triggered.clone());
-        registry.register("runs_adopted", "dbt Cloud runs adopted after an ambiguous trigger instead of triggering again", m.runs_adopted.clone());
-        registry.register("run_duration_seconds", "Trigger-to-finish duration of finished runs", m.run_duration.clone());
-        registry.register("run_queue_seconds", "Time runs waited in dbt Cloud's queue (created to started)", m.run_queue_time.clone());
-        registry.register("api_requests", "dbt Cloud API responses by endpoint and status code", m.api_requests.clone());
-        registry.register("api_request_duration_seconds", "dbt Cloud API request latency by endpoint", m.api_request_duration.clone());
-        registry.register("api_rate_limit_waits", "Requests delayed by the per-account rate limiter", m.rate_limit_waits.clone());
-        registry.register("api_throttled", "429 Too Many Requests answers from dbt Cloud", m.api_throttled.clone());
-        registry.register("credentials_ready", "1 when the credentials are Ready", m.credentials_ready.clone());
-        registry.register("leader", "1 while this replica holds the leader lease", m.leader.clone());
+        registry.register(
+            "runs_triggered",
+            "dbt Cloud runs triggered (attempts started)",
+            m.runs_triggered.clone(),
+        );
+        registry.register(
+            "runs_adopted",
+            "dbt Cloud runs adopted after an ambiguous trigger instead of triggering again",
+            m.runs_adopted.clone(),
+        );
+        registry.register(
+            "run_duration_seconds",
+            "Trigger-to-finish duration of finished runs",
+            m.run_duration.clone(),
+        );
+        registry.register(
+            "run_queue_seconds",
+            "Time runs waited in dbt Cloud's queue (created to started)",
+            m.run_queue_time.clone(),
+        );
+        registry.register(
+            "api_requests",
+            "dbt Cloud API responses by endpoint and status code",
+            m.api_requests.clone(),
+        );
+        registry.register(
+            "api_request_duration_seconds",
+            "dbt Cloud API request latency by endpoint",
+            m.api_request_duration.clone(),
+        );
+        registry.register(
+            "api_rate_limit_waits",
+            "Requests delayed by the per-account rate limiter",
+            m.rate_limit_waits.clone(),
+        );
+        registry.register(
+            "api_throttled",
+            "429 Too Many Requests answers from dbt Cloud",
+            m.api_throttled.clone(),
+        );
+        registry.register(
+            "credentials_ready",
+            "1 when the credentials are Ready",
+            m.credentials_ready.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 while this replica holds the leader lease",
+            m.leader.clone(),
+        );
         Self { registry, ..m }
     }
 
     /// Prometheus text exposition of every metric.
     pub fn encode(&self) -> String {
         let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
         out
     }
 
     /// Counts a reconciliation and its duration.
     pub fn reconciled(&self, kind: &str, elapsed: Duration) {
-        let labels = KindLabels { kind: kind.to_string() };
+        let labels = KindLabels {
+            kind: kind.to_string(),
+        };
         self.reconciliations.get_or_create(&labels).inc();
-        self.reconcile_duration.get_or_create(&labels).observe(elapsed.as_secs_f64());
+        self.reconcile_duration
+            .get_or_create(&labels)
+            .observe(elapsed.as_secs_f64());
     }
 
     /// Counts a reconcile error.
     pub fn reconcile_failed(&self, kind: &str, error: &str) {
-        self.reconcile_errors.get_or_create(&ErrorLabels { kind: kind.into(), error: error.into() }).inc();
+        self.reconcile_errors
+            .get_or_create(&ErrorLabels {
+                kind: kind.into(),
+                error: error.into(),
+            })
+            .inc();
     }
 
     /// Records the current phase of a run (by `namespace/name`), or forgets it (`None`).
@@ -187,19 +249,39 @@ impl Metrics {
             return;
         }
         if let Some(old) = old {
-            self.runs_by_phase.get_or_create(&PhaseLabels { phase: old.as_str().into() }).dec();
+            self.runs_by_phase
+                .get_or_create(&PhaseLabels {
+                    phase: old.as_str().into(),
+                })
+                .dec();
         }
         if let Some(new) = phase {
-            self.runs_by_phase.get_or_create(&PhaseLabels { phase: new.as_str().into() }).inc();
+            self.runs_by_phase
+                .get_or_create(&PhaseLabels {
+                    phase: new.as_str().into(),
+                })
+                .inc();
         }
     }
 
     /// Records whether a credentials object is ready.
-    pub fn set_credentials_ready(&self, kind: &str, namespace: &str, name: &str, ready: Option<bool>) {
-        let labels = CredentialsLabels { kind: kind.into(), namespace: namespace.into(), name: name.into() };
+    pub fn set_credentials_ready(
+        &self,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+        ready: Option<bool>,
+    ) {
+        let labels = CredentialsLabels {
+            kind: kind.into(),
+            namespace: namespace.into(),
+            name: name.into(),
+        };
         match ready {
             Some(r) => {
-                self.credentials_ready.get_or_create(&labels).set(i64::from(r));
+                self.credentials_ready
+                    .get_or_create(&labels)
+                    .set(i64::from(r));
             }
             None => {
                 self.credentials_ready.remove(&labels);
@@ -210,10 +292,19 @@ impl Metrics {
 
 impl ApiObserver for Metrics {
     fn on_response(&self, endpoint: &'static str, status: Option<u16>, elapsed: Duration) {
-        let code = status.map(|s| s.to_string()).unwrap_or_else(|| "error".into());
-        self.api_requests.get_or_create(&ApiLabels { endpoint: endpoint.into(), code }).inc();
+        let code = status
+            .map(|s| s.to_string())
+            .unwrap_or_else(|| "error".into());
+        self.api_requests
+            .get_or_create(&ApiLabels {
+                endpoint: endpoint.into(),
+                code,
+            })
+            .inc();
         self.api_request_duration
-            .get_or_create(&EndpointLabels { endpoint: endpoint.into() })
+            .get_or_create(&EndpointLabels {
+                endpoint: endpoint.into(),
+            })
             .observe(elapsed.as_secs_f64());
     }
 
@@ -241,8 +332,14 @@ mod tests {
         m.set_run_phase("a/x", Some(RunPhase::Succeeded));
         m.set_run_phase("a/y", None);
         let text = m.encode();
-        assert!(text.contains("dbt_cloud_operator_runs{phase=\"Running\"} 0"), "{text}");
-        assert!(text.contains("dbt_cloud_operator_runs{phase=\"Succeeded\"} 1"), "{text}");
+        assert!(
+            text.contains("dbt_cloud_operator_runs{phase=\"Running\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("dbt_cloud_operator_runs{phase=\"Succeeded\"} 1"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -252,8 +349,16 @@ mod tests {
         m.on_response("trigger_run", None, Duration::from_millis(5));
         m.on_throttled();
         let text = m.encode();
-        assert!(text.contains("dbt_cloud_operator_api_requests_total{endpoint=\"trigger_run\",code=\"200\"} 1"), "{text}");
+        assert!(
+            text.contains(
+                "dbt_cloud_operator_api_requests_total{endpoint=\"trigger_run\",code=\"200\"} 1"
+            ),
+            "{text}"
+        );
         assert!(text.contains("code=\"error\"} 1"), "{text}");
-        assert!(text.contains("dbt_cloud_operator_api_throttled_total 1"), "{text}");
+        assert!(
+            text.contains("dbt_cloud_operator_api_throttled_total 1"),
+            "{text}"
+        );
     }
 }

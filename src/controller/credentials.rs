@@ -105,12 +105,20 @@ impl Assessment {
 /// A short, non-reversible fingerprint of a key (first 12 hex digits of its SHA-256).
 pub fn fingerprint(key: &str) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, key.as_bytes());
-    let hex: String = digest.as_ref().iter().take(6).map(|b| format!("{b:02x}")).collect();
+    let hex: String = digest
+        .as_ref()
+        .iter()
+        .take(6)
+        .map(|b| format!("{b:02x}"))
+        .collect();
     format!("sha256:{hex}")
 }
 
 /// Extracts the API key from a Secret, or explains what is wrong with it.
-pub fn key_from_secret(secret: &Secret, target: &CredentialsTarget) -> Result<String, (String, String)> {
+pub fn key_from_secret(
+    secret: &Secret,
+    target: &CredentialsTarget,
+) -> Result<String, (String, String)> {
     let name = &target.secret.name;
     let key = &target.secret.key;
     let data = secret.data.clone().unwrap_or_default();
@@ -133,7 +141,10 @@ pub fn key_from_secret(secret: &Secret, target: &CredentialsTarget) -> Result<St
     };
     let text = text.trim();
     if text.is_empty() {
-        return Err(("SecretKeyInvalid".into(), format!("The value of key '{key}' in Secret '{name}' is empty")));
+        return Err((
+            "SecretKeyInvalid".into(),
+            format!("The value of key '{key}' in Secret '{name}' is empty"),
+        ));
     }
     if text.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err((
@@ -144,7 +155,11 @@ pub fn key_from_secret(secret: &Secret, target: &CredentialsTarget) -> Result<St
     Ok(text.to_string())
 }
 
-fn explain(e: &DbtCloudError, account_id: i64, accessible: Option<Vec<String>>) -> (String, String, bool) {
+fn explain(
+    e: &DbtCloudError,
+    account_id: i64,
+    accessible: Option<Vec<String>>,
+) -> (String, String, bool) {
     match e {
         DbtCloudError::Unauthorized { .. } => (
             "Unauthorized".into(),
@@ -153,7 +168,13 @@ fn explain(e: &DbtCloudError, account_id: i64, accessible: Option<Vec<String>>) 
         ),
         DbtCloudError::Forbidden { .. } | DbtCloudError::NotFound { .. } => {
             let list = accessible
-                .map(|a| if a.is_empty() { "none".to_string() } else { a.join(", ") })
+                .map(|a| {
+                    if a.is_empty() {
+                        "none".to_string()
+                    } else {
+                        a.join(", ")
+                    }
+                })
                 .map(|a| format!(" Accounts this key can access: {a}."))
                 .unwrap_or_default();
             (
@@ -162,13 +183,24 @@ fn explain(e: &DbtCloudError, account_id: i64, accessible: Option<Vec<String>>) 
                 true,
             )
         }
-        DbtCloudError::RateLimited { .. } => ("RateLimited".into(), format!("{e}; will retry"), false),
-        e if e.is_retryable() => ("Unreachable".into(), format!("Cannot reach dbt Cloud: {e}; will retry"), false),
+        DbtCloudError::RateLimited { .. } => {
+            ("RateLimited".into(), format!("{e}; will retry"), false)
+        }
+        e if e.is_retryable() => (
+            "Unreachable".into(),
+            format!("Cannot reach dbt Cloud: {e}; will retry"),
+            false,
+        ),
         e => (e.reason().to_string(), e.to_string(), true),
     }
 }
 
-async fn assess<K: CredentialsResource>(obj: &K, target: &CredentialsTarget, ctx: &Context, now: Timestamp) -> Assessment {
+async fn assess<K: CredentialsResource>(
+    obj: &K,
+    target: &CredentialsTarget,
+    ctx: &Context,
+    now: Timestamp,
+) -> Assessment {
     let host = match AccessHost::parse(&target.host, &ctx.config.client.allowed_host_suffixes) {
         Ok(h) => h,
         Err(e) => return Assessment::failed("InvalidHost", format!("spec.host: {e}"), true),
@@ -183,7 +215,9 @@ async fn assess<K: CredentialsResource>(obj: &K, target: &CredentialsTarget, ctx
         if !ok {
             return Assessment::failed(
                 "InvalidHost",
-                format!("spec.discoveryUrl '{url}' must be an https URL on an allowed dbt Cloud host"),
+                format!(
+                    "spec.discoveryUrl '{url}' must be an https URL on an allowed dbt Cloud host"
+                ),
                 true,
             );
         }
@@ -232,10 +266,9 @@ async fn assess<K: CredentialsResource>(obj: &K, target: &CredentialsTarget, ctx
     };
     // Skip the dbt Cloud call when this exact key and spec were validated recently.
     let old = obj.credentials_status().cloned().unwrap_or_default();
-    let recent = old
-        .last_validated_time
-        .as_ref()
-        .is_some_and(|t| now.as_second() - t.0.as_second() < ctx.config.revalidate_every.as_secs() as i64);
+    let recent = old.last_validated_time.as_ref().is_some_and(|t| {
+        now.as_second() - t.0.as_second() < ctx.config.revalidate_every.as_secs() as i64
+    });
     if conditions::is_true(&old.conditions, conditions::READY)
         && old.key_fingerprint.as_deref() == Some(fp.as_str())
         && old.observed_generation == obj.meta().generation
@@ -243,7 +276,9 @@ async fn assess<K: CredentialsResource>(obj: &K, target: &CredentialsTarget, ctx
     {
         return Assessment {
             reason: "Valid".into(),
-            message: conditions::find(&old.conditions, conditions::READY).map(|c| c.message.clone()).unwrap_or_default(),
+            message: conditions::find(&old.conditions, conditions::READY)
+                .map(|c| c.message.clone())
+                .unwrap_or_default(),
             stalled: false,
             account_name: old.account_name.clone(),
             fingerprint: Some(fp),
@@ -271,13 +306,20 @@ async fn assess<K: CredentialsResource>(obj: &K, target: &CredentialsTarget, ctx
         }
         Err(e) => {
             // A transient failure does not invalidate a key that was valid a moment ago.
-            if !e.is_retryable() || old.key_fingerprint.as_deref() != Some(fp.as_str()) || !conditions::is_true(&old.conditions, conditions::READY) {
-                let accessible = if matches!(e, DbtCloudError::Forbidden { .. } | DbtCloudError::NotFound { .. }) {
-                    client
-                        .list_accounts()
-                        .await
-                        .ok()
-                        .map(|accounts| accounts.iter().map(|a| format!("{} ({})", a.id, a.name.clone().unwrap_or_default())).collect())
+            if !e.is_retryable()
+                || old.key_fingerprint.as_deref() != Some(fp.as_str())
+                || !conditions::is_true(&old.conditions, conditions::READY)
+            {
+                let accessible = if matches!(
+                    e,
+                    DbtCloudError::Forbidden { .. } | DbtCloudError::NotFound { .. }
+                ) {
+                    client.list_accounts().await.ok().map(|accounts| {
+                        accounts
+                            .iter()
+                            .map(|a| format!("{} ({})", a.id, a.name.clone().unwrap_or_default()))
+                            .collect()
+                    })
                 } else {
                     None
                 };
@@ -289,7 +331,9 @@ async fn assess<K: CredentialsResource>(obj: &K, target: &CredentialsTarget, ctx
             warn!(error = %e, "revalidation failed transiently; keeping the key valid");
             Assessment {
                 reason: "Valid".into(),
-                message: conditions::find(&old.conditions, conditions::READY).map(|c| c.message.clone()).unwrap_or_default(),
+                message: conditions::find(&old.conditions, conditions::READY)
+                    .map(|c| c.message.clone())
+                    .unwrap_or_default(),
                 stalled: false,
                 account_name: old.account_name.clone(),
                 fingerprint: Some(fp),
@@ -301,28 +345,43 @@ async fn assess<K: CredentialsResource>(obj: &K, target: &CredentialsTarget, ctx
 }
 
 /// Reconciles a namespaced `DbtCloudCredentials`.
-pub async fn reconcile_namespaced(obj: Arc<DbtCloudCredentials>, ctx: Arc<Context>) -> Result<Action> {
+pub async fn reconcile_namespaced(
+    obj: Arc<DbtCloudCredentials>,
+    ctx: Arc<Context>,
+) -> Result<Action> {
     reconcile(obj, ctx).await
 }
 
 /// Reconciles a `ClusterDbtCloudCredentials`.
-pub async fn reconcile_cluster(obj: Arc<ClusterDbtCloudCredentials>, ctx: Arc<Context>) -> Result<Action> {
+pub async fn reconcile_cluster(
+    obj: Arc<ClusterDbtCloudCredentials>,
+    ctx: Arc<Context>,
+) -> Result<Action> {
     reconcile(obj, ctx).await
 }
 
 /// Requeue policy after an error (namespaced kind).
-pub fn error_policy_namespaced(obj: Arc<DbtCloudCredentials>, err: &Error, ctx: Arc<Context>) -> Action {
+pub fn error_policy_namespaced(
+    obj: Arc<DbtCloudCredentials>,
+    err: &Error,
+    ctx: Arc<Context>,
+) -> Action {
     error_policy(obj, err, ctx)
 }
 
 /// Requeue policy after an error (cluster kind).
-pub fn error_policy_cluster(obj: Arc<ClusterDbtCloudCredentials>, err: &Error, ctx: Arc<Context>) -> Action {
+pub fn error_policy_cluster(
+    obj: Arc<ClusterDbtCloudCredentials>,
+    err: &Error,
+    ctx: Arc<Context>,
+) -> Action {
     error_policy(obj, err, ctx)
 }
 
 fn error_policy<K: CredentialsResource>(obj: Arc<K>, err: &Error, ctx: Arc<Context>) -> Action {
     warn!(name = %obj.name_any(), error = %err, "credentials reconcile failed");
-    ctx.metrics.reconcile_failed(kind_name(K::KIND), err.metric_label());
+    ctx.metrics
+        .reconcile_failed(kind_name(K::KIND), err.metric_label());
     Action::requeue(super::backoff(3))
 }
 
@@ -335,7 +394,11 @@ fn kind_name(kind: CredentialsKind) -> &'static str {
 
 /// Key of a credentials object in the registry.
 pub fn key_of<K: CredentialsResource>(obj: &K) -> CredentialsKey {
-    CredentialsKey { kind: K::KIND, namespace: obj.meta().namespace.clone(), name: obj.name_any() }
+    CredentialsKey {
+        kind: K::KIND,
+        namespace: obj.meta().namespace.clone(),
+        name: obj.name_any(),
+    }
 }
 
 #[instrument(skip_all, fields(kind = kind_name(K::KIND), object = %format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any())))]
@@ -346,7 +409,8 @@ async fn reconcile<K: CredentialsResource>(obj: Arc<K>, ctx: Arc<Context>) -> Re
     let ns = obj.namespace().unwrap_or_default();
     if obj.meta().deletion_timestamp.is_some() {
         ctx.credentials.remove(&key);
-        ctx.metrics.set_credentials_ready(kind, &ns, &obj.name_any(), None);
+        ctx.metrics
+            .set_credentials_ready(kind, &ns, &obj.name_any(), None);
         return Ok(Action::await_change());
     }
     let now = Timestamp::now();
@@ -366,19 +430,40 @@ async fn reconcile<K: CredentialsResource>(obj: Arc<K>, ctx: Arc<Context>) -> Re
             allowed_namespaces: obj.allowed_namespaces(),
         },
     );
-    ctx.metrics.set_credentials_ready(kind, &ns, &obj.name_any(), Some(ready));
+    ctx.metrics
+        .set_credentials_ready(kind, &ns, &obj.name_any(), Some(ready));
 
     let old = obj.credentials_status().cloned().unwrap_or_default();
     let mut status = old.clone();
     let gen = obj.meta().generation;
     status.observed_generation = gen;
-    status.account_name = a.account_name.clone().or(if ready { old.account_name.clone() } else { None });
+    status.account_name = a.account_name.clone().or(if ready {
+        old.account_name.clone()
+    } else {
+        None
+    });
     status.key_fingerprint = a.fingerprint.clone();
     status.last_validated_time = a.validated_at.map(Time).or(old.last_validated_time.clone());
     let c = &mut status.conditions;
     set_condition(c, conditions::READY, ready, &a.reason, &a.message, gen, now);
-    set_condition(c, conditions::RECONCILING, !ready && !a.stalled, &a.reason, &a.message, gen, now);
-    set_condition(c, conditions::STALLED, !ready && a.stalled, &a.reason, &a.message, gen, now);
+    set_condition(
+        c,
+        conditions::RECONCILING,
+        !ready && !a.stalled,
+        &a.reason,
+        &a.message,
+        gen,
+        now,
+    );
+    set_condition(
+        c,
+        conditions::STALLED,
+        !ready && a.stalled,
+        &a.reason,
+        &a.message,
+        gen,
+        now,
+    );
 
     if status != old {
         let api = obj.api_for(ctx.client.clone());
@@ -387,23 +472,48 @@ async fn reconcile<K: CredentialsResource>(obj: Arc<K>, ctx: Arc<Context>) -> Re
             "kind": K::kind(&()),
             "status": status,
         });
-        api.patch_status(&obj.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body)).await?;
-        let was_ready = conditions::find(&old.conditions, conditions::READY).map(|c| (c.status.clone(), c.reason.clone()));
+        api.patch_status(
+            &obj.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&body),
+        )
+        .await?;
+        let was_ready = conditions::find(&old.conditions, conditions::READY)
+            .map(|c| (c.status.clone(), c.reason.clone()));
         let now_ready = (conditions::status_str(ready), a.reason.clone());
         if was_ready.as_ref() != Some(&now_ready) {
             if ready {
                 info!(account = target.account_id, "credentials validated");
-                ctx.publish(obj.as_ref(), false, "Validated", "Validate", a.message.clone()).await;
+                ctx.publish(
+                    obj.as_ref(),
+                    false,
+                    "Validated",
+                    "Validate",
+                    a.message.clone(),
+                )
+                .await;
             } else {
                 warn!(reason = %a.reason, "credentials not ready");
-                ctx.publish(obj.as_ref(), true, &a.reason, "Validate", a.message.clone()).await;
+                ctx.publish(obj.as_ref(), true, &a.reason, "Validate", a.message.clone())
+                    .await;
             }
         } else if old.key_fingerprint.is_some() && old.key_fingerprint != status.key_fingerprint {
-            ctx.publish(obj.as_ref(), false, "KeyRotated", "Validate", "A new API key was found in the Secret and validated".into()).await;
+            ctx.publish(
+                obj.as_ref(),
+                false,
+                "KeyRotated",
+                "Validate",
+                "A new API key was found in the Secret and validated".into(),
+            )
+            .await;
         }
     }
     ctx.metrics.reconciled(kind, started.elapsed());
-    let requeue = if ready || a.stalled { ctx.config.secret_refresh } else { ctx.config.lifecycle.credentials_retry };
+    let requeue = if ready || a.stalled {
+        ctx.config.secret_refresh
+    } else {
+        ctx.config.lifecycle.credentials_retry
+    };
     Ok(Action::requeue(jittered(requeue)))
 }
 
@@ -418,14 +528,22 @@ mod tests {
             account_id: 1,
             host: "cloud.getdbt.com".into(),
             discovery_url: None,
-            secret: SecretKeyRef { name: "dbt".into(), key: "apiKey".into() },
+            secret: SecretKeyRef {
+                name: "dbt".into(),
+                key: "apiKey".into(),
+            },
             secret_namespace: "ns".into(),
         }
     }
 
     fn secret(pairs: &[(&str, &[u8])]) -> Secret {
         Secret {
-            data: Some(pairs.iter().map(|(k, v)| (k.to_string(), ByteString(v.to_vec()))).collect()),
+            data: Some(
+                pairs
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), ByteString(v.to_vec())))
+                    .collect(),
+            ),
             ..Default::default()
         }
     }
@@ -435,11 +553,34 @@ mod tests {
         let (reason, msg) = key_from_secret(&secret(&[("token", b"x")]), &target()).unwrap_err();
         assert_eq!(reason, "SecretKeyMissing");
         assert!(msg.contains("keys present: token"), "{msg}");
-        assert_eq!(key_from_secret(&secret(&[("apiKey", b"  ")]), &target()).unwrap_err().0, "SecretKeyInvalid");
-        assert_eq!(key_from_secret(&secret(&[("apiKey", &[0xff, 0xfe])]), &target()).unwrap_err().0, "SecretKeyInvalid");
-        assert_eq!(key_from_secret(&secret(&[("apiKey", b"Token dbtc_x")]), &target()).unwrap_err().0, "SecretKeyInvalid");
-        assert_eq!(key_from_secret(&secret(&[("apiKey", b"dbtc_abc\n")]), &target()).unwrap(), "dbtc_abc");
-        assert_eq!(key_from_secret(&Secret::default(), &target()).unwrap_err().0, "SecretKeyMissing");
+        assert_eq!(
+            key_from_secret(&secret(&[("apiKey", b"  ")]), &target())
+                .unwrap_err()
+                .0,
+            "SecretKeyInvalid"
+        );
+        assert_eq!(
+            key_from_secret(&secret(&[("apiKey", &[0xff, 0xfe])]), &target())
+                .unwrap_err()
+                .0,
+            "SecretKeyInvalid"
+        );
+        assert_eq!(
+            key_from_secret(&secret(&[("apiKey", b"Token dbtc_x")]), &target())
+                .unwrap_err()
+                .0,
+            "SecretKeyInvalid"
+        );
+        assert_eq!(
+            key_from_secret(&secret(&[("apiKey", b"dbtc_abc\n")]), &target()).unwrap(),
+            "dbtc_abc"
+        );
+        assert_eq!(
+            key_from_secret(&Secret::default(), &target())
+                .unwrap_err()
+                .0,
+            "SecretKeyMissing"
+        );
     }
 
     #[test]

@@ -17,18 +17,22 @@ use kube::{Api, ResourceExt};
 use tracing::{debug, info, instrument, warn};
 
 use super::lifecycle::{
-    self, after_start, after_start_rejected, CredentialsState, JobResolution, Observation, PendingSearch,
-    RunDetails, StartRequest,
+    self, after_start, after_start_rejected, CredentialsState, JobResolution, Observation,
+    PendingSearch, RunDetails, StartRequest,
 };
 use super::poller::observe;
 use super::registry::CredentialsKey;
 use super::{jittered, Context, FIELD_MANAGER, RUN_FINALIZER};
 use crate::crd::conditions;
-use crate::crd::job_run::{CredentialsKind, JobSelector, ResultsSummary, StepSummary, TriggerOverrides};
-use crate::crd::{ClusterDbtCloudCredentials, DbtCloudCredentials, DbtCloudJobRun, DbtCloudJobRunStatus, RunPhase};
+use crate::crd::job_run::{
+    CredentialsKind, JobSelector, ResultsSummary, StepSummary, TriggerOverrides,
+};
+use crate::crd::{
+    ClusterDbtCloudCredentials, DbtCloudCredentials, DbtCloudJobRun, DbtCloudJobRunStatus, RunPhase,
+};
 use crate::dbt_cloud::{
-    parse_timestamp, DbtCloudClient, DbtCloudError, ListJobsParams,
-    ListRunsParams, RunStatus, TriggerRunRequest,
+    parse_timestamp, DbtCloudClient, DbtCloudError, ListJobsParams, ListRunsParams, RunStatus,
+    TriggerRunRequest,
 };
 use crate::{Error, Result};
 
@@ -82,7 +86,8 @@ pub fn error_policy(run: Arc<DbtCloudJobRun>, err: &Error, ctx: Arc<Context>) ->
     ctx.metrics.reconcile_failed(KIND, err.metric_label());
     let inner = match err {
         Error::Finalizer(f) => match f.as_ref() {
-            kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => Some(e),
+            kube::runtime::finalizer::Error::ApplyFailed(e)
+            | kube::runtime::finalizer::Error::CleanupFailed(e) => Some(e),
             _ => None,
         },
         e => Some(e),
@@ -97,18 +102,33 @@ pub fn error_policy(run: Arc<DbtCloudJobRun>, err: &Error, ctx: Arc<Context>) ->
 }
 
 /// Whether the run's namespace may use cluster-scoped credentials.
-async fn namespace_allowed(ctx: &Context, allowed: &crate::crd::credentials::AllowedNamespaces, ns: &str) -> Result<bool> {
+async fn namespace_allowed(
+    ctx: &Context,
+    allowed: &crate::crd::credentials::AllowedNamespaces,
+    ns: &str,
+) -> Result<bool> {
     if allowed.names.iter().any(|n| n == ns) {
         return Ok(true);
     }
-    let Some(selector) = allowed.selector.clone() else { return Ok(false) };
-    let Ok(selector) = Selector::try_from(selector) else { return Ok(false) };
-    let namespace = Api::<Namespace>::all(ctx.client.clone()).get_opt(ns).await?;
-    Ok(namespace.is_some_and(|n| selector.matches(n.metadata.labels.as_ref().unwrap_or(&Default::default()))))
+    let Some(selector) = allowed.selector.clone() else {
+        return Ok(false);
+    };
+    let Ok(selector) = Selector::try_from(selector) else {
+        return Ok(false);
+    };
+    let namespace = Api::<Namespace>::all(ctx.client.clone())
+        .get_opt(ns)
+        .await?;
+    Ok(namespace.is_some_and(|n| {
+        selector.matches(n.metadata.labels.as_ref().unwrap_or(&Default::default()))
+    }))
 }
 
 /// The credentials state for a run, and a client when they are ready.
-pub async fn credentials_for(run: &DbtCloudJobRun, ctx: &Context) -> Result<(CredentialsState, Option<DbtCloudClient>)> {
+pub async fn credentials_for(
+    run: &DbtCloudJobRun,
+    ctx: &Context,
+) -> Result<(CredentialsState, Option<DbtCloudClient>)> {
     let ns = run.namespace().unwrap_or_default();
     let r = &run.spec.credentials_ref;
     let key = CredentialsKey {
@@ -117,24 +137,48 @@ pub async fn credentials_for(run: &DbtCloudJobRun, ctx: &Context) -> Result<(Cre
         name: r.name.clone(),
     };
     let not_ready = |reason: &str, message: String, stalled: bool| {
-        Ok((CredentialsState::NotReady { reason: reason.into(), message, stalled }, None))
+        Ok((
+            CredentialsState::NotReady {
+                reason: reason.into(),
+                message,
+                stalled,
+            },
+            None,
+        ))
     };
     let Some(entry) = ctx.credentials.get(&key) else {
         let exists = match r.kind {
             CredentialsKind::DbtCloudCredentials => {
-                Api::<DbtCloudCredentials>::namespaced(ctx.client.clone(), &ns).get_opt(&r.name).await?.is_some()
+                Api::<DbtCloudCredentials>::namespaced(ctx.client.clone(), &ns)
+                    .get_opt(&r.name)
+                    .await?
+                    .is_some()
             }
             CredentialsKind::ClusterDbtCloudCredentials => {
-                Api::<ClusterDbtCloudCredentials>::all(ctx.client.clone()).get_opt(&r.name).await?.is_some()
+                Api::<ClusterDbtCloudCredentials>::all(ctx.client.clone())
+                    .get_opt(&r.name)
+                    .await?
+                    .is_some()
             }
         };
         return if exists {
-            not_ready("CredentialsNotValidated", format!("{key} has not been validated yet"), false)
+            not_ready(
+                "CredentialsNotValidated",
+                format!("{key} has not been validated yet"),
+                false,
+            )
         } else {
-            let where_ = if r.kind == CredentialsKind::DbtCloudCredentials { format!(" in namespace '{ns}'") } else { String::new() };
+            let where_ = if r.kind == CredentialsKind::DbtCloudCredentials {
+                format!(" in namespace '{ns}'")
+            } else {
+                String::new()
+            };
             not_ready(
                 "CredentialsNotFound",
-                format!("{:?} '{}' not found{where_}: create it, or fix spec.credentialsRef", r.kind, r.name),
+                format!(
+                    "{:?} '{}' not found{where_}: create it, or fix spec.credentialsRef",
+                    r.kind, r.name
+                ),
                 false,
             )
         };
@@ -149,8 +193,17 @@ pub async fn credentials_for(run: &DbtCloudJobRun, ctx: &Context) -> Result<(Cre
         }
     }
     match entry.client {
-        Some(client) => Ok((CredentialsState::Ready { account_id: entry.account_id }, Some(client))),
-        None => not_ready(&entry.reason, format!("{key} is not ready: {}", entry.message), false),
+        Some(client) => Ok((
+            CredentialsState::Ready {
+                account_id: entry.account_id,
+            },
+            Some(client),
+        )),
+        None => not_ready(
+            &entry.reason,
+            format!("{key} is not ready: {}", entry.message),
+            false,
+        ),
     }
 }
 
@@ -166,24 +219,46 @@ async fn apply(run: Arc<DbtCloudJobRun>, ctx: &Context) -> Result<Action> {
         if let lifecycle::Action::Settle { requeue } = action {
             write_status(ctx, &run, &decision.status, None).await?;
             publish_all(ctx, &run, &decision, notes).await;
-            follow(ctx, &run, &decision.status, client.as_ref(), &obj_ref, interval, obs.current_run.clone());
-            return Ok(requeue.map(|d| Action::requeue(jittered(d))).unwrap_or_else(Action::await_change));
+            follow(
+                ctx,
+                &run,
+                &decision.status,
+                client.as_ref(),
+                &obj_ref,
+                interval,
+                obs.current_run.clone(),
+            );
+            return Ok(requeue
+                .map(|d| Action::requeue(jittered(d)))
+                .unwrap_or_else(Action::await_change));
         }
         if let lifecycle::Action::Delete = action {
             info!("ttlSecondsAfterFinished expired; deleting");
             ctx.metrics.set_run_phase(&key_of(&run), None);
-            Api::<DbtCloudJobRun>::namespaced(ctx.client.clone(), &run.namespace().unwrap_or_default())
-                .delete(&run.name_any(), &Default::default())
-                .await?;
+            Api::<DbtCloudJobRun>::namespaced(
+                ctx.client.clone(),
+                &run.namespace().unwrap_or_default(),
+            )
+            .delete(&run.name_any(), &Default::default())
+            .await?;
             return Ok(Action::await_change());
         }
         let Some(client) = client.as_ref() else {
-            return Ok(Action::requeue(jittered(ctx.config.lifecycle.credentials_retry)));
+            return Ok(Action::requeue(jittered(
+                ctx.config.lifecycle.credentials_retry,
+            )));
         };
         match action {
-            lifecycle::Action::ResolveJob => obs.job = Some(resolve_job(client, &run.spec.job).await),
-            lifecycle::Action::SearchPendingRun { job_id, token, retry_of_run_id } => {
-                let (found, duplicates) = search_pending(client, job_id, &token, retry_of_run_id).await?;
+            lifecycle::Action::ResolveJob => {
+                obs.job = Some(resolve_job(client, &run.spec.job).await)
+            }
+            lifecycle::Action::SearchPendingRun {
+                job_id,
+                token,
+                retry_of_run_id,
+            } => {
+                let (found, duplicates) =
+                    search_pending(client, job_id, &token, retry_of_run_id).await?;
                 for dup in duplicates {
                     client.cancel_run(dup).await?;
                     notes.push((true, "DuplicateRunCancelled", format!("dbt Cloud run {dup} carries the same attempt marker as an earlier run and was cancelled")));
@@ -201,7 +276,9 @@ async fn apply(run: Arc<DbtCloudJobRun>, ctx: &Context) -> Result<Action> {
                 };
                 obs.current_run = Some(current);
             }
-            lifecycle::Action::FetchDetails { run_id } => obs.details = Some(fetch_details(client, run_id).await),
+            lifecycle::Action::FetchDetails { run_id } => {
+                obs.details = Some(fetch_details(client, run_id).await)
+            }
             lifecycle::Action::CancelRun { run_id, reason } => {
                 info!(run_id, ?reason, "cancelling dbt Cloud run");
                 let answer = client.cancel_run(run_id).await?;
@@ -213,12 +290,17 @@ async fn apply(run: Arc<DbtCloudJobRun>, ctx: &Context) -> Result<Action> {
                 obs.current_run = Some(observed);
             }
             lifecycle::Action::StartAttempt(request) => {
-                return start_attempt(ctx, &run, client, &decision, request, &obj_ref, interval).await;
+                return start_attempt(ctx, &run, client, &decision, request, &obj_ref, interval)
+                    .await;
             }
-            lifecycle::Action::Settle { .. } | lifecycle::Action::Delete => unreachable!("handled above"),
+            lifecycle::Action::Settle { .. } | lifecycle::Action::Delete => {
+                unreachable!("handled above")
+            }
         }
     }
-    Err(Error::Invalid("the run lifecycle asked too many questions in one reconcile".into()))
+    Err(Error::Invalid(
+        "the run lifecycle asked too many questions in one reconcile".into(),
+    ))
 }
 
 fn key_of(run: &DbtCloudJobRun) -> String {
@@ -236,39 +318,65 @@ fn follow(
     known: Option<lifecycle::ObservedRun>,
 ) {
     ctx.metrics.set_run_phase(&key_of(run), Some(status.phase));
-    let (Some(client), Some(run_id)) = (client, status.run_id) else { return };
+    let (Some(client), Some(run_id)) = (client, status.run_id) else {
+        return;
+    };
     if status.phase.is_terminal() {
         ctx.poller.untrack(client, run_id);
     } else if status.phase != RunPhase::Pending {
-        ctx.poller.track(client, run_id, obj_ref.clone(), interval, known.filter(|k| k.id == run_id));
+        ctx.poller.track(
+            client,
+            run_id,
+            obj_ref.clone(),
+            interval,
+            known.filter(|k| k.id == run_id),
+        );
     }
 }
 
-async fn publish_all(ctx: &Context, run: &DbtCloudJobRun, decision: &lifecycle::Decision, notes: Vec<(bool, &'static str, String)>) {
+async fn publish_all(
+    ctx: &Context,
+    run: &DbtCloudJobRun,
+    decision: &lifecycle::Decision,
+    notes: Vec<(bool, &'static str, String)>,
+) {
     let old = run.status.clone().unwrap_or_default();
     let new = &decision.status;
     for (warning, reason, note) in notes {
         ctx.publish(run, warning, reason, "Reconcile", note).await;
     }
     for e in &decision.events {
-        ctx.publish(run, e.warning, e.reason, "Reconcile", e.note.clone()).await;
+        ctx.publish(run, e.warning, e.reason, "Reconcile", e.note.clone())
+            .await;
     }
     // A new reason for not being ready (bad input, credentials, lookups) is worth an Event too.
-    let ready = |s: &DbtCloudJobRunStatus| conditions::find(&s.conditions, conditions::READY).map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()));
+    let ready = |s: &DbtCloudJobRunStatus| {
+        conditions::find(&s.conditions, conditions::READY)
+            .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+    };
     if let Some((status, reason, message)) = ready(new) {
         let changed = ready(&old).map(|(_, r, _)| r) != Some(reason.clone());
-        let phase_reason = reason == new.phase.as_str() || reason == "Suspended" || reason.starts_with("Run") || reason == "Succeeded" || reason == "Cancelled" || reason == "TimedOut";
+        let phase_reason = reason == new.phase.as_str()
+            || reason == "Suspended"
+            || reason.starts_with("Run")
+            || reason == "Succeeded"
+            || reason == "Cancelled"
+            || reason == "TimedOut";
         if changed && status == "False" && !phase_reason && decision.events.is_empty() {
             ctx.publish(run, true, &reason, "Reconcile", message).await;
         }
     }
     if old.phase != new.phase && new.phase.is_terminal() {
         if let (Some(start), Some(end)) = (&new.started_at, &new.finished_at) {
-            ctx.metrics.run_duration.observe((end.0.as_second() - start.0.as_second()).max(0) as f64);
+            ctx.metrics
+                .run_duration
+                .observe((end.0.as_second() - start.0.as_second()).max(0) as f64);
         }
         if let Some(a) = new.attempts.last() {
             if let (Some(created), Some(started)) = (&a.created_at, &a.started_at) {
-                ctx.metrics.run_queue_time.observe((started.0.as_second() - created.0.as_second()).max(0) as f64);
+                ctx.metrics
+                    .run_queue_time
+                    .observe((started.0.as_second() - created.0.as_second()).max(0) as f64);
             }
         }
         info!(phase = new.phase.as_str(), run_id = ?new.run_id, "run finished");
@@ -278,11 +386,17 @@ async fn publish_all(ctx: &Context, run: &DbtCloudJobRun, decision: &lifecycle::
 /// Writes the status with server-side apply when it differs from the object's. With
 /// `precondition`, the write fails with [`Error::Conflict`] unless the object still has that
 /// resourceVersion.
-pub async fn write_status(ctx: &Context, run: &DbtCloudJobRun, status: &DbtCloudJobRunStatus, precondition: Option<&str>) -> Result<()> {
+pub async fn write_status(
+    ctx: &Context,
+    run: &DbtCloudJobRun,
+    status: &DbtCloudJobRunStatus,
+    precondition: Option<&str>,
+) -> Result<()> {
     if precondition.is_none() && run.status.as_ref() == Some(status) {
         return Ok(());
     }
-    let api: Api<DbtCloudJobRun> = Api::namespaced(ctx.client.clone(), &run.namespace().unwrap_or_default());
+    let api: Api<DbtCloudJobRun> =
+        Api::namespaced(ctx.client.clone(), &run.namespace().unwrap_or_default());
     let mut body = serde_json::json!({
         "apiVersion": "dbtcloud.io/v1alpha1",
         "kind": "DbtCloudJobRun",
@@ -291,7 +405,14 @@ pub async fn write_status(ctx: &Context, run: &DbtCloudJobRun, status: &DbtCloud
     if let Some(rv) = precondition {
         body["metadata"] = serde_json::json!({ "resourceVersion": rv });
     }
-    match api.patch_status(&run.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body)).await {
+    match api
+        .patch_status(
+            &run.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&body),
+        )
+        .await
+    {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(s)) if s.code == 409 => Err(Error::Conflict(s.message.clone())),
         Err(e) => Err(e.into()),
@@ -339,7 +460,9 @@ async fn start_attempt(
     // 2. Send it.
     let result = match &request {
         StartRequest::Trigger { job_id, cause } => {
-            client.trigger_run(*job_id, &trigger_request(run.spec.trigger.as_ref(), cause)?).await
+            client
+                .trigger_run(*job_id, &trigger_request(run.spec.trigger.as_ref(), cause)?)
+                .await
         }
         StartRequest::Retry { run_id, .. } => client.retry_run(*run_id).await,
     };
@@ -358,29 +481,62 @@ async fn start_attempt(
             d.events.push(note);
             d.status = status.clone();
             publish_all(ctx, run, &d, Vec::new()).await;
-            follow(ctx, run, &status, Some(client), obj_ref, interval, Some(observed));
+            follow(
+                ctx,
+                run,
+                &status,
+                Some(client),
+                obj_ref,
+                interval,
+                Some(observed),
+            );
             Ok(Action::requeue(jittered(interval)))
         }
         Err(e) if e.is_ambiguous_for_trigger() => {
             warn!(error = %e, "trigger outcome unknown; will search for the run before deciding again");
-            ctx.publish(run, true, "TriggerOutcomeUnknown", "Trigger", format!("{e}; looking for the run before deciding whether to trigger again")).await;
+            ctx.publish(
+                run,
+                true,
+                "TriggerOutcomeUnknown",
+                "Trigger",
+                format!("{e}; looking for the run before deciding whether to trigger again"),
+            )
+            .await;
             Ok(Action::requeue(ctx.config.lifecycle.confirm_retry))
         }
         Err(e) => {
-            let permanent = matches!(e, DbtCloudError::NotFound { .. } | DbtCloudError::BadRequest { .. } | DbtCloudError::InvalidRequest { .. });
+            let permanent = matches!(
+                e,
+                DbtCloudError::NotFound { .. }
+                    | DbtCloudError::BadRequest { .. }
+                    | DbtCloudError::InvalidRequest { .. }
+            );
             let reason = match &e {
                 DbtCloudError::NotFound { .. } => "JobNotFound",
-                DbtCloudError::BadRequest { .. } | DbtCloudError::InvalidRequest { .. } => "TriggerRejected",
+                DbtCloudError::BadRequest { .. } | DbtCloudError::InvalidRequest { .. } => {
+                    "TriggerRejected"
+                }
                 other => other.reason(),
             };
-            let (status, note) = after_start_rejected(run, &decision.status, reason, &format!("dbt Cloud refused the trigger: {e}"), permanent, now);
+            let (status, note) = after_start_rejected(
+                run,
+                &decision.status,
+                reason,
+                &format!("dbt Cloud refused the trigger: {e}"),
+                permanent,
+                now,
+            );
             write_status(ctx, &recorded, &status, None).await?;
-            ctx.publish(run, note.warning, reason, "Trigger", note.note).await;
+            ctx.publish(run, note.warning, reason, "Trigger", note.note)
+                .await;
             ctx.metrics.set_run_phase(&key_of(run), Some(status.phase));
             if permanent {
                 Ok(Action::await_change())
             } else {
-                Ok(Action::requeue(jittered(e.retry_after().unwrap_or(ctx.config.lifecycle.credentials_retry))))
+                Ok(Action::requeue(jittered(
+                    e.retry_after()
+                        .unwrap_or(ctx.config.lifecycle.credentials_retry),
+                )))
             }
         }
     }
@@ -390,7 +546,10 @@ async fn start_attempt(
 async fn resolve_job(client: &DbtCloudClient, job: &JobSelector) -> JobResolution {
     let transient = |e: DbtCloudError| {
         if e.is_retryable() {
-            JobResolution::Transient { reason: e.reason().into(), message: format!("Looking up the job failed: {e}") }
+            JobResolution::Transient {
+                reason: e.reason().into(),
+                message: format!("Looking up the job failed: {e}"),
+            }
         } else {
             JobResolution::NotFound(format!("Looking up the job failed: {e}"))
         }
@@ -401,11 +560,22 @@ async fn resolve_job(client: &DbtCloudClient, job: &JobSelector) -> JobResolutio
             Err(e) => transient(e),
         };
     }
-    let (Some(p), Some(env), Some(name)) = (&job.project_name, &job.environment_name, &job.job_name) else {
-        return JobResolution::NotFound("spec.job needs id, or projectName + environmentName + jobName".into());
+    let (Some(p), Some(env), Some(name)) =
+        (&job.project_name, &job.environment_name, &job.job_name)
+    else {
+        return JobResolution::NotFound(
+            "spec.job needs id, or projectName + environmentName + jobName".into(),
+        );
     };
-    let exact = |candidates: Vec<(i64, Option<String>)>, what: &str, wanted: &str| -> Result<i64, JobResolution> {
-        let ids: Vec<i64> = candidates.into_iter().filter(|(_, n)| n.as_deref() == Some(wanted)).map(|(id, _)| id).collect();
+    let exact = |candidates: Vec<(i64, Option<String>)>,
+                 what: &str,
+                 wanted: &str|
+     -> Result<i64, JobResolution> {
+        let ids: Vec<i64> = candidates
+            .into_iter()
+            .filter(|(_, n)| n.as_deref() == Some(wanted))
+            .map(|(id, _)| id)
+            .collect();
         match ids.as_slice() {
             [id] => Ok(*id),
             [] => Err(JobResolution::NotFound(format!("No dbt Cloud {what} is named '{wanted}' (names are matched exactly; dbt Cloud also hides objects the token cannot see)"))),
@@ -416,29 +586,43 @@ async fn resolve_job(client: &DbtCloudClient, job: &JobSelector) -> JobResolutio
         Ok(v) => v,
         Err(e) => return transient(e),
     };
-    let project_id = match exact(projects.into_iter().map(|x| (x.id, x.name)).collect(), "project", p) {
+    let project_id = match exact(
+        projects.into_iter().map(|x| (x.id, x.name)).collect(),
+        "project",
+        p,
+    ) {
         Ok(id) => id,
         Err(r) => return r,
     };
-    let envs = match client
-        .list_all_environments(project_id, Some(env))
-        .await
-    {
+    let envs = match client.list_all_environments(project_id, Some(env)).await {
         Ok(v) => v,
         Err(e) => return transient(e),
     };
-    let env_id = match exact(envs.into_iter().map(|x| (x.id, x.name)).collect(), "environment", env) {
+    let env_id = match exact(
+        envs.into_iter().map(|x| (x.id, x.name)).collect(),
+        "environment",
+        env,
+    ) {
         Ok(id) => id,
         Err(r) => return r,
     };
     let jobs = match client
-        .list_all_jobs(&ListJobsParams { project_id: Some(project_id), environment_id: Some(env_id), name_icontains: Some(name.clone()), ..Default::default() })
+        .list_all_jobs(&ListJobsParams {
+            project_id: Some(project_id),
+            environment_id: Some(env_id),
+            name_icontains: Some(name.clone()),
+            ..Default::default()
+        })
         .await
     {
         Ok(v) => v,
         Err(e) => return transient(e),
     };
-    match exact(jobs.into_iter().map(|x| (x.id, x.name)).collect(), "job", name) {
+    match exact(
+        jobs.into_iter().map(|x| (x.id, x.name)).collect(),
+        "job",
+        name,
+    ) {
         Ok(id) => JobResolution::Resolved(id),
         Err(r) => r,
     }
@@ -467,13 +651,22 @@ async fn search_pending(
         .items
         .into_iter()
         .filter(|r| match retry_of {
-            Some(of) => r.retrying_run_id == Some(of) || r.cause().is_some_and(|c| c.contains(token)),
+            Some(of) => {
+                r.retrying_run_id == Some(of) || r.cause().is_some_and(|c| c.contains(token))
+            }
             None => r.cause().is_some_and(|c| c.contains(token)),
         })
         .collect();
     matches.sort_by_key(|r| r.id);
-    let Some(first) = matches.first() else { return Ok((PendingSearch::NotFound, Vec::new())) };
-    let duplicates = matches.iter().skip(1).filter(|r| !r.status.is_terminal()).map(|r| r.id).collect();
+    let Some(first) = matches.first() else {
+        return Ok((PendingSearch::NotFound, Vec::new()));
+    };
+    let duplicates = matches
+        .iter()
+        .skip(1)
+        .filter(|r| !r.status.is_terminal())
+        .map(|r| r.id)
+        .collect();
     Ok((PendingSearch::Found(observe(first)), duplicates))
 }
 
@@ -483,22 +676,40 @@ async fn fetch_details(client: &DbtCloudClient, run_id: i64) -> RunDetails {
     match client.get_run(run_id, &["run_steps"]).await {
         Ok(run) => {
             for step in run.run_steps.unwrap_or_default() {
-                let duration = match (step.started_at.as_deref().and_then(parse_timestamp), step.finished_at.as_deref().and_then(parse_timestamp)) {
+                let duration = match (
+                    step.started_at.as_deref().and_then(parse_timestamp),
+                    step.finished_at.as_deref().and_then(parse_timestamp),
+                ) {
                     (Some(s), Some(f)) => Some((f.as_second() - s.as_second()).max(0)),
                     _ => None,
                 };
                 let name = step.name.clone().unwrap_or_default();
-                let status = step.status_humanized.clone().unwrap_or_else(|| step.status.humanized().to_string());
+                let status = step
+                    .status_humanized
+                    .clone()
+                    .unwrap_or_else(|| step.status.humanized().to_string());
                 if step.status == RunStatus::Error && details.failed_step.is_none() {
-                    let log = step.logs.clone().or(step.truncated_debug_logs.clone()).unwrap_or_default();
+                    let log = step
+                        .logs
+                        .clone()
+                        .or(step.truncated_debug_logs.clone())
+                        .unwrap_or_default();
                     details.failed_step = Some((name.clone(), tail(&log, LOG_TAIL)));
                 }
-                details.steps.push(StepSummary { index: step.index.unwrap_or_default(), name, status, duration_seconds: duration });
+                details.steps.push(StepSummary {
+                    index: step.index.unwrap_or_default(),
+                    name,
+                    status,
+                    duration_seconds: duration,
+                });
             }
         }
         Err(e) => warn!(run_id, error = %e, "could not fetch run steps"),
     }
-    match client.get_run_artifact(run_id, "run_results.json", None).await {
+    match client
+        .get_run_artifact(run_id, "run_results.json", None)
+        .await
+    {
         Ok(bytes) => details.results = summarize_run_results(&bytes),
         Err(e) => debug!(run_id, error = %e, "no run_results.json"),
     }
@@ -558,8 +769,16 @@ pub fn summarize_run_results(bytes: &[u8]) -> Option<ResultsSummary> {
 
 async fn cleanup(run: Arc<DbtCloudJobRun>, ctx: &Context) -> Result<Action> {
     let status = run.status.clone().unwrap_or_default();
-    let in_flight = !status.phase.is_terminal() && (status.run_id.is_some() || status.pending_trigger.is_some());
-    let (_, client) = credentials_for(&run, ctx).await.unwrap_or((CredentialsState::NotReady { reason: String::new(), message: String::new(), stalled: false }, None));
+    let in_flight = !status.phase.is_terminal()
+        && (status.run_id.is_some() || status.pending_trigger.is_some());
+    let (_, client) = credentials_for(&run, ctx).await.unwrap_or((
+        CredentialsState::NotReady {
+            reason: String::new(),
+            message: String::new(),
+            stalled: false,
+        },
+        None,
+    ));
     if let (Some(c), Some(id)) = (client.as_ref(), status.run_id) {
         ctx.poller.untrack(c, id);
     }
@@ -567,7 +786,12 @@ async fn cleanup(run: Arc<DbtCloudJobRun>, ctx: &Context) -> Result<Action> {
         ctx.metrics.set_run_phase(&key_of(&run), None);
         return Ok(Action::await_change());
     }
-    let deleted_at = run.metadata.deletion_timestamp.as_ref().map(|t| t.0).unwrap_or_else(Timestamp::now);
+    let deleted_at = run
+        .metadata
+        .deletion_timestamp
+        .as_ref()
+        .map(|t| t.0)
+        .unwrap_or_else(Timestamp::now);
     let waited = Timestamp::now().as_second() - deleted_at.as_second();
     if waited >= ctx.config.deletion_timeout.as_secs() as i64 {
         ctx.publish(
@@ -584,14 +808,25 @@ async fn cleanup(run: Arc<DbtCloudJobRun>, ctx: &Context) -> Result<Action> {
     let Some(client) = client else {
         return Ok(Action::requeue(Duration::from_secs(10)));
     };
-    let run_id = match (status.run_id, &status.pending_trigger, status.job_id.or(run.spec.job.id)) {
-        (_, Some(p), Some(job_id)) => match search_pending(&client, job_id, &p.token, p.retry_of_run_id).await?.0 {
-            PendingSearch::Found(r) => Some(r.id),
-            _ if Timestamp::now().as_second() - p.requested_at.0.as_second() < ctx.config.lifecycle.ambiguity_window.as_secs() as i64 => {
-                return Ok(Action::requeue(ctx.config.lifecycle.confirm_retry));
+    let run_id = match (
+        status.run_id,
+        &status.pending_trigger,
+        status.job_id.or(run.spec.job.id),
+    ) {
+        (_, Some(p), Some(job_id)) => {
+            match search_pending(&client, job_id, &p.token, p.retry_of_run_id)
+                .await?
+                .0
+            {
+                PendingSearch::Found(r) => Some(r.id),
+                _ if Timestamp::now().as_second() - p.requested_at.0.as_second()
+                    < ctx.config.lifecycle.ambiguity_window.as_secs() as i64 =>
+                {
+                    return Ok(Action::requeue(ctx.config.lifecycle.confirm_retry));
+                }
+                _ => None,
             }
-            _ => None,
-        },
+        }
         (id, _, _) => id,
     };
     if let Some(id) = run_id {

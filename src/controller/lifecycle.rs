@@ -371,7 +371,15 @@ pub fn after_start_rejected(
             status.duration_seconds = Some((now.as_second() - start.0.as_second()).max(0));
         }
         set_condition(c, conditions::FAILED, true, reason, &message, gen, now);
-        set_condition(c, conditions::RECONCILING, false, "Finished", &message, gen, now);
+        set_condition(
+            c,
+            conditions::RECONCILING,
+            false,
+            "Finished",
+            &message,
+            gen,
+            now,
+        );
         set_condition(c, conditions::STALLED, true, reason, &message, gen, now);
     } else {
         set_condition(c, conditions::RECONCILING, true, reason, &message, gen, now);

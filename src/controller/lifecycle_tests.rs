@@ -838,10 +838,22 @@ fn exhaustive_safety_rules() {
 fn rejected_start_voids_the_intent() {
     let obj = object(spec(), None);
     let d = decide(&obj, &ready(0), &settings());
-    let (s, note) = after_start_rejected(&obj, &d.status, "JobNotFound", "404 for job 42", true, ts(1));
+    let (s, note) = after_start_rejected(
+        &obj,
+        &d.status,
+        "JobNotFound",
+        "404 for job 42",
+        true,
+        ts(1),
+    );
     assert!(s.pending_trigger.is_none());
     assert_eq!(s.phase, RunPhase::Failed);
-    assert_eq!(conditions::find(&s.conditions, conditions::FAILED).unwrap().reason, "JobNotFound");
+    assert_eq!(
+        conditions::find(&s.conditions, conditions::FAILED)
+            .unwrap()
+            .reason,
+        "JobNotFound"
+    );
     assert!(note.warning);
     let (s, _) = after_start_rejected(&obj, &d.status, "RateLimited", "429", false, ts(1));
     assert!(s.pending_trigger.is_none());

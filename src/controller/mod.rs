@@ -100,7 +100,9 @@ pub struct Context {
 
 impl std::fmt::Debug for Context {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Context").field("config", &self.config).finish_non_exhaustive()
+        f.debug_struct("Context")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
     }
 }
 
@@ -110,17 +112,23 @@ impl Context {
         client: Client,
         config: Config,
         metrics: Arc<Metrics>,
-    ) -> Result<(Arc<Self>, futures::channel::mpsc::UnboundedReceiver<ObjectRef<DbtCloudJobRun>>)> {
+    ) -> Result<(
+        Arc<Self>,
+        futures::channel::mpsc::UnboundedReceiver<ObjectRef<DbtCloudJobRun>>,
+    )> {
         let http = http_client(&config.client)?;
         let recorder = Recorder::new(
             client.clone(),
-            Reporter { controller: config.reporter.clone(), instance: config.instance.clone() },
+            Reporter {
+                controller: config.reporter.clone(),
+                instance: config.instance.clone(),
+            },
         );
         let (poller, changes) = poller::RunPoller::new(config.poll_tick);
         let ctx = Self {
             client,
             recorder,
-            limiters: RateLimiterRegistry::new(config.rate_limits.clone()),
+            limiters: RateLimiterRegistry::new(config.rate_limits),
             metrics,
             http,
             client_config: Arc::new(config.client.clone()),
@@ -137,7 +145,11 @@ impl Context {
         K: Resource<DynamicType = ()>,
     {
         let event = KubeEvent {
-            type_: if warning { EventType::Warning } else { EventType::Normal },
+            type_: if warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
             reason: reason.to_string(),
             note: Some(crate::crd::conditions::truncate_str(&note, 1000)),
             action: action.to_string(),
@@ -185,12 +197,30 @@ pub async fn run(
     let store_for_creds = runs_store.clone();
     let store_for_cluster = runs_store.clone();
     let runs = runs
-        .watches(creds_api.clone(), wc.clone(), move |creds: DbtCloudCredentials| {
-            job_run::runs_using(&store_for_creds, crate::crd::job_run::CredentialsKind::DbtCloudCredentials, creds.namespace(), &creds.name_any())
-        })
-        .watches(cluster_creds_api.clone(), wc.clone(), move |creds: ClusterDbtCloudCredentials| {
-            job_run::runs_using(&store_for_cluster, crate::crd::job_run::CredentialsKind::ClusterDbtCloudCredentials, None, &creds.name_any())
-        })
+        .watches(
+            creds_api.clone(),
+            wc.clone(),
+            move |creds: DbtCloudCredentials| {
+                job_run::runs_using(
+                    &store_for_creds,
+                    crate::crd::job_run::CredentialsKind::DbtCloudCredentials,
+                    creds.namespace(),
+                    &creds.name_any(),
+                )
+            },
+        )
+        .watches(
+            cluster_creds_api.clone(),
+            wc.clone(),
+            move |creds: ClusterDbtCloudCredentials| {
+                job_run::runs_using(
+                    &store_for_cluster,
+                    crate::crd::job_run::CredentialsKind::ClusterDbtCloudCredentials,
+                    None,
+                    &creds.name_any(),
+                )
+            },
+        )
         .reconcile_on(changes)
         .graceful_shutdown_on(shutdown.clone())
         .run(job_run::reconcile, job_run::error_policy, ctx.clone())
@@ -201,11 +231,19 @@ pub async fn run(
         });
     let creds = Controller::new(creds_api, wc.clone())
         .graceful_shutdown_on(shutdown.clone())
-        .run(credentials::reconcile_namespaced, credentials::error_policy_namespaced, ctx.clone())
+        .run(
+            credentials::reconcile_namespaced,
+            credentials::error_policy_namespaced,
+            ctx.clone(),
+        )
         .for_each(|_| async {});
     let cluster_creds = Controller::new(cluster_creds_api, wc)
         .graceful_shutdown_on(shutdown.clone())
-        .run(credentials::reconcile_cluster, credentials::error_policy_cluster, ctx.clone())
+        .run(
+            credentials::reconcile_cluster,
+            credentials::error_policy_cluster,
+            ctx.clone(),
+        )
         .for_each(|_| async {});
 
     if let Some(ready) = ready {

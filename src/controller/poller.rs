@@ -30,7 +30,10 @@ pub struct AccountKey {
 impl AccountKey {
     /// The account a client talks to.
     pub fn of(client: &DbtCloudClient) -> Self {
-        Self { host: client.host().as_str().to_string(), account_id: client.account_id() }
+        Self {
+            host: client.host().as_str().to_string(),
+            account_id: client.account_id(),
+        }
     }
 }
 
@@ -77,7 +80,9 @@ pub struct RunPoller {
 
 impl std::fmt::Debug for RunPoller {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RunPoller").field("tracked", &self.tracked_count()).finish()
+        f.debug_struct("RunPoller")
+            .field("tracked", &self.tracked_count())
+            .finish()
     }
 }
 
@@ -92,7 +97,12 @@ impl RunPoller {
             stopped: AtomicBool::new(false),
             requests: Default::default(),
         };
-        (Self { inner: Arc::new(inner) }, rx)
+        (
+            Self {
+                inner: Arc::new(inner),
+            },
+            rx,
+        )
     }
 
     /// Follows `run_id` for `obj`, polling every `interval`. `known` seeds the cache. The newest
@@ -108,9 +118,10 @@ impl RunPoller {
         let key = AccountKey::of(client);
         let mut accounts = self.inner.accounts.lock().expect("poller lock");
         let spawn = !accounts.contains_key(&key);
-        let state = accounts
-            .entry(key.clone())
-            .or_insert_with(|| AccountState { client: client.clone(), runs: HashMap::new() });
+        let state = accounts.entry(key.clone()).or_insert_with(|| AccountState {
+            client: client.clone(),
+            runs: HashMap::new(),
+        });
         state.client = client.clone();
         let tracked = state.runs.entry(run_id).or_insert_with(|| Tracked {
             obj,
@@ -132,7 +143,12 @@ impl RunPoller {
     /// The latest polled state of a run, if it is tracked and has been polled.
     pub fn snapshot(&self, client: &DbtCloudClient, run_id: i64) -> Option<ObservedRun> {
         let accounts = self.inner.accounts.lock().expect("poller lock");
-        accounts.get(&AccountKey::of(client))?.runs.get(&run_id)?.snapshot.clone()
+        accounts
+            .get(&AccountKey::of(client))?
+            .runs
+            .get(&run_id)?
+            .snapshot
+            .clone()
     }
 
     /// Stops following a run.
@@ -163,7 +179,9 @@ impl RunPoller {
 /// Which runs to poll now: none unless one is due; then every run due within half an interval.
 fn due_runs(runs: &HashMap<i64, Tracked>, now: Instant) -> Vec<i64> {
     let elapsed = |t: &Tracked| t.last_polled.map(|p| now.saturating_duration_since(p));
-    let any_due = runs.values().any(|t| elapsed(t).is_none_or(|e| e >= t.interval));
+    let any_due = runs
+        .values()
+        .any(|t| elapsed(t).is_none_or(|e| e >= t.interval));
     if !any_due {
         return Vec::new();
     }
@@ -185,7 +203,9 @@ async fn poll_account(inner: Arc<Inner>, key: AccountKey) {
         }
         let (client, due) = {
             let mut accounts = inner.accounts.lock().expect("poller lock");
-            let Some(state) = accounts.get(&key) else { break };
+            let Some(state) = accounts.get(&key) else {
+                break;
+            };
             if state.runs.is_empty() {
                 accounts.remove(&key);
                 break;
@@ -202,7 +222,9 @@ async fn poll_account(inner: Arc<Inner>, key: AccountKey) {
             let result = client.list_runs(&params).await;
             let now = Instant::now();
             let mut accounts = inner.accounts.lock().expect("poller lock");
-            let Some(state) = accounts.get_mut(&key) else { break };
+            let Some(state) = accounts.get_mut(&key) else {
+                break;
+            };
             for id in chunk {
                 if let Some(t) = state.runs.get_mut(id) {
                     t.last_polled = Some(now);
@@ -211,16 +233,23 @@ async fn poll_account(inner: Arc<Inner>, key: AccountKey) {
             match result {
                 Ok(page) => {
                     for run in page.items {
-                        let Some(t) = state.runs.get_mut(&run.id) else { continue };
+                        let Some(t) = state.runs.get_mut(&run.id) else {
+                            continue;
+                        };
                         let observed = observe(&run);
-                        let changed = t.snapshot.as_ref().is_none_or(|s| s.status != observed.status);
+                        let changed = t
+                            .snapshot
+                            .as_ref()
+                            .is_none_or(|s| s.status != observed.status);
                         t.snapshot = Some(observed);
                         if changed {
                             let _ = inner.notify.unbounded_send(t.obj.clone());
                         }
                     }
                 }
-                Err(e) => warn!(account = key.account_id, error = %e, "polling runs failed; will retry next interval"),
+                Err(e) => {
+                    warn!(account = key.account_id, error = %e, "polling runs failed; will retry next interval")
+                }
             }
         }
     }
@@ -248,7 +277,11 @@ mod tests {
         runs.insert(2, tracked(10, Some(3), now));
         assert!(due_runs(&runs, now).is_empty());
         runs.insert(3, tracked(10, Some(10), now));
-        assert_eq!(due_runs(&runs, now), vec![1, 3], "run 2 was polled 3s ago: < half an interval");
+        assert_eq!(
+            due_runs(&runs, now),
+            vec![1, 3],
+            "run 2 was polled 3s ago: < half an interval"
+        );
         runs.insert(4, tracked(10, None, now));
         assert_eq!(due_runs(&runs, now), vec![1, 3, 4]);
     }

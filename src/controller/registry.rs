@@ -66,12 +66,19 @@ pub struct CredentialsRegistry {
 impl CredentialsRegistry {
     /// The entry for a key.
     pub fn get(&self, key: &CredentialsKey) -> Option<CredentialsEntry> {
-        self.entries.read().expect("registry lock").get(key).cloned()
+        self.entries
+            .read()
+            .expect("registry lock")
+            .get(key)
+            .cloned()
     }
 
     /// Stores an entry.
     pub fn put(&self, key: CredentialsKey, entry: CredentialsEntry) {
-        self.entries.write().expect("registry lock").insert(key, entry);
+        self.entries
+            .write()
+            .expect("registry lock")
+            .insert(key, entry);
     }
 
     /// Forgets an entry (the object was deleted).

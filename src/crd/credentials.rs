@@ -1,5 +1,7 @@
 //! `DbtCloudCredentials` (namespaced) and `ClusterDbtCloudCredentials` (cluster-scoped): which dbt
 //! Cloud account to talk to, on which host, with which API key.
+// `printcolumn(...)` entries repeat `type_ = ...`, which clippy mistakes for duplicated attributes.
+#![allow(clippy::duplicated_attributes)]
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
 use kube::{CustomResource, KubeSchema};

@@ -1,4 +1,6 @@
 //! `DbtCloudJobRun`: one run of a dbt Cloud job, triggered exactly once and followed to its end.
+// `printcolumn(...)` entries repeat `type_ = ...`, which clippy mistakes for duplicated attributes.
+#![allow(clippy::duplicated_attributes)]
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};

@@ -1,0 +1,256 @@
+//! `dbt-cloud-operator run`: flags and environment variables, then the controllers (behind leader
+//! election when enabled), the HTTP endpoints and graceful shutdown.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+use futures::FutureExt;
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+use crate::controller::{self, lifecycle, Config};
+use crate::dbt_cloud::{default_allowed_suffixes, ClientConfig, LimitSpec, RateLimitConfig};
+use crate::http::{self, Role};
+use crate::leader::{self, LeaderConfig, Outcome};
+use crate::metrics::Metrics;
+use crate::telemetry::{self, LogFormat};
+
+/// Flags of `run`. Every flag can also be set by the environment variable shown in `--help`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Namespace the operator runs in (Secrets of ClusterDbtCloudCredentials live here).
+    /// Defaults to the pod's namespace, else `dbt-cloud-operator`.
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Namespaces to watch, comma-separated; empty watches all namespaces.
+    #[arg(long, env = "WATCH_NAMESPACES", value_delimiter = ',')]
+    pub watch_namespaces: Vec<String>,
+    /// Log format: json in-cluster, text on a terminal (auto), or forced.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "auto")]
+    pub log_format: LogFormat,
+    /// Address of the metrics and health endpoints (`/metrics`, `/healthz`, `/readyz`).
+    #[arg(long, env = "HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    pub http_addr: SocketAddr,
+    /// Elect a leader with a Lease so only one replica acts (use with several replicas).
+    #[arg(long, env = "LEADER_ELECT", default_value_t = false)]
+    pub leader_elect: bool,
+    /// Name of the leader Lease.
+    #[arg(long, env = "LEASE_NAME", default_value = "dbt-cloud-operator-leader")]
+    pub lease_name: String,
+    /// Namespace of the leader Lease (defaults to --namespace).
+    #[arg(long, env = "LEASE_NAMESPACE")]
+    pub lease_namespace: Option<String>,
+    /// Lease duration in seconds: how long a dead leader blocks a standby.
+    #[arg(long, env = "LEASE_DURATION_SECONDS", default_value_t = 15)]
+    pub lease_duration_seconds: u64,
+    /// Lease grace period in seconds.
+    #[arg(long, env = "LEASE_GRACE_SECONDS", default_value_t = 5)]
+    pub lease_grace_seconds: u64,
+    /// This replica's identity (the pod name).
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: Option<String>,
+    /// How often credentials re-read their Secret: a rotated key is in use within this time.
+    #[arg(long, env = "SECRET_REFRESH_SECONDS", default_value_t = 60)]
+    pub secret_refresh_seconds: u64,
+    /// How often valid credentials are re-checked against dbt Cloud.
+    #[arg(long, env = "REVALIDATE_SECONDS", default_value_t = 3600)]
+    pub revalidate_seconds: u64,
+    /// How long after a trigger whose answer was lost a run may still appear in dbt Cloud; only
+    /// then is the trigger sent again. Must exceed --request-timeout-seconds.
+    #[arg(long, env = "TRIGGER_CONFIRM_WINDOW_SECONDS", default_value_t = 60)]
+    pub trigger_confirm_window_seconds: u64,
+    /// Longest wait for the dbt Cloud cancel when a run is deleted.
+    #[arg(long, env = "DELETION_TIMEOUT_SECONDS", default_value_t = 300)]
+    pub deletion_timeout_seconds: u64,
+    /// Timeout of one dbt Cloud request.
+    #[arg(long, env = "REQUEST_TIMEOUT_SECONDS", default_value_t = 30)]
+    pub request_timeout_seconds: u64,
+    /// Requests per minute allowed per dbt Cloud account (Administrative API; dbt Cloud allows 5,000).
+    #[arg(long, env = "RATE_LIMIT_PER_MINUTE", default_value_t = 5000)]
+    pub rate_limit_per_minute: u32,
+    /// Requests per minute allowed per account on the Discovery API (dbt Cloud allows 500).
+    #[arg(long, env = "DISCOVERY_RATE_LIMIT_PER_MINUTE", default_value_t = 500)]
+    pub discovery_rate_limit_per_minute: u32,
+    /// Extra host suffixes the API key may be sent to (single-tenant hosts), besides getdbt.com
+    /// and dbt.com. Repeat or comma-separate.
+    #[arg(long, env = "ALLOWED_HOST_SUFFIXES", value_delimiter = ',')]
+    pub allowed_host_suffix: Vec<String>,
+    /// How long running reconciles may take to finish after SIGTERM.
+    #[arg(long, env = "SHUTDOWN_GRACE_SECONDS", default_value_t = 20)]
+    pub shutdown_grace_seconds: u64,
+    /// Granularity of the shared run poller, in milliseconds.
+    #[arg(long, env = "POLL_TICK_MILLIS", default_value_t = 1000, hide = true)]
+    pub poll_tick_millis: u64,
+    /// DEVELOPMENT ONLY: send every dbt Cloud request to this base URL (e.g. the simulator at
+    /// http://127.0.0.1:8089), plain http allowed. Never use it with real API keys.
+    #[arg(long, env = "DEV_DBT_CLOUD_BASE_URL")]
+    pub dev_dbt_cloud_base_url: Option<url::Url>,
+}
+
+impl RunArgs {
+    /// The operator configuration these flags describe.
+    pub fn config(&self) -> Config {
+        let mut allowed = default_allowed_suffixes();
+        allowed.extend(
+            self.allowed_host_suffix
+                .iter()
+                .filter(|s| !s.is_empty())
+                .cloned(),
+        );
+        let client = ClientConfig {
+            request_timeout: Duration::from_secs(self.request_timeout_seconds),
+            allowed_host_suffixes: allowed,
+            insecure_base_url_override: self.dev_dbt_cloud_base_url.clone(),
+            ..ClientConfig::default()
+        };
+        Config {
+            operator_namespace: self.operator_namespace(),
+            watch_namespaces: self
+                .watch_namespaces
+                .iter()
+                .filter(|s| !s.is_empty())
+                .cloned()
+                .collect(),
+            lifecycle: lifecycle::Settings {
+                ambiguity_window: Duration::from_secs(self.trigger_confirm_window_seconds),
+                ..lifecycle::Settings::default()
+            },
+            secret_refresh: Duration::from_secs(self.secret_refresh_seconds),
+            revalidate_every: Duration::from_secs(self.revalidate_seconds),
+            deletion_timeout: Duration::from_secs(self.deletion_timeout_seconds),
+            poll_tick: Duration::from_millis(self.poll_tick_millis.max(10)),
+            client,
+            rate_limits: RateLimitConfig {
+                admin: LimitSpec::per_minute(self.rate_limit_per_minute.max(1)),
+                discovery: LimitSpec::per_minute(self.discovery_rate_limit_per_minute.max(1)),
+            },
+            reporter: "dbt-cloud-operator".into(),
+            instance: self.pod_name.clone(),
+        }
+    }
+
+    fn operator_namespace(&self) -> String {
+        self.namespace
+            .clone()
+            .or_else(|| {
+                std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+                    .ok()
+                    .map(|s| s.trim().to_string())
+            })
+            .unwrap_or_else(|| "dbt-cloud-operator".into())
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = tokio::signal::ctrl_c() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+    info!("shutdown requested");
+}
+
+/// Runs the operator until SIGTERM (exit 0) or a fatal error / lost lease (exit 1).
+pub async fn run(args: RunArgs) -> ExitCode {
+    telemetry::init(args.log_format);
+    if args.dev_dbt_cloud_base_url.is_some() {
+        warn!("DEVELOPMENT MODE: every dbt Cloud request goes to --dev-dbt-cloud-base-url");
+    }
+    let config = args.config();
+    let client = match kube::Client::try_default().await {
+        Ok(c) => c,
+        Err(e) => {
+            error!(error = %e, "cannot build a Kubernetes client (no in-cluster config and no usable kubeconfig)");
+            return ExitCode::FAILURE;
+        }
+    };
+    let metrics = Arc::new(Metrics::new());
+    let (role_tx, role_rx) = watch::channel(Role::Starting);
+    match http::serve(args.http_addr, metrics.clone(), role_rx).await {
+        Ok(addr) => info!(%addr, "serving /metrics, /healthz, /readyz"),
+        Err(e) => {
+            error!(error = %e, addr = %args.http_addr, "cannot bind the HTTP address");
+            return ExitCode::FAILURE;
+        }
+    }
+    let shutdown = shutdown_signal().shared();
+    let grace = Duration::from_secs(args.shutdown_grace_seconds);
+    let role_tx = Arc::new(role_tx);
+
+    // Runs the controllers until `stop` resolves; bounded by the shutdown grace period after it.
+    let controllers = {
+        let client = client.clone();
+        let config = config.clone();
+        let metrics = metrics.clone();
+        let role_tx = role_tx.clone();
+        move |stop: futures::future::BoxFuture<'static, ()>| async move {
+            let _ = role_tx.send(Role::LeaderSyncing);
+            let (ready_tx, mut ready_rx) = watch::channel(false);
+            let role = role_tx.clone();
+            tokio::spawn(async move {
+                if ready_rx.wait_for(|r| *r).await.is_ok() {
+                    let _ = role.send(Role::Leader);
+                }
+            });
+            let stop = stop.shared();
+            let stopped = stop.clone();
+            let run = controller::run(client, config, metrics, stop, Some(ready_tx));
+            tokio::pin!(run);
+            let result = tokio::select! {
+                r = &mut run => r,
+                _ = stopped => match tokio::time::timeout(grace, &mut run).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        warn!("reconciles did not finish within the shutdown grace period");
+                        Ok(())
+                    }
+                },
+            };
+            if let Err(e) = result {
+                error!(error = %e, "controllers failed");
+            }
+        }
+    };
+
+    if args.leader_elect {
+        let _ = role_tx.send(Role::Standby);
+        let identity = args
+            .pod_name
+            .clone()
+            .unwrap_or_else(|| format!("dbt-cloud-operator-{}", std::process::id()));
+        let lease = LeaderConfig {
+            lease_name: args.lease_name.clone(),
+            namespace: args
+                .lease_namespace
+                .clone()
+                .unwrap_or_else(|| config.operator_namespace.clone()),
+            identity,
+            duration: args.lease_duration_seconds,
+            grace: args.lease_grace_seconds,
+        };
+        match leader::run_as_leader(client, lease, metrics, shutdown, controllers).await {
+            Ok(Outcome::Shutdown) => ExitCode::SUCCESS,
+            Ok(Outcome::LostLease) => {
+                error!("exiting after losing the leader lease");
+                ExitCode::FAILURE
+            }
+            Err(e) => {
+                error!(error = %e, "leader election failed");
+                ExitCode::FAILURE
+            }
+        }
+    } else {
+        controllers(Box::pin(shutdown)).await;
+        ExitCode::SUCCESS
+    }
+}
