@@ -94,8 +94,8 @@ pub fn error_policy(run: Arc<DbtCloudJobRun>, err: &Error, ctx: Arc<Context>) ->
     };
     let delay = match inner {
         Some(Error::Conflict(_)) => Duration::from_millis(500),
-        Some(Error::DbtCloud(e)) => e.retry_after().unwrap_or(Duration::from_secs(15)),
-        _ => Duration::from_secs(10),
+        Some(Error::DbtCloud(e)) => e.retry_after().unwrap_or(ctx.config.lifecycle.credentials_retry),
+        _ => ctx.config.lifecycle.credentials_retry.min(Duration::from_secs(10)),
     };
     warn!(object = %format!("{}/{}", run.namespace().unwrap_or_default(), run.name_any()), error = %err, "reconcile failed; retrying in {delay:?}");
     Action::requeue(jittered(delay))

@@ -35,7 +35,8 @@ pub struct Settings {
     /// How long after recording a trigger a missing run may still appear (POST timeout plus dbt
     /// Cloud's visibility delay). Only after this window is a trigger considered not sent.
     pub ambiguity_window: Duration,
-    /// Requeue delay while waiting for credentials to become ready.
+    /// Requeue delay while waiting for credentials to become ready, and after transient dbt Cloud
+    /// errors.
     pub credentials_retry: Duration,
     /// Requeue delay while a pending trigger is being confirmed.
     pub confirm_retry: Duration,
