@@ -1,5 +1,10 @@
 //! Command line: `run` (the controller), `crds` (print the CRDs), and the user commands.
 
+pub mod accounts;
+pub mod common;
+pub mod inspect;
+pub mod login;
+pub mod logout;
 pub mod run;
 
 use std::process::ExitCode;
@@ -10,7 +15,14 @@ use clap::{Parser, Subcommand};
 ///
 /// Also installed as the kubectl plugin `kubectl-dbtcloud` (`kubectl dbtcloud ...`).
 #[derive(Debug, Parser)]
-#[command(name = "dbt-cloud-operator", version, about, long_about = None, propagate_version = true)]
+#[command(
+    name = "dbt-cloud-operator",
+    bin_name = invoked_name(),
+    version,
+    about,
+    long_about = None,
+    propagate_version = true
+)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
@@ -28,6 +40,39 @@ pub enum Command {
         #[arg(long)]
         out_dir: Option<std::path::PathBuf>,
     },
+    /// Log in to dbt Cloud: validate an API key, pick the account, and store the key as a
+    /// Secret plus DbtCloudCredentials (or ClusterDbtCloudCredentials) in the cluster.
+    Login(Box<login::LoginArgs>),
+    /// List the dbt Cloud accounts an API key can access.
+    Accounts(Box<accounts::AccountsArgs>),
+    /// Show DbtCloudCredentials and ClusterDbtCloudCredentials and whether they are Ready.
+    Status(inspect::ScopeArgs),
+    /// List DbtCloudJobRuns: job, run id, phase, attempts, dbt Cloud URL.
+    Runs(inspect::ScopeArgs),
+    /// Print (and open in a browser) the dbt Cloud page of a DbtCloudJobRun.
+    Open(inspect::OpenArgs),
+    /// Delete credentials created by `login`, and their Secret.
+    Logout(logout::LogoutArgs),
+}
+
+/// The name shown in usage lines: `kubectl dbtcloud` when run as the kubectl plugin
+/// `kubectl-dbtcloud`, else `dbt-cloud-operator`.
+pub fn invoked_name() -> String {
+    let argv0 = std::env::args_os().next().unwrap_or_default();
+    bin_name_for(&argv0.to_string_lossy())
+}
+
+/// [`invoked_name`] for a given `argv[0]`.
+pub fn bin_name_for(argv0: &str) -> String {
+    let file = std::path::Path::new(argv0)
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let file = file.strip_suffix(".exe").unwrap_or(&file);
+    match file.strip_prefix("kubectl-") {
+        Some(plugin) if !plugin.is_empty() => format!("kubectl {}", plugin.replace('_', "-")),
+        _ => "dbt-cloud-operator".to_string(),
+    }
 }
 
 /// Runs a parsed command line.
@@ -35,6 +80,63 @@ pub async fn dispatch(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Run(args) => run::run(*args).await,
         Command::Crds { out_dir } => crds(out_dir),
+        user => user_command(user).await,
+    }
+}
+
+/// Runs a user command on the real terminal and kubeconfig.
+async fn user_command(command: Command) -> ExitCode {
+    use std::io::IsTerminal;
+    let mut out = std::io::stdout();
+    let mut err = std::io::stderr();
+    let mut prompt = common::TerminalPrompt;
+    let interactive = std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
+    let mut ctx = common::Ctx {
+        out: &mut out,
+        err: &mut err,
+        prompt: &mut prompt,
+        interactive,
+    };
+    let kube = || async {
+        kube::Client::try_default().await.map_err(|e| {
+            format!(
+                "cannot build a Kubernetes client from the kubeconfig (or in-cluster config): {e}"
+            )
+        })
+    };
+    let result = match command {
+        Command::Login(args) => {
+            let config = args.dbt.client_config();
+            login::login(*args, kube().await, config, &mut ctx).await
+        }
+        Command::Accounts(args) => {
+            let config = args.dbt.client_config();
+            accounts::accounts(*args, kube().await, config, &mut ctx).await
+        }
+        Command::Status(args) => match kube().await {
+            Ok(client) => inspect::status(args, client, &mut ctx).await,
+            Err(e) => Err(common::CliError(e)),
+        },
+        Command::Runs(args) => match kube().await {
+            Ok(client) => inspect::runs(args, client, &mut ctx).await,
+            Err(e) => Err(common::CliError(e)),
+        },
+        Command::Open(args) => match kube().await {
+            Ok(client) => inspect::open(args, client, inspect::desktop_opener(), &mut ctx).await,
+            Err(e) => Err(common::CliError(e)),
+        },
+        Command::Logout(args) => match kube().await {
+            Ok(client) => logout::logout(args, client, &mut ctx).await,
+            Err(e) => Err(common::CliError(e)),
+        },
+        Command::Run(_) | Command::Crds { .. } => unreachable!("handled by dispatch"),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
