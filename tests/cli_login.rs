@@ -1,0 +1,864 @@
+//! The user commands (`login`, `logout`, `accounts`, `status`, `runs`, `open`) run in-process
+//! against the in-memory Kubernetes API and a dbt Cloud stand-in, with scripted terminals.
+
+use dbt_cloud_operator::cli::common::{Ctx, ScriptedPrompt};
+use dbt_cloud_operator::cli::{accounts, inspect, login, logout, Cli, Command};
+use fake_kube_api::FakeApiServer;
+use http::Method;
+use k8s_openapi::ByteString;
+use serde_json::{json, Value};
+
+use stub::Simulator;
+
+const NS: &str = "analytics";
+const KEY: &str = "dbtc_cli_test_key_7e3a91";
+const MULTI_KEY: &str = "dbtu_personal_token_4b2c";
+const CRD: &str = "dbtcloud.io/v1alpha1";
+
+/// A stand-in for the dbt Cloud simulator's `GET /api/v3/accounts/` (same API as
+/// `dbt_cloud_simulator::Simulator` for what these tests use).
+mod stub {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+
+    use axum::extract::State;
+    use axum::http::{HeaderMap, StatusCode};
+    use axum::routing::get;
+    use axum::{Json, Router};
+    use serde_json::{json, Value};
+
+    #[derive(Default)]
+    struct Inner {
+        accounts: Vec<(i64, String)>,
+        tokens: HashMap<String, Vec<i64>>,
+        requests: usize,
+    }
+
+    /// dbt Cloud accounts and tokens on a local port.
+    #[derive(Clone)]
+    pub struct Simulator {
+        inner: Arc<Mutex<Inner>>,
+        url: String,
+    }
+
+    impl Simulator {
+        pub async fn start() -> std::io::Result<Self> {
+            let inner = Arc::new(Mutex::new(Inner::default()));
+            let app = Router::new()
+                .route("/api/v3/accounts/", get(accounts))
+                .with_state(inner.clone());
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            let url = format!("http://{}", listener.local_addr()?);
+            tokio::spawn(async move {
+                let _ = axum::serve(listener, app).await;
+            });
+            Ok(Simulator { inner, url })
+        }
+
+        pub fn base_url(&self) -> String {
+            self.url.clone()
+        }
+
+        pub fn add_account(&self, id: i64, name: &str) {
+            self.inner.lock().unwrap().accounts.push((id, name.into()));
+        }
+
+        pub fn add_token(&self, token: &str, accounts: &[i64]) {
+            self.inner
+                .lock()
+                .unwrap()
+                .tokens
+                .insert(token.into(), accounts.to_vec());
+        }
+
+        pub fn request_count(&self) -> usize {
+            self.inner.lock().unwrap().requests
+        }
+    }
+
+    async fn accounts(
+        State(inner): State<Arc<Mutex<Inner>>>,
+        headers: HeaderMap,
+    ) -> (StatusCode, Json<Value>) {
+        let mut inner = inner.lock().unwrap();
+        inner.requests += 1;
+        let token = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Token "))
+            .unwrap_or_default();
+        let Some(ids) = inner.tokens.get(token) else {
+            return (
+                StatusCode::UNAUTHORIZED,
+                Json(json!({"status": {"code": 401, "is_success": false,
+                    "user_message": "Invalid token."}, "data": null})),
+            );
+        };
+        let data: Vec<Value> = inner
+            .accounts
+            .iter()
+            .filter(|(id, _)| ids.contains(id))
+            .map(|(id, name)| json!({"id": id, "name": name, "state": 1}))
+            .collect();
+        (
+            StatusCode::OK,
+            Json(json!({"status": {"code": 200, "is_success": true}, "data": data})),
+        )
+    }
+}
+
+struct World {
+    kube: FakeApiServer,
+    sim: Simulator,
+}
+
+impl World {
+    async fn new() -> Self {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let sim = Simulator::start().await.expect("simulator starts");
+        sim.add_account(101, "Acme");
+        sim.add_account(102, "Beta Corp");
+        sim.add_token(KEY, &[101]);
+        sim.add_token(MULTI_KEY, &[101, 102]);
+        World {
+            kube: FakeApiServer::new(),
+            sim,
+        }
+    }
+
+    /// Runs a CLI command line (without the program name) against this world.
+    async fn run(&self, args: &[&str], interactive: bool, answers: &[&str]) -> Outcome {
+        self.run_with(args, interactive, answers, true).await
+    }
+
+    async fn run_with(
+        &self,
+        args: &[&str],
+        interactive: bool,
+        answers: &[&str],
+        with_kube: bool,
+    ) -> Outcome {
+        let dev = self.sim.base_url();
+        let mut argv = vec!["dbt-cloud-operator"];
+        argv.extend_from_slice(args);
+        argv.extend_from_slice(&["--dev-dbt-cloud-base-url", &dev]);
+        let argv: Vec<&str> = match args[0] {
+            // These commands do not talk to dbt Cloud.
+            "status" | "runs" | "open" | "logout" => argv[..argv.len() - 2].to_vec(),
+            _ => argv,
+        };
+        let cli = <Cli as clap::Parser>::try_parse_from(argv).expect("valid command line");
+        let mut out = Vec::new();
+        let mut err = Vec::new();
+        let mut prompt = ScriptedPrompt::new(answers.iter().copied());
+        let kube = if with_kube {
+            Ok(self.kube.client())
+        } else {
+            Err("no kubeconfig".to_string())
+        };
+        let mut ctx = Ctx {
+            out: &mut out,
+            err: &mut err,
+            prompt: &mut prompt,
+            interactive,
+        };
+        let result = match cli.command {
+            Command::Login(a) => {
+                let config = a.dbt.client_config();
+                login::login(*a, kube, config, &mut ctx).await
+            }
+            Command::Accounts(a) => {
+                let config = a.dbt.client_config();
+                accounts::accounts(*a, kube, config, &mut ctx).await
+            }
+            Command::Status(a) => inspect::status(a, kube.unwrap(), &mut ctx).await,
+            Command::Runs(a) => inspect::runs(a, kube.unwrap(), &mut ctx).await,
+            Command::Open(a) => inspect::open(a, kube.unwrap(), None, &mut ctx).await,
+            Command::Logout(a) => logout::logout(a, kube.unwrap(), &mut ctx).await,
+            other => panic!("not a user command: {other:?}"),
+        };
+        drop(ctx);
+        let outcome = Outcome {
+            error: result.err().map(|e| e.to_string()),
+            out: String::from_utf8(out).unwrap(),
+            err: String::from_utf8(err).unwrap(),
+            prompts: prompt.prompts.clone(),
+        };
+        for key in [KEY, MULTI_KEY, "dbtc_wrong_key_000", "not-a-token-xyz"] {
+            let all = format!("{}{}{:?}", outcome.out, outcome.err, outcome.error);
+            assert!(
+                !all.contains(key),
+                "the API key leaked into the output: {all}"
+            );
+        }
+        outcome
+    }
+
+    fn secret(&self, name: &str) -> Option<Value> {
+        self.kube.get("v1", "secrets", Some(NS), name)
+    }
+
+    fn credentials(&self, name: &str) -> Option<Value> {
+        self.kube.get(CRD, "dbtcloudcredentials", Some(NS), name)
+    }
+
+    fn writes(&self) -> Vec<String> {
+        self.kube
+            .requests()
+            .into_iter()
+            .filter(|r| r.method != Method::GET)
+            .map(|r| format!("{} {}", r.method, r.path))
+            .collect()
+    }
+
+    fn put_credentials(&self, name: &str, account: i64, labels: Value) {
+        self.kube.put_object(
+            CRD,
+            "dbtcloudcredentials",
+            json!({"apiVersion": CRD, "kind": "DbtCloudCredentials",
+                "metadata": {"name": name, "namespace": NS, "labels": labels},
+                "spec": {"accountId": account, "host": "cloud.getdbt.com",
+                    "apiKeySecretRef": {"name": format!("{name}-key"), "key": "apiKey"}}}),
+        );
+    }
+}
+
+#[derive(Debug)]
+struct Outcome {
+    error: Option<String>,
+    out: String,
+    err: String,
+    prompts: Vec<String>,
+}
+
+impl Outcome {
+    fn ok(&self) -> &Self {
+        assert!(self.error.is_none(), "unexpected error: {self:?}");
+        self
+    }
+
+    fn failed(&self) -> &str {
+        self.error
+            .as_deref()
+            .unwrap_or_else(|| panic!("expected an error: {self:?}"))
+    }
+}
+
+fn b64(s: &str) -> Value {
+    serde_json::to_value(ByteString(s.as_bytes().to_vec())).unwrap()
+}
+
+fn managed() -> Value {
+    json!({"app.kubernetes.io/managed-by": "dbt-cloud-operator-cli"})
+}
+
+#[tokio::test]
+async fn login_creates_the_secret_and_credentials() {
+    let w = World::new().await;
+    let o = w.run(&["login", "--key", KEY, "-n", NS], false, &[]).await;
+    o.ok();
+    assert!(o.err.contains("101 (Acme)"), "{}", o.err);
+
+    let secret = w.secret("dbt-cloud-api-key").expect("Secret written");
+    assert_eq!(secret["data"]["apiKey"], b64(KEY));
+    assert!(secret.get("stringData").is_none());
+    assert_eq!(secret["type"], "Opaque");
+    assert_eq!(secret["metadata"]["labels"], managed());
+
+    let creds = w.credentials("dbt-cloud").expect("credentials written");
+    assert_eq!(creds["spec"]["accountId"], 101);
+    assert_eq!(creds["spec"]["host"], "cloud.getdbt.com");
+    assert_eq!(
+        creds["spec"]["apiKeySecretRef"],
+        json!({"name": "dbt-cloud-api-key", "key": "apiKey"})
+    );
+    assert_eq!(creds["metadata"]["labels"], managed());
+    assert!(!creds.to_string().contains(KEY));
+
+    let applies: Vec<_> = w
+        .kube
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == Method::PATCH)
+        .collect();
+    assert_eq!(applies.len(), 2, "{applies:?}");
+    for r in applies {
+        assert_eq!(
+            r.content_type.as_deref(),
+            Some("application/apply-patch+yaml")
+        );
+        assert!(
+            r.query.contains("fieldManager=dbt-cloud-operator-cli"),
+            "{}",
+            r.query
+        );
+    }
+}
+
+#[tokio::test]
+async fn login_with_custom_names_and_account() {
+    let w = World::new().await;
+    w.run(
+        &[
+            "login",
+            "--key",
+            MULTI_KEY,
+            "--account",
+            "102",
+            "-n",
+            NS,
+            "--name",
+            "beta",
+            "--secret-name",
+            "beta-token",
+        ],
+        false,
+        &[],
+    )
+    .await
+    .ok();
+    assert_eq!(
+        w.secret("beta-token").unwrap()["data"]["apiKey"],
+        b64(MULTI_KEY)
+    );
+    let creds = w.credentials("beta").unwrap();
+    assert_eq!(creds["spec"]["accountId"], 102);
+    assert_eq!(creds["spec"]["apiKeySecretRef"]["name"], "beta-token");
+}
+
+#[tokio::test]
+async fn cluster_login_puts_the_secret_in_the_operator_namespace() {
+    let w = World::new().await;
+    w.run(
+        &[
+            "login",
+            "--key",
+            KEY,
+            "--cluster",
+            "--allow-namespace",
+            "team-a",
+            "--allow-namespace",
+            "team-b",
+        ],
+        false,
+        &[],
+    )
+    .await
+    .ok();
+    let secret = w
+        .kube
+        .get(
+            "v1",
+            "secrets",
+            Some("dbt-cloud-operator"),
+            "dbt-cloud-api-key",
+        )
+        .expect("Secret in the operator namespace");
+    assert_eq!(secret["data"]["apiKey"], b64(KEY));
+    let creds = w
+        .kube
+        .get(CRD, "clusterdbtcloudcredentials", None, "dbt-cloud")
+        .expect("cluster credentials");
+    assert_eq!(creds["spec"]["accountId"], 101);
+    assert_eq!(
+        creds["spec"]["allowedNamespaces"]["names"],
+        json!(["team-a", "team-b"])
+    );
+    assert!(w.credentials("dbt-cloud").is_none());
+}
+
+#[tokio::test]
+async fn a_bad_key_is_explained_and_nothing_is_written() {
+    let w = World::new().await;
+    // Wrong shape: a hint about dbtc_/dbtu_ tokens.
+    let o = w
+        .run(&["login", "--key", "not-a-token-xyz", "-n", NS], false, &[])
+        .await;
+    let e = o.failed();
+    assert!(e.contains("correct and unexpired"), "{e}");
+    assert!(e.contains("dbtc_") && e.contains("dbtu_"), "{e}");
+    // Right shape, but rejected: no shape hint.
+    let o = w
+        .run(
+            &["login", "--key", "dbtc_wrong_key_000", "-n", NS],
+            false,
+            &[],
+        )
+        .await;
+    let e = o.failed();
+    assert!(e.contains("401") && e.contains("unexpired"), "{e}");
+    assert!(!e.contains("does not look like"), "{e}");
+    assert!(w.kube.requests().is_empty(), "{:?}", w.kube.requests());
+    assert!(w.secret("dbt-cloud-api-key").is_none());
+}
+
+#[tokio::test]
+async fn an_unreachable_host_is_explained() {
+    let w = World::new().await;
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    };
+    let cli = <Cli as clap::Parser>::try_parse_from([
+        "dbt-cloud-operator",
+        "login",
+        "--key",
+        KEY,
+        "--dev-dbt-cloud-base-url",
+        &closed,
+    ])
+    .unwrap();
+    let Command::Login(args) = cli.command else {
+        unreachable!()
+    };
+    let config = args.dbt.client_config();
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let mut prompt = ScriptedPrompt::default();
+    let mut ctx = Ctx {
+        out: &mut out,
+        err: &mut err,
+        prompt: &mut prompt,
+        interactive: false,
+    };
+    let e = login::login(*args, Ok(w.kube.client()), config, &mut ctx)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("cannot reach dbt Cloud"), "{e}");
+    assert!(w.writes().is_empty());
+}
+
+#[tokio::test]
+async fn a_host_outside_the_allow_list_is_refused_before_any_request() {
+    let w = World::new().await;
+    let o = w
+        .run(
+            &["login", "--key", KEY, "--host", "evil.example.com"],
+            false,
+            &[],
+        )
+        .await;
+    assert!(o.failed().contains("not a dbt Cloud host"), "{o:?}");
+    assert_eq!(w.sim.request_count(), 0);
+}
+
+#[tokio::test]
+async fn non_interactive_login_needs_key_and_account() {
+    let w = World::new().await;
+    let o = w.run(&["login", "-n", NS], false, &[]).await;
+    let e = o.failed();
+    assert!(e.contains("--key") && e.contains("--account"), "{e}");
+    assert!(o.prompts.is_empty());
+
+    // Several accounts and no --account: name them and ask for --account.
+    let o = w
+        .run(&["login", "--key", MULTI_KEY, "-n", NS], false, &[])
+        .await;
+    let e = o.failed();
+    assert!(e.contains("--key") && e.contains("--account"), "{e}");
+    assert!(
+        e.contains("101  Acme") && e.contains("102  Beta Corp"),
+        "{e}"
+    );
+    assert!(w.writes().is_empty());
+}
+
+#[tokio::test]
+async fn an_inaccessible_account_lists_the_accessible_ones() {
+    let w = World::new().await;
+    let o = w
+        .run(
+            &["login", "--key", MULTI_KEY, "--account", "999", "-n", NS],
+            false,
+            &[],
+        )
+        .await;
+    let e = o.failed();
+    assert!(e.contains("999"), "{e}");
+    assert!(
+        e.contains("101  Acme") && e.contains("102  Beta Corp"),
+        "{e}"
+    );
+    assert!(w.writes().is_empty());
+}
+
+#[tokio::test]
+async fn existing_credentials_need_force() {
+    let w = World::new().await;
+    w.run(&["login", "--key", KEY, "-n", NS], false, &[])
+        .await
+        .ok();
+    let before = w.kube.resource_version();
+
+    // Same name, non-interactive, no --force: refused, nothing changed.
+    let o = w
+        .run(
+            &["login", "--key", MULTI_KEY, "--account", "101", "-n", NS],
+            false,
+            &[],
+        )
+        .await;
+    assert!(o.failed().contains("--force"), "{o:?}");
+    assert!(o.err.contains("already exists"), "{}", o.err);
+    assert_eq!(w.kube.resource_version(), before);
+    assert_eq!(
+        w.secret("dbt-cloud-api-key").unwrap()["data"]["apiKey"],
+        b64(KEY)
+    );
+
+    // Other credentials for the same account and host count too.
+    let o = w
+        .run(
+            &["login", "--key", KEY, "-n", NS, "--name", "second"],
+            false,
+            &[],
+        )
+        .await;
+    assert!(o.failed().contains("--force"), "{o:?}");
+    assert!(
+        o.err
+            .contains("dbt-cloud already holds credentials for account 101"),
+        "{}",
+        o.err
+    );
+    assert!(w.credentials("second").is_none());
+
+    // --force replaces.
+    w.run(
+        &[
+            "login",
+            "--key",
+            MULTI_KEY,
+            "--account",
+            "101",
+            "-n",
+            NS,
+            "--force",
+        ],
+        false,
+        &[],
+    )
+    .await
+    .ok();
+    assert_eq!(
+        w.secret("dbt-cloud-api-key").unwrap()["data"]["apiKey"],
+        b64(MULTI_KEY)
+    );
+}
+
+#[tokio::test]
+async fn an_unmanaged_secret_of_the_same_name_counts_as_existing() {
+    let w = World::new().await;
+    w.kube.put_object(
+        "v1",
+        "secrets",
+        json!({"apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "dbt-cloud-api-key", "namespace": NS},
+            "data": {"apiKey": b64("dbtc_someone_elses")}}),
+    );
+    let o = w.run(&["login", "--key", KEY, "-n", NS], false, &[]).await;
+    assert!(o.failed().contains("--force"));
+    assert!(o.err.contains("not created by this CLI"), "{}", o.err);
+    assert!(w.credentials("dbt-cloud").is_none());
+}
+
+#[tokio::test]
+async fn interactive_login_prompts_for_key_account_and_replacement() {
+    let w = World::new().await;
+    w.put_credentials("dbt-cloud", 7, json!({}));
+
+    // Declining leaves everything as it was.
+    let o = w
+        .run(&["login", "-n", NS], true, &[MULTI_KEY, "2", "n"])
+        .await;
+    assert!(o.failed().contains("not replaced"), "{o:?}");
+    assert_eq!(w.credentials("dbt-cloud").unwrap()["spec"]["accountId"], 7);
+    assert!(w.writes().is_empty(), "{:?}", w.writes());
+
+    // An invalid choice is asked again; accepting replaces.
+    let o = w
+        .run(&["login", "-n", NS], true, &[MULTI_KEY, "5", "2", "y"])
+        .await;
+    o.ok();
+    assert!(o.prompts[0].contains("API key") && o.prompts[0].contains("hidden"));
+    assert!(o.prompts[1].contains("Select an account [1-2]"));
+    assert!(o.prompts[3].contains("Replace them?"), "{:?}", o.prompts);
+    assert!(o.err.contains("102  Beta Corp"), "{}", o.err);
+    assert_eq!(
+        w.credentials("dbt-cloud").unwrap()["spec"]["accountId"],
+        102
+    );
+    assert_eq!(
+        w.secret("dbt-cloud-api-key").unwrap()["data"]["apiKey"],
+        b64(MULTI_KEY)
+    );
+}
+
+#[tokio::test]
+async fn dry_run_prints_yaml_and_writes_nothing() {
+    let w = World::new().await;
+    // Without any cluster.
+    let o = w
+        .run_with(
+            &["login", "--key", KEY, "-n", NS, "--dry-run"],
+            false,
+            &[],
+            false,
+        )
+        .await;
+    o.ok();
+    let docs: Vec<Value> = o
+        .out
+        .split("---\n")
+        .filter(|d| !d.trim().is_empty())
+        .map(|d| serde_yaml::from_str(d).unwrap())
+        .collect();
+    assert_eq!(docs.len(), 2, "{}", o.out);
+    assert_eq!(docs[0]["kind"], "Secret");
+    assert_eq!(docs[0]["data"]["apiKey"], b64(KEY));
+    assert_eq!(docs[0]["metadata"]["namespace"], NS);
+    assert_eq!(docs[1]["kind"], "DbtCloudCredentials");
+    assert_eq!(docs[1]["spec"]["accountId"], 101);
+    assert!(o.err.contains("nothing was written"), "{}", o.err);
+
+    // With a cluster: read to warn about existing credentials, but never written.
+    w.put_credentials("dbt-cloud", 101, managed());
+    let o = w
+        .run(
+            &["login", "--key", KEY, "-n", NS, "--dry-run", "--force"],
+            false,
+            &[],
+        )
+        .await;
+    o.ok();
+    assert!(o.err.contains("already exists"), "{}", o.err);
+    assert!(o.out.contains("kind: Secret"));
+    assert!(w.writes().is_empty(), "{:?}", w.writes());
+    assert!(w.secret("dbt-cloud-api-key").is_none());
+}
+
+#[tokio::test]
+async fn wait_reports_the_ready_condition() {
+    let w = World::new().await;
+    let kube = w.kube.clone();
+    let marker = tokio::spawn(async move {
+        loop {
+            if let Some(mut c) = kube.get(CRD, "dbtcloudcredentials", Some(NS), "dbt-cloud") {
+                c["status"] = json!({"observedGeneration": c["metadata"]["generation"],
+                    "conditions": [{"type": "Ready", "status": "True", "reason": "Valid",
+                        "message": "Account 101 (Acme) is accessible",
+                        "lastTransitionTime": "2025-01-01T00:00:00Z"}]});
+                kube.put_object(CRD, "dbtcloudcredentials", c);
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    });
+    let o = w
+        .run(
+            &[
+                "login",
+                "--key",
+                KEY,
+                "-n",
+                NS,
+                "--wait",
+                "--wait-timeout-seconds",
+                "30",
+            ],
+            false,
+            &[],
+        )
+        .await;
+    marker.await.unwrap();
+    o.ok();
+    assert!(
+        o.err
+            .contains("Ready=True (Valid): Account 101 (Acme) is accessible"),
+        "{}",
+        o.err
+    );
+}
+
+#[tokio::test]
+async fn logout_deletes_what_login_created() {
+    let w = World::new().await;
+    w.run(&["login", "--key", KEY, "-n", NS], false, &[])
+        .await
+        .ok();
+
+    // No terminal and no --yes: refused.
+    let o = w.run(&["logout", "-n", NS], false, &[]).await;
+    assert!(o.failed().contains("--yes"), "{o:?}");
+    assert!(w.credentials("dbt-cloud").is_some());
+
+    // Declined at the prompt.
+    let o = w.run(&["logout", "-n", NS], true, &["n"]).await;
+    o.failed();
+    assert!(w.credentials("dbt-cloud").is_some());
+
+    let o = w.run(&["logout", "-n", NS], true, &["y"]).await;
+    o.ok();
+    assert!(w.credentials("dbt-cloud").is_none());
+    assert!(w.secret("dbt-cloud-api-key").is_none());
+    assert!(o.err.contains("Deleted Secret"), "{}", o.err);
+}
+
+#[tokio::test]
+async fn logout_refuses_what_it_did_not_create() {
+    let w = World::new().await;
+    w.put_credentials("handmade", 101, json!({}));
+    let o = w
+        .run(
+            &["logout", "-n", NS, "--name", "handmade", "--yes"],
+            false,
+            &[],
+        )
+        .await;
+    assert!(o.failed().contains("not created by this CLI"), "{o:?}");
+    assert!(w.credentials("handmade").is_some());
+
+    // Managed credentials pointing at a hand-made Secret: the Secret stays.
+    w.put_credentials("mixed", 101, managed());
+    w.kube.put_object(
+        "v1",
+        "secrets",
+        json!({"apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "mixed-key", "namespace": NS},
+            "data": {"apiKey": b64("dbtc_handmade")}}),
+    );
+    let o = w
+        .run(
+            &["logout", "-n", NS, "--name", "mixed", "--yes"],
+            false,
+            &[],
+        )
+        .await;
+    o.ok();
+    assert!(w.credentials("mixed").is_none());
+    assert!(w.secret("mixed-key").is_some());
+    assert!(
+        o.err.contains("Kept Secret analytics/mixed-key"),
+        "{}",
+        o.err
+    );
+}
+
+#[tokio::test]
+async fn accounts_marks_the_current_credentials() {
+    let w = World::new().await;
+    let o = w.run(&["accounts", "--key", MULTI_KEY], false, &[]).await;
+    o.ok();
+    assert!(
+        o.out.contains("101   Acme") && o.out.contains("102   Beta Corp"),
+        "{}",
+        o.out
+    );
+    assert!(!o.out.contains('*'));
+
+    // From stored credentials: their key and account.
+    w.run(
+        &["login", "--key", MULTI_KEY, "--account", "102", "-n", NS],
+        false,
+        &[],
+    )
+    .await
+    .ok();
+    let o = w
+        .run(&["accounts", "-n", NS, "--name", "dbt-cloud"], false, &[])
+        .await;
+    o.ok();
+    let marked: Vec<&str> = o.out.lines().filter(|l| l.starts_with('*')).collect();
+    assert_eq!(marked.len(), 1, "{}", o.out);
+    assert!(marked[0].contains("102"), "{}", o.out);
+}
+
+#[tokio::test]
+async fn status_runs_and_open() {
+    let w = World::new().await;
+    w.kube.put_object(
+        CRD,
+        "dbtcloudcredentials",
+        json!({"apiVersion": CRD, "kind": "DbtCloudCredentials",
+            "metadata": {"name": "creds", "namespace": NS},
+            "spec": {"accountId": 101, "host": "emea.dbt.com", "apiKeySecretRef": {"name": "k"}},
+            "status": {"conditions": [{"type": "Ready", "status": "False", "reason": "Unauthorized",
+                "message": "dbt Cloud rejected the API token", "lastTransitionTime": "2025-01-01T00:00:00Z"}]}}),
+    );
+    w.kube.put_object(
+        CRD,
+        "clusterdbtcloudcredentials",
+        json!({"apiVersion": CRD, "kind": "ClusterDbtCloudCredentials",
+            "metadata": {"name": "shared"},
+            "spec": {"accountId": 102, "host": "cloud.getdbt.com", "apiKeySecretRef": {"name": "k"}}}),
+    );
+    let o = w.run(&["status", "-n", NS], false, &[]).await;
+    o.ok();
+    let line = o.out.lines().find(|l| l.contains("creds")).unwrap();
+    for cell in [
+        "analytics",
+        "DbtCloudCredentials",
+        "101",
+        "emea.dbt.com",
+        "False",
+        "Unauthorized",
+        "rejected",
+    ] {
+        assert!(line.contains(cell), "{cell} missing: {line}");
+    }
+    let line = o.out.lines().find(|l| l.contains("shared")).unwrap();
+    assert!(
+        line.contains("(cluster)") && line.contains("102") && line.contains("Unknown"),
+        "{line}"
+    );
+
+    let url = "https://cloud.getdbt.com/deploy/101/projects/10/runs/555/";
+    w.kube.put_object(
+        CRD,
+        "dbtcloudjobruns",
+        json!({"apiVersion": CRD, "kind": "DbtCloudJobRun",
+            "metadata": {"name": "nightly", "namespace": NS},
+            "spec": {"credentialsRef": {"name": "creds"}, "job": {"id": 100}},
+            "status": {"phase": "Running", "jobId": 100, "runId": 555, "attemptCount": 1, "runUrl": url}}),
+    );
+    w.kube.put_object(
+        CRD,
+        "dbtcloudjobruns",
+        json!({"apiVersion": CRD, "kind": "DbtCloudJobRun",
+            "metadata": {"name": "waiting", "namespace": NS},
+            "spec": {"credentialsRef": {"name": "creds"}, "job": {"id": 100}}}),
+    );
+    let o = w.run(&["runs", "-A"], false, &[]).await;
+    o.ok();
+    let line = o.out.lines().find(|l| l.contains("nightly")).unwrap();
+    for cell in ["100", "555", "Running", "1", url] {
+        assert!(line.contains(cell), "{cell} missing: {line}");
+    }
+    assert!(o
+        .out
+        .lines()
+        .any(|l| l.contains("waiting") && l.contains("Pending")));
+
+    let o = w
+        .run(&["open", "nightly", "-n", NS, "--print"], false, &[])
+        .await;
+    o.ok();
+    assert_eq!(o.out.trim(), url);
+    let o = w.run(&["open", "waiting", "-n", NS], false, &[]).await;
+    assert!(o.failed().contains("no dbt Cloud URL yet"), "{o:?}");
+    let o = w.run(&["open", "missing", "-n", NS], false, &[]).await;
+    assert!(o.failed().contains("not found"), "{o:?}");
+}
+
+#[test]
+fn the_kubectl_plugin_name_is_shown_in_usage() {
+    use dbt_cloud_operator::cli::bin_name_for;
+    assert_eq!(
+        bin_name_for("/usr/local/bin/kubectl-dbtcloud"),
+        "kubectl dbtcloud"
+    );
+    assert_eq!(
+        bin_name_for("target/debug/dbt-cloud-operator"),
+        "dbt-cloud-operator"
+    );
+}
