@@ -177,7 +177,6 @@ impl World {
             Command::Logout(a) => logout::logout(a, kube.unwrap(), &mut ctx).await,
             other => panic!("not a user command: {other:?}"),
         };
-        drop(ctx);
         let outcome = Outcome {
             error: result.err().map(|e| e.to_string()),
             out: String::from_utf8(out).unwrap(),

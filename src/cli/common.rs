@@ -298,7 +298,7 @@ pub fn key_or_prompt(
         )));
     }
     let key = ctx.prompt.secret(
-        "dbt Cloud API key (service token dbtc_… or personal access token dbtu_…; input hidden): ",
+        "dbt Cloud API key (service token dbtc_... or personal access token dbtu_...; input hidden): ",
     )?;
     let key = key.trim().to_string();
     if key.is_empty() {
