@@ -1179,7 +1179,8 @@ fn schema_check_catches_mistakes() {
         .find(|(_, o)| kind(o) == "DbtCloudJobRun" && name(o) == "marts-refresh")
         .unwrap();
     assert!(validate_against_crds(&run, &crds).is_empty());
-    let mutations: Vec<(&str, Box<dyn Fn(&mut Value)>)> = vec![
+    type Mutation = (&'static str, Box<dyn Fn(&mut Value)>);
+    let mutations: Vec<Mutation> = vec![
         (
             "unknown field",
             Box::new(|v| v["spec"]["retry"]["maxAttempt"] = 3.into()),
