@@ -407,6 +407,9 @@ async fn reconcile<K: CredentialsResource>(obj: Arc<K>, ctx: Arc<Context>) -> Re
     let kind = kind_name(K::KIND);
     let key = key_of(obj.as_ref());
     let ns = obj.namespace().unwrap_or_default();
+    if obj.meta().namespace.is_some() && !ctx.watches_namespace(&ns) {
+        return Ok(Action::await_change());
+    }
     if obj.meta().deletion_timestamp.is_some() {
         ctx.credentials.remove(&key);
         ctx.metrics

@@ -63,7 +63,7 @@ pub fn runs_using(
 #[instrument(skip_all, fields(object = %format!("{}/{}", run.namespace().unwrap_or_default(), run.name_any())))]
 pub async fn reconcile(run: Arc<DbtCloudJobRun>, ctx: Arc<Context>) -> Result<Action> {
     let ns = run.namespace().unwrap_or_default();
-    if !ctx.config.watch_namespaces.is_empty() && !ctx.config.watch_namespaces.contains(&ns) {
+    if !ctx.watches_namespace(&ns) {
         return Ok(Action::await_change());
     }
     let started = Instant::now();
@@ -94,8 +94,14 @@ pub fn error_policy(run: Arc<DbtCloudJobRun>, err: &Error, ctx: Arc<Context>) ->
     };
     let delay = match inner {
         Some(Error::Conflict(_)) => Duration::from_millis(500),
-        Some(Error::DbtCloud(e)) => e.retry_after().unwrap_or(ctx.config.lifecycle.credentials_retry),
-        _ => ctx.config.lifecycle.credentials_retry.min(Duration::from_secs(10)),
+        Some(Error::DbtCloud(e)) => e
+            .retry_after()
+            .unwrap_or(ctx.config.lifecycle.credentials_retry),
+        _ => ctx
+            .config
+            .lifecycle
+            .credentials_retry
+            .min(Duration::from_secs(10)),
     };
     warn!(object = %format!("{}/{}", run.namespace().unwrap_or_default(), run.name_any()), error = %err, "reconcile failed; retrying in {delay:?}");
     Action::requeue(jittered(delay))

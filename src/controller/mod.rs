@@ -139,6 +139,11 @@ impl Context {
         Ok((Arc::new(ctx), changes))
     }
 
+    /// Whether objects in `namespace` are this operator's to reconcile (`--watch-namespaces`).
+    pub fn watches_namespace(&self, namespace: &str) -> bool {
+        self.config.watch_namespaces.is_empty() || self.config.watch_namespaces.iter().any(|n| n == namespace)
+    }
+
     /// Publishes an Event about `obj`; failures are logged, never fatal.
     pub async fn publish<K>(&self, obj: &K, warning: bool, reason: &str, action: &str, note: String)
     where
