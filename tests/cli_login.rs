@@ -1,5 +1,5 @@
 //! The user commands (`login`, `logout`, `accounts`, `status`, `runs`, `open`) run in-process
-//! against the in-memory Kubernetes API and a dbt Cloud stand-in, with scripted terminals.
+//! against the in-memory Kubernetes API and the dbt Cloud simulator, with scripted terminals.
 
 use dbt_cloud_operator::cli::common::{Ctx, ScriptedPrompt};
 use dbt_cloud_operator::cli::{accounts, inspect, login, logout, Cli, Command};
@@ -8,104 +8,12 @@ use http::Method;
 use k8s_openapi::ByteString;
 use serde_json::{json, Value};
 
-use stub::Simulator;
+use dbt_cloud_simulator::Simulator;
 
 const NS: &str = "analytics";
 const KEY: &str = "dbtc_cli_test_key_7e3a91";
 const MULTI_KEY: &str = "dbtu_personal_token_4b2c";
 const CRD: &str = "dbtcloud.io/v1alpha1";
-
-/// A stand-in for the dbt Cloud simulator's `GET /api/v3/accounts/` (same API as
-/// `dbt_cloud_simulator::Simulator` for what these tests use).
-mod stub {
-    use std::collections::HashMap;
-    use std::sync::{Arc, Mutex};
-
-    use axum::extract::State;
-    use axum::http::{HeaderMap, StatusCode};
-    use axum::routing::get;
-    use axum::{Json, Router};
-    use serde_json::{json, Value};
-
-    #[derive(Default)]
-    struct Inner {
-        accounts: Vec<(i64, String)>,
-        tokens: HashMap<String, Vec<i64>>,
-        requests: usize,
-    }
-
-    /// dbt Cloud accounts and tokens on a local port.
-    #[derive(Clone)]
-    pub struct Simulator {
-        inner: Arc<Mutex<Inner>>,
-        url: String,
-    }
-
-    impl Simulator {
-        pub async fn start() -> std::io::Result<Self> {
-            let inner = Arc::new(Mutex::new(Inner::default()));
-            let app = Router::new()
-                .route("/api/v3/accounts/", get(accounts))
-                .with_state(inner.clone());
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-            let url = format!("http://{}", listener.local_addr()?);
-            tokio::spawn(async move {
-                let _ = axum::serve(listener, app).await;
-            });
-            Ok(Simulator { inner, url })
-        }
-
-        pub fn base_url(&self) -> String {
-            self.url.clone()
-        }
-
-        pub fn add_account(&self, id: i64, name: &str) {
-            self.inner.lock().unwrap().accounts.push((id, name.into()));
-        }
-
-        pub fn add_token(&self, token: &str, accounts: &[i64]) {
-            self.inner
-                .lock()
-                .unwrap()
-                .tokens
-                .insert(token.into(), accounts.to_vec());
-        }
-
-        pub fn request_count(&self) -> usize {
-            self.inner.lock().unwrap().requests
-        }
-    }
-
-    async fn accounts(
-        State(inner): State<Arc<Mutex<Inner>>>,
-        headers: HeaderMap,
-    ) -> (StatusCode, Json<Value>) {
-        let mut inner = inner.lock().unwrap();
-        inner.requests += 1;
-        let token = headers
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Token "))
-            .unwrap_or_default();
-        let Some(ids) = inner.tokens.get(token) else {
-            return (
-                StatusCode::UNAUTHORIZED,
-                Json(json!({"status": {"code": 401, "is_success": false,
-                    "user_message": "Invalid token."}, "data": null})),
-            );
-        };
-        let data: Vec<Value> = inner
-            .accounts
-            .iter()
-            .filter(|(id, _)| ids.contains(id))
-            .map(|(id, name)| json!({"id": id, "name": name, "state": 1}))
-            .collect();
-        (
-            StatusCode::OK,
-            Json(json!({"status": {"code": 200, "is_success": true}, "data": data})),
-        )
-    }
-}
 
 struct World {
     kube: FakeApiServer,
@@ -438,7 +346,7 @@ async fn a_host_outside_the_allow_list_is_refused_before_any_request() {
         )
         .await;
     assert!(o.failed().contains("not a dbt Cloud host"), "{o:?}");
-    assert_eq!(w.sim.request_count(), 0);
+    assert_eq!(w.sim.requests().len(), 0);
 }
 
 #[tokio::test]

@@ -10,95 +10,11 @@ use http::Method;
 use k8s_openapi::ByteString;
 use serde_json::json;
 
-use stub::Simulator;
+use dbt_cloud_simulator::Simulator;
 
 const BIN: &str = env!("CARGO_BIN_EXE_dbt-cloud-operator");
 const KEY: &str = "dbtu_pty_personal_token_93f1";
 const TIMEOUT_MS: u64 = 30_000;
-
-/// A stand-in for the dbt Cloud simulator's `GET /api/v3/accounts/`.
-mod stub {
-    use std::collections::HashMap;
-    use std::sync::{Arc, Mutex};
-
-    use axum::extract::State;
-    use axum::http::{HeaderMap, StatusCode};
-    use axum::routing::get;
-    use axum::{Json, Router};
-    use serde_json::{json, Value};
-
-    #[derive(Default)]
-    struct Inner {
-        accounts: Vec<(i64, String)>,
-        tokens: HashMap<String, Vec<i64>>,
-    }
-
-    #[derive(Clone)]
-    pub struct Simulator {
-        inner: Arc<Mutex<Inner>>,
-        url: String,
-    }
-
-    impl Simulator {
-        pub async fn start() -> std::io::Result<Self> {
-            let inner = Arc::new(Mutex::new(Inner::default()));
-            let app = Router::new()
-                .route("/api/v3/accounts/", get(accounts))
-                .with_state(inner.clone());
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-            let url = format!("http://{}", listener.local_addr()?);
-            tokio::spawn(async move {
-                let _ = axum::serve(listener, app).await;
-            });
-            Ok(Simulator { inner, url })
-        }
-
-        pub fn base_url(&self) -> String {
-            self.url.clone()
-        }
-
-        pub fn add_account(&self, id: i64, name: &str) {
-            self.inner.lock().unwrap().accounts.push((id, name.into()));
-        }
-
-        pub fn add_token(&self, token: &str, accounts: &[i64]) {
-            self.inner
-                .lock()
-                .unwrap()
-                .tokens
-                .insert(token.into(), accounts.to_vec());
-        }
-    }
-
-    async fn accounts(
-        State(inner): State<Arc<Mutex<Inner>>>,
-        headers: HeaderMap,
-    ) -> (StatusCode, Json<Value>) {
-        let inner = inner.lock().unwrap();
-        let token = headers
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Token "))
-            .unwrap_or_default();
-        let Some(ids) = inner.tokens.get(token) else {
-            return (
-                StatusCode::UNAUTHORIZED,
-                Json(json!({"status": {"code": 401, "is_success": false,
-                    "user_message": "Invalid token."}, "data": null})),
-            );
-        };
-        let data: Vec<Value> = inner
-            .accounts
-            .iter()
-            .filter(|(id, _)| ids.contains(id))
-            .map(|(id, name)| json!({"id": id, "name": name}))
-            .collect();
-        (
-            StatusCode::OK,
-            Json(json!({"status": {"code": 200, "is_success": true}, "data": data})),
-        )
-    }
-}
 
 async fn simulator() -> Simulator {
     let sim = Simulator::start().await.expect("simulator starts");
