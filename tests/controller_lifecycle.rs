@@ -27,26 +27,70 @@ async fn run_succeeds_and_status_tells_everything() {
     let run_id = s.run_id.expect("run id");
     assert_eq!(s.job_id, Some(JOB_OK));
     assert_eq!(s.account_id, Some(ACCOUNT));
-    assert!(s.run_url.as_deref().is_some_and(|u| u.contains(&run_id.to_string())), "{:?}", s.run_url);
+    assert!(
+        s.run_url
+            .as_deref()
+            .is_some_and(|u| u.contains(&run_id.to_string())),
+        "{:?}",
+        s.run_url
+    );
     assert_eq!(s.attempt_count, 1);
     assert_eq!(s.attempts[0].status, "Success");
-    assert!(s.steps.iter().any(|st| st.name.contains("dbt build") && st.status == "Success"), "{:?}", s.steps);
-    assert!(s.results.as_ref().is_some_and(|r| r.pass > 0 && r.error == 0), "{:?}", s.results);
+    assert!(
+        s.steps
+            .iter()
+            .any(|st| st.name.contains("dbt build") && st.status == "Success"),
+        "{:?}",
+        s.steps
+    );
+    assert!(
+        s.results
+            .as_ref()
+            .is_some_and(|r| r.pass > 0 && r.error == 0),
+        "{:?}",
+        s.results
+    );
     assert!(s.started_at.is_some() && s.finished_at.is_some() && s.duration_seconds.is_some());
     assert!(s.pending_trigger.is_none());
-    assert_eq!(condition(&run, "Complete"), Some(("True".into(), "Succeeded".into())));
+    assert_eq!(
+        condition(&run, "Complete"),
+        Some(("True".into(), "Succeeded".into()))
+    );
     assert_eq!(condition(&run, "Ready").map(|c| c.0), Some("True".into()));
-    assert_eq!(condition(&run, "Reconciling").map(|c| c.0), Some("False".into()));
+    assert_eq!(
+        condition(&run, "Reconciling").map(|c| c.0),
+        Some("False".into())
+    );
     assert_eq!(s.observed_generation, run.metadata.generation);
     assert_eq!(env.sim.trigger_count(ACCOUNT, JOB_OK), 1);
-    let trigger = env.sim.triggers().into_iter().find(|t| t.run_id == run_id).unwrap();
-    assert!(trigger.cause.starts_with("Triggered by dbt-cloud-operator: analytics/nightly"), "{}", trigger.cause);
+    let trigger = env
+        .sim
+        .triggers()
+        .into_iter()
+        .find(|t| t.run_id == run_id)
+        .unwrap();
+    assert!(
+        trigger
+            .cause
+            .starts_with("Triggered by dbt-cloud-operator: analytics/nightly"),
+        "{}",
+        trigger.cause
+    );
     assert!(trigger.cause.len() <= 255);
     let reasons = env.event_reasons("nightly");
-    assert!(reasons.contains(&"Triggered".to_string()) && reasons.contains(&"Succeeded".to_string()), "{reasons:?}");
+    assert!(
+        reasons.contains(&"Triggered".to_string()) && reasons.contains(&"Succeeded".to_string()),
+        "{reasons:?}"
+    );
     let text = op.metrics.encode();
-    assert!(text.contains("dbt_cloud_operator_runs_triggered_total 1"), "{text}");
-    assert!(text.contains("endpoint=\"trigger_run\",code=\"200\"} 1"), "{text}");
+    assert!(
+        text.contains("dbt_cloud_operator_runs_triggered_total 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("endpoint=\"trigger_run\",code=\"200\"} 1"),
+        "{text}"
+    );
     op.shutdown().await;
 }
 
@@ -60,11 +104,28 @@ async fn failing_run_fails_with_the_step_log() {
     let s = run.status.clone().unwrap();
     let msg = s.status_message.clone().unwrap_or_default();
     assert!(msg.contains("failed at step"), "{msg}");
-    assert!(s.steps.iter().any(|st| st.status == "Error"), "{:?}", s.steps);
-    assert!(s.results.as_ref().is_some_and(|r| r.error + r.fail > 0 && !r.failed_nodes.is_empty()), "{:?}", s.results);
-    assert_eq!(condition(&run, "Failed"), Some(("True".into(), "RunFailed".into())));
+    assert!(
+        s.steps.iter().any(|st| st.status == "Error"),
+        "{:?}",
+        s.steps
+    );
+    assert!(
+        s.results
+            .as_ref()
+            .is_some_and(|r| r.error + r.fail > 0 && !r.failed_nodes.is_empty()),
+        "{:?}",
+        s.results
+    );
+    assert_eq!(
+        condition(&run, "Failed"),
+        Some(("True".into(), "RunFailed".into()))
+    );
     assert_eq!(condition(&run, "Stalled").map(|c| c.0), Some("True".into()));
-    assert_eq!(env.sim.trigger_count(ACCOUNT, JOB_FAILS), 1, "no retry without a retry policy");
+    assert_eq!(
+        env.sim.trigger_count(ACCOUNT, JOB_FAILS),
+        1,
+        "no retry without a retry policy"
+    );
 }
 
 #[tokio::test]
@@ -80,8 +141,17 @@ async fn rerun_failed_succeeds_on_attempt_two() {
     assert_eq!(s.attempt_count, 2);
     assert_eq!(s.attempts[0].status, "Error");
     assert_eq!(format!("{:?}", s.attempts[1].kind), "RerunFailed");
-    assert_eq!(env.sim.trigger_count(ACCOUNT, JOB_FLAKY), 1, "the retry is dbt Cloud's native retry, not a trigger");
-    let retries = env.sim.requests().iter().filter(|r| r.method == "POST" && r.path.ends_with("/retry/")).count();
+    assert_eq!(
+        env.sim.trigger_count(ACCOUNT, JOB_FLAKY),
+        1,
+        "the retry is dbt Cloud's native retry, not a trigger"
+    );
+    let retries = env
+        .sim
+        .requests()
+        .iter()
+        .filter(|r| r.method == "POST" && r.path.ends_with("/retry/"))
+        .count();
     assert_eq!(retries, 1);
     assert!(env.event_reasons("flaky").contains(&"Retrying".to_string()));
 }
@@ -94,9 +164,19 @@ async fn cancel_stops_the_dbt_cloud_run() {
     env.create_run("slow", by_id(JOB_SLOW)).await;
     let run = env.wait_phase("slow", RunPhase::Running).await;
     let run_id = run.status.unwrap().run_id.unwrap();
-    env.runs().patch("slow", &PatchParams::default(), &Patch::Merge(json!({"spec": {"cancel": true}}))).await.unwrap();
+    env.runs()
+        .patch(
+            "slow",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"cancel": true}})),
+        )
+        .await
+        .unwrap();
     let run = env.wait_phase("slow", RunPhase::Cancelled).await;
-    assert_eq!(condition(&run, "Failed").map(|c| c.1), Some("Cancelled".into()));
+    assert_eq!(
+        condition(&run, "Failed").map(|c| c.1),
+        Some("Cancelled".into())
+    );
     assert_eq!(env.sim.run(ACCOUNT, run_id).unwrap()["status"], 30);
 }
 
@@ -110,8 +190,15 @@ async fn timeout_cancels_the_run() {
     env.create_run("slow", spec).await;
     let run = env.wait_phase("slow", RunPhase::TimedOut).await;
     let run_id = run.status.clone().unwrap().run_id.unwrap();
-    assert_eq!(env.sim.run(ACCOUNT, run_id).unwrap()["status"], 30, "cancelled in dbt Cloud");
-    assert_eq!(condition(&run, "Failed").map(|c| c.1), Some("TimedOut".into()));
+    assert_eq!(
+        env.sim.run(ACCOUNT, run_id).unwrap()["status"],
+        30,
+        "cancelled in dbt Cloud"
+    );
+    assert_eq!(
+        condition(&run, "Failed").map(|c| c.1),
+        Some("TimedOut".into())
+    );
     assert!(env.event_reasons("slow").contains(&"TimedOut".to_string()));
 }
 
@@ -128,15 +215,44 @@ async fn job_names_resolve_exactly_once_or_fail_clearly() {
     // Zero matches ("nightly" is a substring of "nightly-2" but names match exactly).
     env.create_run("missing", named("nightl")).await;
     let run = env.wait_phase("missing", RunPhase::Failed).await;
-    assert_eq!(condition(&run, "Failed").map(|c| c.1), Some("JobNotFound".into()));
+    assert_eq!(
+        condition(&run, "Failed").map(|c| c.1),
+        Some("JobNotFound".into())
+    );
     // Two matches.
-    env.sim.add_job(ACCOUNT, dbt_cloud_simulator::JobSpec { id: 200, project_id: 10, environment_id: 20, name: "twin".into(), steps: vec!["dbt build".into()], behavior: Default::default() });
-    env.sim.add_job(ACCOUNT, dbt_cloud_simulator::JobSpec { id: 201, project_id: 10, environment_id: 20, name: "twin".into(), steps: vec!["dbt build".into()], behavior: Default::default() });
+    env.sim.add_job(
+        ACCOUNT,
+        dbt_cloud_simulator::JobSpec {
+            id: 200,
+            project_id: 10,
+            environment_id: 20,
+            name: "twin".into(),
+            steps: vec!["dbt build".into()],
+            behavior: Default::default(),
+        },
+    );
+    env.sim.add_job(
+        ACCOUNT,
+        dbt_cloud_simulator::JobSpec {
+            id: 201,
+            project_id: 10,
+            environment_id: 20,
+            name: "twin".into(),
+            steps: vec!["dbt build".into()],
+            behavior: Default::default(),
+        },
+    );
     env.create_run("twins", named("twin")).await;
     let run = env.wait_phase("twins", RunPhase::Failed).await;
-    assert_eq!(condition(&run, "Failed").map(|c| c.1), Some("JobNameAmbiguous".into()));
+    assert_eq!(
+        condition(&run, "Failed").map(|c| c.1),
+        Some("JobNameAmbiguous".into())
+    );
     assert!(run.status.unwrap().status_message.unwrap().contains("200"));
-    assert_eq!(env.sim.trigger_count(ACCOUNT, 200) + env.sim.trigger_count(ACCOUNT, 201), 0);
+    assert_eq!(
+        env.sim.trigger_count(ACCOUNT, 200) + env.sim.trigger_count(ACCOUNT, 201),
+        0
+    );
 }
 
 #[tokio::test]
@@ -146,13 +262,39 @@ async fn bad_credentials_hold_runs_until_the_key_is_rotated() {
     env.create_secret("dbt-api-key", "dbtc_wrong_key").await;
     env.create_credentials("dbt-api-key").await;
     env.create_run("waits", by_id(JOB_OK)).await;
-    let run = env.wait_run("waits", "CredentialsReady=False", |r| condition(r, "CredentialsReady").is_some_and(|c| c.0 == "False")).await;
-    assert_eq!(condition(&run, "CredentialsReady").map(|c| c.1), Some("Unauthorized".into()));
+    let run = env
+        .wait_run("waits", "CredentialsReady=False", |r| {
+            condition(r, "CredentialsReady").is_some_and(|c| c.0 == "False")
+        })
+        .await;
+    assert_eq!(
+        condition(&run, "CredentialsReady").map(|c| c.1),
+        Some("Unauthorized".into())
+    );
     assert_eq!(run.status.unwrap().phase, RunPhase::Pending);
-    let creds = kube::Api::<dbt_cloud_operator::crd::DbtCloudCredentials>::namespaced(env.client.clone(), NS).get("creds").await.unwrap();
-    let ready = creds.status.unwrap().conditions.into_iter().find(|c| c.type_ == "Ready").unwrap();
-    assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "Unauthorized"));
-    assert!(ready.message.contains("correct and unexpired"), "{}", ready.message);
+    let creds = kube::Api::<dbt_cloud_operator::crd::DbtCloudCredentials>::namespaced(
+        env.client.clone(),
+        NS,
+    )
+    .get("creds")
+    .await
+    .unwrap();
+    let ready = creds
+        .status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap();
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "Unauthorized")
+    );
+    assert!(
+        ready.message.contains("correct and unexpired"),
+        "{}",
+        ready.message
+    );
     assert_eq!(env.sim.trigger_count(ACCOUNT, JOB_OK), 0);
     // Rotation: the new key is picked up without a restart.
     env.rotate_secret("dbt-api-key", TOKEN).await;
@@ -168,11 +310,22 @@ async fn lost_trigger_response_is_adopted_not_duplicated() {
     env.sim.inject(Fault::LoseTriggerResponse { count: 1 });
     env.create_run("lost", by_id(JOB_OK)).await;
     let run = env.wait_phase("lost", RunPhase::Succeeded).await;
-    assert_eq!(env.sim.trigger_count(ACCOUNT, JOB_OK), 1, "exactly one run in dbt Cloud");
+    assert_eq!(
+        env.sim.trigger_count(ACCOUNT, JOB_OK),
+        1,
+        "exactly one run in dbt Cloud"
+    );
     assert_eq!(run.status.unwrap().attempt_count, 1);
     let reasons = env.event_reasons("lost");
-    assert!(reasons.contains(&"TriggerOutcomeUnknown".to_string()) && reasons.contains(&"Adopted".to_string()), "{reasons:?}");
-    assert!(op.metrics.encode().contains("dbt_cloud_operator_runs_adopted_total 1"));
+    assert!(
+        reasons.contains(&"TriggerOutcomeUnknown".to_string())
+            && reasons.contains(&"Adopted".to_string()),
+        "{reasons:?}"
+    );
+    assert!(op
+        .metrics
+        .encode()
+        .contains("dbt_cloud_operator_runs_adopted_total 1"));
 }
 
 #[tokio::test]
@@ -181,18 +334,43 @@ async fn crash_between_trigger_and_status_write_does_not_trigger_twice() {
     env.valid_credentials().await;
     // The trigger call takes a while: the operator is killed while it is in flight, after the
     // intent was recorded and dbt Cloud accepted the run, before the outcome was written.
-    env.sim.inject(Fault::Delay { count: 1, delay: Duration::from_millis(800), scope: dbt_cloud_simulator::FaultScope::Trigger });
+    env.sim.inject(Fault::SlowResponse {
+        count: 1,
+        delay: Duration::from_secs(5),
+        scope: dbt_cloud_simulator::FaultScope::Trigger,
+    });
     let first = env.start_operator();
     env.create_run("crash", by_id(JOB_OK)).await;
-    env.wait_run("crash", "intent recorded", |r| r.status.as_ref().is_some_and(|s| s.pending_trigger.is_some())).await;
-    env.wait_until("dbt Cloud received the trigger", || env.sim.trigger_count(ACCOUNT, JOB_OK) == 1).await;
+    env.wait_run("crash", "intent recorded", |r| {
+        r.status
+            .as_ref()
+            .is_some_and(|s| s.pending_trigger.is_some())
+    })
+    .await;
+    env.wait_until("dbt Cloud received the trigger", || {
+        env.sim.trigger_count(ACCOUNT, JOB_OK) == 1
+    })
+    .await;
     first.kill().await;
     let run = env.run("crash").await.unwrap();
-    assert!(run.status.as_ref().unwrap().run_id.is_none(), "the outcome was not recorded before the crash");
+    assert!(
+        run.status.as_ref().unwrap().run_id.is_none(),
+        "the outcome was not recorded before the crash: {:#?} {:?}",
+        run.status,
+        env.sim
+            .requests()
+            .iter()
+            .map(|r| (r.method.clone(), r.path.clone(), r.status))
+            .collect::<Vec<_>>()
+    );
     // A new instance (empty caches) takes over.
     let _second = env.start_operator();
     let run = env.wait_phase("crash", RunPhase::Succeeded).await;
-    assert_eq!(env.sim.trigger_count(ACCOUNT, JOB_OK), 1, "adopted, not triggered again");
+    assert_eq!(
+        env.sim.trigger_count(ACCOUNT, JOB_OK),
+        1,
+        "adopted, not triggered again"
+    );
     assert_eq!(run.status.unwrap().attempt_count, 1);
 }
 
@@ -201,11 +379,25 @@ async fn failed_status_write_after_trigger_is_recovered_by_adoption() {
     let env = Env::new().await;
     let _op = env.start_operator();
     env.valid_credentials().await;
-    env.sim.inject(Fault::Delay { count: 1, delay: Duration::from_millis(500), scope: dbt_cloud_simulator::FaultScope::Trigger });
+    env.sim.inject(Fault::Delay {
+        count: 1,
+        delay: Duration::from_millis(500),
+        scope: dbt_cloud_simulator::FaultScope::Trigger,
+    });
     env.create_run("flaky-write", by_id(JOB_OK)).await;
-    env.wait_run("flaky-write", "intent recorded", |r| r.status.as_ref().is_some_and(|s| s.pending_trigger.is_some())).await;
+    env.wait_run("flaky-write", "intent recorded", |r| {
+        r.status
+            .as_ref()
+            .is_some_and(|s| s.pending_trigger.is_some())
+    })
+    .await;
     // The next status write (the trigger's outcome) fails as if the API server fell over.
-    env.kube.fail_next(http::Method::PATCH, "/dbtcloudjobruns/flaky-write/status", 500, 1);
+    env.kube.fail_next(
+        http::Method::PATCH,
+        "/dbtcloudjobruns/flaky-write/status",
+        500,
+        1,
+    );
     env.wait_phase("flaky-write", RunPhase::Succeeded).await;
     assert_eq!(env.sim.trigger_count(ACCOUNT, JOB_OK), 1);
 }
@@ -218,13 +410,17 @@ async fn two_operators_at_once_still_trigger_once() {
     // precondition on the recorded intent keeps them from both triggering.
     let _a = env.start_operator();
     let _b = env.start_operator();
-    for i in 0..10 {
+    for i in 0..30 {
         env.create_run(&format!("r{i}"), by_id(JOB_OK)).await;
     }
-    for i in 0..10 {
+    for i in 0..30 {
         env.wait_phase(&format!("r{i}"), RunPhase::Succeeded).await;
     }
-    assert_eq!(env.sim.trigger_count(ACCOUNT, JOB_OK), 10, "one trigger per object");
+    assert_eq!(
+        env.sim.trigger_count(ACCOUNT, JOB_OK),
+        30,
+        "one trigger per object"
+    );
 }
 
 #[tokio::test]
@@ -235,7 +431,10 @@ async fn deletion_cancels_an_in_flight_run() {
     env.create_run("doomed", by_id(JOB_SLOW)).await;
     let run = env.wait_phase("doomed", RunPhase::Running).await;
     let run_id = run.status.unwrap().run_id.unwrap();
-    env.runs().delete("doomed", &DeleteParams::default()).await.unwrap();
+    env.runs()
+        .delete("doomed", &DeleteParams::default())
+        .await
+        .unwrap();
     env.wait_gone("doomed").await;
     assert_eq!(env.sim.run(ACCOUNT, run_id).unwrap()["status"], 30);
 }
@@ -247,10 +446,19 @@ async fn deletion_never_hangs_when_dbt_cloud_is_unreachable() {
     env.valid_credentials().await;
     env.create_run("stuck", by_id(JOB_SLOW)).await;
     env.wait_phase("stuck", RunPhase::Running).await;
-    env.sim.inject(Fault::ServerError { count: 10_000, status: 503, scope: dbt_cloud_simulator::FaultScope::Cancel });
-    env.runs().delete("stuck", &DeleteParams::default()).await.unwrap();
+    env.sim.inject(Fault::ServerError {
+        count: 10_000,
+        status: 503,
+        scope: dbt_cloud_simulator::FaultScope::Cancel,
+    });
+    env.runs()
+        .delete("stuck", &DeleteParams::default())
+        .await
+        .unwrap();
     env.wait_gone("stuck").await;
-    assert!(env.event_reasons("stuck").contains(&"CancelAbandoned".to_string()));
+    assert!(env
+        .event_reasons("stuck")
+        .contains(&"CancelAbandoned".to_string()));
 }
 
 #[tokio::test]
@@ -258,8 +466,16 @@ async fn rate_limits_and_outages_are_ridden_out() {
     let env = Env::new().await;
     let _op = env.start_operator();
     env.valid_credentials().await;
-    env.sim.inject(Fault::RateLimit { count: 3, retry_after_secs: 0, scope: dbt_cloud_simulator::FaultScope::ListRuns });
-    env.sim.inject(Fault::ServerError { count: 2, status: 502, scope: dbt_cloud_simulator::FaultScope::Any });
+    env.sim.inject(Fault::RateLimit {
+        count: 3,
+        retry_after_secs: 0,
+        scope: dbt_cloud_simulator::FaultScope::ListRuns,
+    });
+    env.sim.inject(Fault::ServerError {
+        count: 2,
+        status: 502,
+        scope: dbt_cloud_simulator::FaultScope::Any,
+    });
     env.create_run("bumpy", by_id(JOB_OK)).await;
     env.wait_phase("bumpy", RunPhase::Succeeded).await;
     assert_eq!(env.sim.trigger_count(ACCOUNT, JOB_OK), 1);
@@ -270,7 +486,11 @@ async fn missing_credentials_wait_then_proceed() {
     let env = Env::new().await;
     let _op = env.start_operator();
     env.create_run("early", by_id(JOB_OK)).await;
-    let run = env.wait_run("early", "CredentialsNotFound", |r| condition(r, "CredentialsReady").is_some_and(|c| c.1 == "CredentialsNotFound")).await;
+    let run = env
+        .wait_run("early", "CredentialsNotFound", |r| {
+            condition(r, "CredentialsReady").is_some_and(|c| c.1 == "CredentialsNotFound")
+        })
+        .await;
     assert_eq!(run.status.unwrap().phase, RunPhase::Pending);
     env.valid_credentials().await;
     env.wait_phase("early", RunPhase::Succeeded).await;

@@ -223,7 +223,7 @@ async fn apply(run: Arc<DbtCloudJobRun>, ctx: &Context) -> Result<Action> {
         let decision = lifecycle::decide(&run, &obs, &ctx.config.lifecycle);
         let action = decision.action.clone();
         if let lifecycle::Action::Settle { requeue } = action {
-            write_status(ctx, &run, &decision.status, None).await?;
+            write_status(ctx, &run, &decision.status).await?;
             publish_all(ctx, &run, &decision, notes).await;
             follow(
                 ctx,
@@ -389,28 +389,27 @@ async fn publish_all(
     }
 }
 
-/// Writes the status with server-side apply when it differs from the object's. With
-/// `precondition`, the write fails with [`Error::Conflict`] unless the object still has that
-/// resourceVersion.
+/// Writes the status with server-side apply when it differs from the object's, guarded by the
+/// object's resourceVersion: every status is computed from a read, so a write based on a stale read
+/// (another replica, a lagging cache) fails with [`Error::Conflict`] instead of clobbering newer
+/// state such as a recorded trigger. Returns the resourceVersion after the write.
 pub async fn write_status(
     ctx: &Context,
     run: &DbtCloudJobRun,
     status: &DbtCloudJobRunStatus,
-    precondition: Option<&str>,
-) -> Result<()> {
-    if precondition.is_none() && run.status.as_ref() == Some(status) {
-        return Ok(());
+) -> Result<String> {
+    let rv = run.resource_version().unwrap_or_default();
+    if run.status.as_ref() == Some(status) {
+        return Ok(rv);
     }
     let api: Api<DbtCloudJobRun> =
         Api::namespaced(ctx.client.clone(), &run.namespace().unwrap_or_default());
-    let mut body = serde_json::json!({
+    let body = serde_json::json!({
         "apiVersion": "dbtcloud.io/v1alpha1",
         "kind": "DbtCloudJobRun",
+        "metadata": { "resourceVersion": rv },
         "status": status,
     });
-    if let Some(rv) = precondition {
-        body["metadata"] = serde_json::json!({ "resourceVersion": rv });
-    }
     match api
         .patch_status(
             &run.name_any(),
@@ -419,7 +418,7 @@ pub async fn write_status(
         )
         .await
     {
-        Ok(_) => Ok(()),
+        Ok(written) => Ok(written.resource_version().unwrap_or_default()),
         Err(kube::Error::Api(s)) if s.code == 409 => Err(Error::Conflict(s.message.clone())),
         Err(e) => Err(e.into()),
     }
@@ -455,14 +454,13 @@ async fn start_attempt(
     interval: Duration,
 ) -> Result<Action> {
     // 1. Record the intent; fails if anyone changed the object since we read it.
-    let rv = run.resource_version().unwrap_or_default();
-    match write_status(ctx, run, &decision.status, Some(&rv)).await {
+    let rv = match write_status(ctx, run, &decision.status).await {
         Err(Error::Conflict(_)) => {
             debug!("object changed since read; not triggering, will re-read");
             return Ok(Action::requeue(Duration::from_millis(500)));
         }
         other => other?,
-    }
+    };
     // 2. Send it.
     let result = match &request {
         StartRequest::Trigger { job_id, cause } => {
@@ -474,13 +472,15 @@ async fn start_attempt(
     };
     let now = Timestamp::now();
     // 3. Record the outcome (a crash before this is resolved by the pending-trigger search).
+    // The object as we just wrote it: later writes are guarded by that version.
     let mut recorded = run.clone();
     recorded.status = Some(decision.status.clone());
+    recorded.metadata.resource_version = Some(rv);
     match result {
         Ok(started) => {
             let observed = observe(&started);
             let (status, note) = after_start(&decision.status, &observed, now);
-            write_status(ctx, &recorded, &status, None).await?;
+            write_status(ctx, &recorded, &status).await?;
             ctx.metrics.runs_triggered.inc();
             info!(run_id = started.id, "dbt Cloud run started");
             let mut d = decision.clone();
@@ -532,7 +532,7 @@ async fn start_attempt(
                 permanent,
                 now,
             );
-            write_status(ctx, &recorded, &status, None).await?;
+            write_status(ctx, &recorded, &status).await?;
             ctx.publish(run, note.warning, reason, "Trigger", note.note)
                 .await;
             ctx.metrics.set_run_phase(&key_of(run), Some(status.phase));

@@ -1001,10 +1001,12 @@ impl<'a> Decider<'a> {
                 );
             }
             RunPhase::Failed | RunPhase::Cancelled | RunPhase::TimedOut => {
+                // A terminal phase keeps the reason it was reached with.
                 let reason = self
                     .stalled
                     .as_ref()
                     .map(|(r, _)| r.clone())
+                    .or_else(|| conditions::find(c, conditions::FAILED).map(|f| f.reason.clone()))
                     .unwrap_or_else(|| match phase {
                         RunPhase::Failed => "RunFailed".into(),
                         other => other.as_str().into(),

@@ -272,6 +272,14 @@ fn job_lookup_failures_fail_clearly_or_wait() {
             Some("True")
         );
         assert!(d.events.iter().any(|e| e.reason == reason && e.warning));
+        // Later reconciles of the finished object keep the reason (and say nothing new).
+        let again = decide(
+            &object(by_name(), Some(d.status.clone())),
+            &ready(100),
+            &settings(),
+        );
+        assert_eq!(again.status, d.status);
+        assert!(again.events.is_empty());
     }
     let mut obs = ready(0);
     obs.job = Some(JobResolution::Transient {

@@ -141,7 +141,8 @@ impl Context {
 
     /// Whether objects in `namespace` are this operator's to reconcile (`--watch-namespaces`).
     pub fn watches_namespace(&self, namespace: &str) -> bool {
-        self.config.watch_namespaces.is_empty() || self.config.watch_namespaces.iter().any(|n| n == namespace)
+        self.config.watch_namespaces.is_empty()
+            || self.config.watch_namespaces.iter().any(|n| n == namespace)
     }
 
     /// Publishes an Event about `obj`; failures are logged, never fatal.

@@ -124,9 +124,18 @@ impl Env {
             steps: vec!["dbt seed".into(), "dbt build".into()],
             behavior: b,
         };
-        sim.add_job(ACCOUNT, job(JOB_OK, "nightly", behavior(Outcome::Success, 100)));
-        sim.add_job(ACCOUNT, job(JOB_FAILS, "broken", behavior(Outcome::FailAtStep(2), 100)));
-        sim.add_job(ACCOUNT, job(JOB_SLOW, "slow", behavior(Outcome::Success, 600_000)));
+        sim.add_job(
+            ACCOUNT,
+            job(JOB_OK, "nightly", behavior(Outcome::Success, 100)),
+        );
+        sim.add_job(
+            ACCOUNT,
+            job(JOB_FAILS, "broken", behavior(Outcome::FailAtStep(2), 100)),
+        );
+        sim.add_job(
+            ACCOUNT,
+            job(JOB_SLOW, "slow", behavior(Outcome::Success, 600_000)),
+        );
         let mut flaky = behavior(Outcome::FailAtStep(2), 100);
         flaky.retry_outcome = Outcome::Success;
         sim.add_job(ACCOUNT, job(JOB_FLAKY, "flaky", flaky));
@@ -145,9 +154,15 @@ impl Env {
             let shutdown = async move {
                 let _ = stopped.await;
             };
-            controller::run(client, config, m, shutdown, None).await.expect("controllers run");
+            controller::run(client, config, m, shutdown, None)
+                .await
+                .expect("controllers run");
         });
-        Operator { stop: Some(stop), task: Some(task), metrics }
+        Operator {
+            stop: Some(stop),
+            task: Some(task),
+            metrics,
+        }
     }
 
     /// Starts an operator instance with the test configuration.
@@ -158,18 +173,34 @@ impl Env {
     /// Creates the API-key Secret.
     pub async fn create_secret(&self, name: &str, token: &str) {
         let secret = Secret {
-            metadata: kube::api::ObjectMeta { name: Some(name.into()), namespace: Some(NS.into()), ..Default::default() },
+            metadata: kube::api::ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some(NS.into()),
+                ..Default::default()
+            },
             data: Some(key_data(token)),
             ..Default::default()
         };
-        Api::<Secret>::namespaced(self.client.clone(), NS).create(&PostParams::default(), &secret).await.unwrap();
+        Api::<Secret>::namespaced(self.client.clone(), NS)
+            .create(&PostParams::default(), &secret)
+            .await
+            .unwrap();
     }
 
     /// Replaces the API key in a Secret (rotation).
     pub async fn rotate_secret(&self, name: &str, token: &str) {
         let api = Api::<Secret>::namespaced(self.client.clone(), NS);
-        let patch = Secret { data: Some(key_data(token)), ..Default::default() };
-        api.patch(name, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch)).await.unwrap();
+        let patch = Secret {
+            data: Some(key_data(token)),
+            ..Default::default()
+        };
+        api.patch(
+            name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+        .unwrap();
     }
 
     /// Creates `DbtCloudCredentials` named `creds` pointing at Secret `secret`.
@@ -180,7 +211,10 @@ impl Env {
             "spec": {"accountId": ACCOUNT, "host": "cloud.getdbt.com", "apiKeySecretRef": {"name": secret}}
         }))
         .unwrap();
-        Api::<DbtCloudCredentials>::namespaced(self.client.clone(), NS).create(&PostParams::default(), &creds).await.unwrap();
+        Api::<DbtCloudCredentials>::namespaced(self.client.clone(), NS)
+            .create(&PostParams::default(), &creds)
+            .await
+            .unwrap();
     }
 
     /// Secret + credentials with the valid token.
@@ -197,7 +231,10 @@ impl Env {
             "spec": spec
         }))
         .unwrap();
-        self.runs().create(&PostParams::default(), &run).await.unwrap()
+        self.runs()
+            .create(&PostParams::default(), &run)
+            .await
+            .unwrap()
     }
 
     /// API handle for runs.
@@ -212,7 +249,12 @@ impl Env {
 
     /// Waits (bounded: 30 s in 20 ms steps) until the run satisfies `pred`; panics with the last
     /// status otherwise.
-    pub async fn wait_run(&self, name: &str, what: &str, pred: impl Fn(&DbtCloudJobRun) -> bool) -> DbtCloudJobRun {
+    pub async fn wait_run(
+        &self,
+        name: &str,
+        what: &str,
+        pred: impl Fn(&DbtCloudJobRun) -> bool,
+    ) -> DbtCloudJobRun {
         let mut last = None;
         for _ in 0..1500 {
             if let Some(r) = self.run(name).await {
@@ -223,12 +265,18 @@ impl Env {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        panic!("timed out waiting for {name}: {what}; last status: {:#?}", last.and_then(|r| r.status));
+        panic!(
+            "timed out waiting for {name}: {what}; last status: {:#?}",
+            last.and_then(|r| r.status)
+        );
     }
 
     /// Waits until the run reaches `phase`.
     pub async fn wait_phase(&self, name: &str, phase: RunPhase) -> DbtCloudJobRun {
-        self.wait_run(name, phase.as_str(), |r| r.status.as_ref().is_some_and(|s| s.phase == phase)).await
+        self.wait_run(name, phase.as_str(), |r| {
+            r.status.as_ref().is_some_and(|s| s.phase == phase)
+        })
+        .await
     }
 
     /// Waits until the object is gone.
@@ -259,7 +307,10 @@ impl Env {
             .events(NS)
             .iter()
             .filter(|e| {
-                e.pointer("/regarding/name").or_else(|| e.pointer("/involvedObject/name")).and_then(|v| v.as_str()) == Some(name)
+                e.pointer("/regarding/name")
+                    .or_else(|| e.pointer("/involvedObject/name"))
+                    .and_then(|v| v.as_str())
+                    == Some(name)
             })
             .filter_map(|e| e.get("reason").and_then(|v| v.as_str()).map(str::to_string))
             .collect()
@@ -268,7 +319,11 @@ impl Env {
 
 /// Secret data holding `token` under the default key.
 pub fn key_data(token: &str) -> std::collections::BTreeMap<String, k8s_openapi::ByteString> {
-    [("apiKey".to_string(), k8s_openapi::ByteString(token.as_bytes().to_vec()))].into()
+    [(
+        "apiKey".to_string(),
+        k8s_openapi::ByteString(token.as_bytes().to_vec()),
+    )]
+    .into()
 }
 
 /// Condition status of a run (`"True"`/`"False"`), if present.

@@ -101,11 +101,30 @@ pub enum FaultScope {
 #[derive(Clone, Debug)]
 pub enum Fault {
     /// 429 with `Retry-After`.
-    RateLimit { count: u32, retry_after_secs: u64, scope: FaultScope },
+    RateLimit {
+        count: u32,
+        retry_after_secs: u64,
+        scope: FaultScope,
+    },
     /// A 5xx error envelope.
-    ServerError { count: u32, status: u16, scope: FaultScope },
+    ServerError {
+        count: u32,
+        status: u16,
+        scope: FaultScope,
+    },
     /// Answer after `delay` (the request is processed after the delay).
-    Delay { count: u32, delay: Duration, scope: FaultScope },
+    Delay {
+        count: u32,
+        delay: Duration,
+        scope: FaultScope,
+    },
+    /// Process the request at once, then hold the response for `delay` (a trigger's run exists
+    /// while the caller still waits for the answer).
+    SlowResponse {
+        count: u32,
+        delay: Duration,
+        scope: FaultScope,
+    },
     /// The run is created, then the connection is closed before any response byte.
     LoseTriggerResponse { count: u32 },
     /// Runs created by the next trigger answer 404 and are absent from lists for `duration`.
@@ -174,29 +193,65 @@ impl Seed {
     /// environments "production" (20) and "staging" (21), jobs 100 "nightly" (succeeds, 5 s),
     /// 101 "hourly" (succeeds, 2 s), 102 "broken" (fails at `dbt build`, retry succeeds).
     pub fn demo() -> Self {
-        let job = |id: i64, env: i64, name: &str, steps: &[&str], running: u64, outcome: Outcome| JobSpec {
-            id,
-            project_id: 10,
-            environment_id: env,
-            name: name.into(),
-            steps: steps.iter().map(|s| s.to_string()).collect(),
-            behavior: JobBehavior {
-                queued: Duration::from_secs(1),
-                starting: Duration::from_secs(1),
-                running: Duration::from_secs(running),
-                outcome,
-                retry_outcome: Outcome::Success,
-            },
-        };
+        let job =
+            |id: i64, env: i64, name: &str, steps: &[&str], running: u64, outcome: Outcome| {
+                JobSpec {
+                    id,
+                    project_id: 10,
+                    environment_id: env,
+                    name: name.into(),
+                    steps: steps.iter().map(|s| s.to_string()).collect(),
+                    behavior: JobBehavior {
+                        queued: Duration::from_secs(1),
+                        starting: Duration::from_secs(1),
+                        running: Duration::from_secs(running),
+                        outcome,
+                        retry_outcome: Outcome::Success,
+                    },
+                }
+            };
         Self {
             accounts: vec![(1, "Demo account".into())],
             tokens: vec![("dbtc_demo_token".into(), vec![1])],
             projects: vec![(1, 10, "analytics".into())],
-            environments: vec![(1, 10, 20, "production".into()), (1, 10, 21, "staging".into())],
+            environments: vec![
+                (1, 10, 20, "production".into()),
+                (1, 10, 21, "staging".into()),
+            ],
             jobs: vec![
-                (1, job(100, 20, "nightly", &["dbt seed", "dbt build"], 5, Outcome::Success)),
-                (1, job(101, 21, "hourly", &["dbt build -s tag:hourly"], 2, Outcome::Success)),
-                (1, job(102, 20, "broken", &["dbt seed", "dbt build"], 3, Outcome::FailAtStep(2))),
+                (
+                    1,
+                    job(
+                        100,
+                        20,
+                        "nightly",
+                        &["dbt seed", "dbt build"],
+                        5,
+                        Outcome::Success,
+                    ),
+                ),
+                (
+                    1,
+                    job(
+                        101,
+                        21,
+                        "hourly",
+                        &["dbt build -s tag:hourly"],
+                        2,
+                        Outcome::Success,
+                    ),
+                ),
+                (
+                    1,
+                    job(
+                        102,
+                        20,
+                        "broken",
+                        &["dbt seed", "dbt build"],
+                        3,
+                        Outcome::FailAtStep(2),
+                    ),
+                ),
             ],
         }
     }
@@ -247,7 +302,11 @@ impl State {
     /// Recomputes queue and finish times of a job's runs (one run at a time per job).
     pub fn reschedule(&mut self, account: i64, job_id: i64) {
         let mut free_at: Option<Instant> = None;
-        for run in self.runs.values_mut().filter(|r| r.account == account && r.job_id == job_id) {
+        for run in self
+            .runs
+            .values_mut()
+            .filter(|r| r.account == account && r.job_id == job_id)
+        {
             let earliest = run.created + run.behavior.queued;
             run.dequeue_at = free_at.map_or(earliest, |f| f.max(earliest));
             run.finish_at = run.dequeue_at + run.behavior.starting + run.behavior.running;
@@ -316,7 +375,9 @@ pub struct Simulator {
 
 impl std::fmt::Debug for Simulator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Simulator").field("addr", &self.inner.addr).finish()
+        f.debug_struct("Simulator")
+            .field("addr", &self.inner.addr)
+            .finish()
     }
 }
 
@@ -330,8 +391,14 @@ impl Simulator {
     pub async fn start_with(seed: Seed, addr: SocketAddr) -> std::io::Result<Self> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
-        let inner = Arc::new(Inner { state: Mutex::new(State::default()), addr, shutdown: Notify::new() });
-        let sim = Self { inner: inner.clone() };
+        let inner = Arc::new(Inner {
+            state: Mutex::new(State::default()),
+            addr,
+            shutdown: Notify::new(),
+        });
+        let sim = Self {
+            inner: inner.clone(),
+        };
         for (id, name) in seed.accounts {
             sim.add_account(id, &name);
         }
@@ -382,7 +449,9 @@ impl Simulator {
 
     /// Adds an environment.
     pub fn add_environment(&self, account: i64, project: i64, id: i64, name: &str) {
-        self.state().environments.insert((account, id), (project, name.into()));
+        self.state()
+            .environments
+            .insert((account, id), (project, name.into()));
     }
 
     /// Adds a job.
@@ -401,19 +470,33 @@ impl Simulator {
     pub fn run(&self, account: i64, run_id: i64) -> Option<Value> {
         let state = self.state();
         let run = state.runs.get(&run_id).filter(|r| r.account == account)?;
-        Some(render::run(run, &state, Instant::now(), &["trigger", "run_steps"]))
+        Some(render::run(
+            run,
+            &state,
+            Instant::now(),
+            &["trigger", "run_steps"],
+        ))
     }
 
     /// Every run of an account, oldest first.
     pub fn runs(&self, account: i64) -> Vec<Value> {
         let state = self.state();
         let now = Instant::now();
-        state.runs.values().filter(|r| r.account == account).map(|r| render::run(r, &state, now, &["trigger"])).collect()
+        state
+            .runs
+            .values()
+            .filter(|r| r.account == account)
+            .map(|r| render::run(r, &state, now, &["trigger"]))
+            .collect()
     }
 
     /// Runs created by `POST .../jobs/{job}/run/` (not retries), including lost responses.
     pub fn trigger_count(&self, account: i64, job_id: i64) -> usize {
-        self.state().triggers.iter().filter(|t| t.account == account && t.job_id == job_id).count()
+        self.state()
+            .triggers
+            .iter()
+            .filter(|t| t.account == account && t.job_id == job_id)
+            .count()
     }
 
     /// Every trigger, in order.
@@ -459,7 +542,9 @@ impl Simulator {
     pub fn finish_run(&self, account: i64, run_id: i64, outcome: Outcome) {
         let mut state = self.state();
         let now = Instant::now();
-        let Some(run) = state.runs.get_mut(&run_id).filter(|r| r.account == account) else { return };
+        let Some(run) = state.runs.get_mut(&run_id).filter(|r| r.account == account) else {
+            return;
+        };
         if run.forced.is_some() || run.finish_at <= now {
             return;
         }

@@ -36,7 +36,12 @@ async fn main() {
     };
     println!("dbt Cloud simulator at {}", sim.base_url());
     println!("  account 1 \"Demo account\", token dbtc_demo_token");
-    println!("  jobs: 100 nightly (succeeds), 101 hourly (succeeds), 102 broken (fails, retry succeeds)");
-    println!("  operator: cargo run -- run --dev-dbt-cloud-base-url {}", sim.base_url());
+    println!(
+        "  jobs: 100 nightly (succeeds), 101 hourly (succeeds), 102 broken (fails, retry succeeds)"
+    );
+    println!(
+        "  operator: cargo run -- run --dev-dbt-cloud-base-url {}",
+        sim.base_url()
+    );
     let _ = tokio::signal::ctrl_c().await;
 }

@@ -48,7 +48,14 @@ pub fn error_envelope(code: u16, message: &str) -> Value {
 }
 
 /// `extra` of a list answer.
-pub fn list_extra(filters: Value, order_by: &str, count: usize, total: usize, limit: usize, offset: usize) -> Value {
+pub fn list_extra(
+    filters: Value,
+    order_by: &str,
+    count: usize,
+    total: usize,
+    limit: usize,
+    offset: usize,
+) -> Value {
     json!({
         "filters": filters,
         "order_by": order_by,
@@ -64,7 +71,11 @@ pub fn final_outcome(run: &RunState) -> Outcome {
 /// Index (into `run.commands`) of the command that fails, if the run fails at a command.
 pub fn failing_command(run: &RunState) -> Option<usize> {
     match final_outcome(run) {
-        Outcome::FailAtStep(k) if k >= 1 && k - 1 >= run.first_command && k - 1 - run.first_command < run.commands.len() => {
+        Outcome::FailAtStep(k)
+            if k >= 1
+                && k - 1 >= run.first_command
+                && k - 1 - run.first_command < run.commands.len() =>
+        {
             Some(k - 1 - run.first_command)
         }
         _ => None,
@@ -107,8 +118,15 @@ fn hms(d: std::time::Duration) -> String {
 
 /// Step names of a run: setup steps, then one per dbt command.
 pub fn step_names(run: &RunState) -> Vec<String> {
-    let mut names = vec!["Clone git repository".to_string(), "Create profile from connection Snowflake".to_string()];
-    names.extend(run.commands.iter().map(|c| format!("Invoke dbt with `{c}`")));
+    let mut names = vec![
+        "Clone git repository".to_string(),
+        "Create profile from connection Snowflake".to_string(),
+    ];
+    names.extend(
+        run.commands
+            .iter()
+            .map(|c| format!("Invoke dbt with `{c}`")),
+    );
     names
 }
 
@@ -125,13 +143,24 @@ fn steps(run: &RunState, now: Instant) -> Vec<Value> {
     let (reached, last_code) = match code {
         STARTING => (1, RUNNING),
         RUNNING => {
-            let frac = now.saturating_duration_since(started).as_secs_f64() / run.behavior.running.as_secs_f64().max(1e-9);
-            (((frac * total as f64) as usize + 1).clamp(1, total), RUNNING)
+            let frac = now.saturating_duration_since(started).as_secs_f64()
+                / run.behavior.running.as_secs_f64().max(1e-9);
+            (
+                ((frac * total as f64) as usize + 1).clamp(1, total),
+                RUNNING,
+            )
         }
         ERROR => (2 + failing_command(run).unwrap_or(0) + 1, ERROR),
         CANCELLED => {
-            let frac = run.finish_at.saturating_duration_since(started).as_secs_f64() / run.behavior.running.as_secs_f64().max(1e-9);
-            (((frac * total as f64) as usize + 1).clamp(1, total), CANCELLED)
+            let frac = run
+                .finish_at
+                .saturating_duration_since(started)
+                .as_secs_f64()
+                / run.behavior.running.as_secs_f64().max(1e-9);
+            (
+                ((frac * total as f64) as usize + 1).clamp(1, total),
+                CANCELLED,
+            )
         }
         _ => (total, SUCCESS),
     };
@@ -190,34 +219,85 @@ pub fn run(run: &RunState, state: &State, now: Instant, include: &[&str]) -> Val
     put("status", json!(code));
     put("status_humanized", json!(humanized(code)));
     put("dbt_version", json!("1.9.1"));
-    put("git_branch", run.trigger.get("git_branch").cloned().filter(|b| !b.is_null()).unwrap_or(json!("main")));
-    put("git_sha", run.trigger.get("git_sha").cloned().filter(|b| !b.is_null()).unwrap_or(json!("a1b2c3d4e5f6")));
-    put("status_message", json!(if code == ERROR { "Database Error in model orders (models/orders.sql)" } else { "" }));
+    put(
+        "git_branch",
+        run.trigger
+            .get("git_branch")
+            .cloned()
+            .filter(|b| !b.is_null())
+            .unwrap_or(json!("main")),
+    );
+    put(
+        "git_sha",
+        run.trigger
+            .get("git_sha")
+            .cloned()
+            .filter(|b| !b.is_null())
+            .unwrap_or(json!("a1b2c3d4e5f6")),
+    );
+    put(
+        "status_message",
+        json!(if code == ERROR {
+            "Database Error in model orders (models/orders.sql)"
+        } else {
+            ""
+        }),
+    );
     put("blocked_by", json!([]));
     put("artifacts_saved", json!(terminal && code != CANCELLED));
     put("has_docs_generated", json!(false));
     put("has_sources_generated", json!(false));
     put("notifications_sent", json!(terminal));
     put("created_at", json!(ts(run.created_wall)));
-    put("updated_at", json!(ts(wall(run, now.min(run.finish_at.max(run.created))))));
+    put(
+        "updated_at",
+        json!(ts(wall(run, now.min(run.finish_at.max(run.created))))),
+    );
     put("should_start_at", json!(ts(run.created_wall)));
     if now >= run.dequeue_at || terminal {
         put("dequeued_at", json!(ts(wall(run, run.dequeue_at))));
     }
     if now >= started || (terminal && run.finish_at >= started) {
-        put("started_at", json!(ts(wall(run, started.min(run.finish_at)))));
+        put(
+            "started_at",
+            json!(ts(wall(run, started.min(run.finish_at)))),
+        );
     }
     if terminal {
         put("finished_at", json!(ts(wall(run, run.finish_at))));
         put("finished_at_humanized", json!("just now"));
     }
     let end = if terminal { run.finish_at } else { now };
-    put("duration", json!(hms(end.saturating_duration_since(run.created))));
-    put("queued_duration", json!(hms(run.dequeue_at.min(end).saturating_duration_since(run.created))));
-    put("run_duration", json!(hms(end.saturating_duration_since(started))));
-    put("duration_humanized", json!(format!("{} seconds", end.saturating_duration_since(run.created).as_secs())));
+    put(
+        "duration",
+        json!(hms(end.saturating_duration_since(run.created))),
+    );
+    put(
+        "queued_duration",
+        json!(hms(run
+            .dequeue_at
+            .min(end)
+            .saturating_duration_since(run.created))),
+    );
+    put(
+        "run_duration",
+        json!(hms(end.saturating_duration_since(started))),
+    );
+    put(
+        "duration_humanized",
+        json!(format!(
+            "{} seconds",
+            end.saturating_duration_since(run.created).as_secs()
+        )),
+    );
     put("queued_duration_humanized", json!("0 seconds"));
-    put("run_duration_humanized", json!(format!("{} seconds", end.saturating_duration_since(started).as_secs())));
+    put(
+        "run_duration_humanized",
+        json!(format!(
+            "{} seconds",
+            end.saturating_duration_since(started).as_secs()
+        )),
+    );
     put("created_at_humanized", json!("just now"));
     put("in_progress", json!(!terminal));
     put("is_running", json!(code == RUNNING));
@@ -225,19 +305,35 @@ pub fn run(run: &RunState, state: &State, now: Instant, include: &[&str]) -> Val
     put("is_success", json!(code == SUCCESS));
     put("is_error", json!(code == ERROR));
     put("is_cancelled", json!(code == CANCELLED));
-    let latest_of_job = state.runs.values().filter(|r| r.account == run.account && r.job_id == run.job_id).map(|r| r.id).max() == Some(run.id);
+    let latest_of_job = state
+        .runs
+        .values()
+        .filter(|r| r.account == run.account && r.job_id == run.job_id)
+        .map(|r| r.id)
+        .max()
+        == Some(run.id);
     let can_retry = code == ERROR && latest_of_job;
     put("can_retry", json!(can_retry));
     if !can_retry && terminal {
         put(
             "retry_not_supported_reason",
-            json!(if code != ERROR { "RETRY_NOT_FAILED_RUN" } else { "RETRY_NOT_LATEST_RUN" }),
+            json!(if code != ERROR {
+                "RETRY_NOT_FAILED_RUN"
+            } else {
+                "RETRY_NOT_LATEST_RUN"
+            }),
         );
     }
     if let Some(of) = run.retrying_run_id {
         put("retrying_run_id", json!(of));
     }
-    put("href", json!(format!("https://cloud.getdbt.com/deploy/{}/projects/{}/runs/{}/", run.account, run.project_id, run.id)));
+    put(
+        "href",
+        json!(format!(
+            "https://cloud.getdbt.com/deploy/{}/projects/{}/runs/{}/",
+            run.account, run.project_id, run.id
+        )),
+    );
     if include.contains(&"trigger") {
         put("trigger", run.trigger.clone());
     }
@@ -283,16 +379,29 @@ pub fn run_results(run: &RunState, now: Instant, step: Option<usize>) -> Option<
         return None;
     }
     let setup = 2;
-    let last_dbt = setup + failing_command(run).map(|c| c + 1).unwrap_or(run.commands.len());
+    let last_dbt = setup
+        + failing_command(run)
+            .map(|c| c + 1)
+            .unwrap_or(run.commands.len());
     let index = step.unwrap_or(last_dbt);
     if index <= setup || index > last_dbt {
         return None;
     }
     let failing = failing_command(run).is_some_and(|c| c + setup + 1 == index);
     let nodes: Vec<(&str, &str)> = if failing {
-        vec![("model.analytics.stg_orders", "success"), ("model.analytics.orders", "error"), ("test.analytics.not_null_orders_id", "skipped"), ("model.analytics.customers", "success")]
+        vec![
+            ("model.analytics.stg_orders", "success"),
+            ("model.analytics.orders", "error"),
+            ("test.analytics.not_null_orders_id", "skipped"),
+            ("model.analytics.customers", "success"),
+        ]
     } else {
-        vec![("model.analytics.stg_orders", "success"), ("model.analytics.orders", "success"), ("test.analytics.not_null_orders_id", "pass"), ("model.analytics.customers", "success")]
+        vec![
+            ("model.analytics.stg_orders", "success"),
+            ("model.analytics.orders", "success"),
+            ("test.analytics.not_null_orders_id", "pass"),
+            ("model.analytics.customers", "success"),
+        ]
     };
     Some(json!({
         "metadata": {"dbt_schema_version": "https://schemas.getdbt.com/dbt/run-results/v6.json", "dbt_version": "1.9.1", "generated_at": ts(wall(run, run.finish_at)), "invocation_id": format!("{:08x}-0000-4000-8000-{:012x}", run.id, index)},

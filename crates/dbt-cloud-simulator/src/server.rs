@@ -60,14 +60,19 @@ fn error(status: u16, message: &str) -> Response<Full<Bytes>> {
 
 /// What a fault scope is matched against.
 fn scope_matches(scope: &FaultScope, method: &Method, segs: &[&str], path: &str) -> bool {
-    let runs_tail = segs.iter().position(|s| *s == "runs").map(|i| &segs[i + 1..]);
+    let runs_tail = segs
+        .iter()
+        .position(|s| *s == "runs")
+        .map(|i| &segs[i + 1..]);
     match scope {
         FaultScope::Any => true,
         FaultScope::Trigger => method == Method::POST && segs.last() == Some(&"run"),
         FaultScope::ListRuns => method == Method::GET && segs.last() == Some(&"runs"),
         FaultScope::GetRun => method == Method::GET && runs_tail.is_some_and(|t| t.len() == 1),
         FaultScope::Cancel => method == Method::POST && segs.last() == Some(&"cancel"),
-        FaultScope::Accounts => method == Method::GET && segs.len() <= 4 && segs.get(2) == Some(&"accounts"),
+        FaultScope::Accounts => {
+            method == Method::GET && segs.len() <= 4 && segs.get(2) == Some(&"accounts")
+        }
         FaultScope::PathContains(s) => path.contains(s.as_str()),
     }
 }
@@ -76,6 +81,7 @@ enum Injected {
     None,
     Reply(Response<Full<Bytes>>),
     Delay(Duration),
+    SlowResponse(Duration),
     LoseResponse,
 }
 
@@ -84,7 +90,11 @@ fn take_fault(state: &mut State, method: &Method, segs: &[&str], path: &str) -> 
     let mut found = None;
     for (i, f) in state.faults.iter_mut().enumerate() {
         let (count, applies) = match f {
-            Fault::RateLimit { count, scope, .. } | Fault::ServerError { count, scope, .. } | Fault::Delay { count, scope, .. } | Fault::Unauthorized { count, scope } => {
+            Fault::RateLimit { count, scope, .. }
+            | Fault::ServerError { count, scope, .. }
+            | Fault::Delay { count, scope, .. }
+            | Fault::SlowResponse { count, scope, .. }
+            | Fault::Unauthorized { count, scope } => {
                 let applies = scope_matches(scope, method, segs, path);
                 (count, applies)
             }
@@ -99,16 +109,28 @@ fn take_fault(state: &mut State, method: &Method, segs: &[&str], path: &str) -> 
         }
     }
     if let Some((i, exhausted)) = found {
-        let fault = if exhausted { state.faults.remove(i).expect("index") } else { state.faults[i].clone() };
+        let fault = if exhausted {
+            state.faults.remove(i).expect("index")
+        } else {
+            state.faults[i].clone()
+        };
         return match fault {
-            Fault::RateLimit { retry_after_secs, .. } => {
+            Fault::RateLimit {
+                retry_after_secs, ..
+            } => {
                 let mut r = error(429, "Too many requests. Please slow down.");
-                r.headers_mut().insert("retry-after", retry_after_secs.to_string().parse().expect("header"));
+                r.headers_mut().insert(
+                    "retry-after",
+                    retry_after_secs.to_string().parse().expect("header"),
+                );
                 Injected::Reply(r)
             }
-            Fault::ServerError { status, .. } => Injected::Reply(error(status, "Internal server error (simulated)")),
+            Fault::ServerError { status, .. } => {
+                Injected::Reply(error(status, "Internal server error (simulated)"))
+            }
             Fault::Unauthorized { .. } => Injected::Reply(error(401, "Invalid token.")),
             Fault::Delay { delay, .. } => Injected::Delay(delay),
+            Fault::SlowResponse { delay, .. } => Injected::SlowResponse(delay),
             Fault::LoseTriggerResponse { .. } => Injected::LoseResponse,
             Fault::HideNewRuns { .. } => Injected::None,
         };
@@ -117,7 +139,10 @@ fn take_fault(state: &mut State, method: &Method, segs: &[&str], path: &str) -> 
         let roll: f64 = rng.random();
         if roll < faults.rate_429 {
             let mut r = error(429, "Too many requests. Please slow down.");
-            r.headers_mut().insert("retry-after", faults.retry_after_secs.to_string().parse().expect("header"));
+            r.headers_mut().insert(
+                "retry-after",
+                faults.retry_after_secs.to_string().parse().expect("header"),
+            );
             return Injected::Reply(r);
         }
         if roll < faults.rate_429 + faults.rate_5xx {
@@ -130,14 +155,26 @@ fn take_fault(state: &mut State, method: &Method, segs: &[&str], path: &str) -> 
     Injected::None
 }
 
-fn record(inner: &Inner, method: &Method, path: &str, query: &str, status: u16, at: std::time::Instant) {
-    inner.state.lock().expect("state").requests.push(RequestRecord {
-        method: method.to_string(),
-        path: path.to_string(),
-        query: query.to_string(),
-        status,
-        at,
-    });
+fn record(
+    inner: &Inner,
+    method: &Method,
+    path: &str,
+    query: &str,
+    status: u16,
+    at: std::time::Instant,
+) {
+    inner
+        .state
+        .lock()
+        .expect("state")
+        .requests
+        .push(RequestRecord {
+            method: method.to_string(),
+            path: path.to_string(),
+            query: query.to_string(),
+            status,
+            at,
+        });
 }
 
 async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Reply {
@@ -149,12 +186,26 @@ async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Reply {
         .headers()
         .get("authorization")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Token ").or_else(|| v.strip_prefix("Bearer ")))
+        .and_then(|v| {
+            v.strip_prefix("Token ")
+                .or_else(|| v.strip_prefix("Bearer "))
+        })
         .map(|t| t.trim().to_string());
-    let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
     let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
 
-    let injected = take_fault(&mut inner.state.lock().expect("state"), &method, &segs, &path);
+    let injected = take_fault(
+        &mut inner.state.lock().expect("state"),
+        &method,
+        &segs,
+        &path,
+    );
+    let mut hold = None;
     let lose = match injected {
         Injected::Reply(r) => {
             record(&inner, &method, &path, &query, r.status().as_u16(), at);
@@ -162,6 +213,10 @@ async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Reply {
         }
         Injected::Delay(d) => {
             tokio::time::sleep(d).await;
+            false
+        }
+        Injected::SlowResponse(d) => {
+            hold = Some(d);
             false
         }
         Injected::LoseResponse => true,
@@ -175,7 +230,17 @@ async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Reply {
         record(&inner, &method, &path, &query, 0, at);
         return Err(DropConnection);
     }
-    record(&inner, &method, &path, &query, response.status().as_u16(), at);
+    if let Some(d) = hold {
+        tokio::time::sleep(d).await;
+    }
+    record(
+        &inner,
+        &method,
+        &path,
+        &query,
+        response.status().as_u16(),
+        at,
+    );
     Ok(response)
 }
 
@@ -187,26 +252,47 @@ impl Query {
         Self(form_urlencoded::parse(q.as_bytes()).into_owned().collect())
     }
     fn get(&self, key: &str) -> Option<&str> {
-        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
     fn int(&self, key: &str) -> Result<Option<i64>, Response<Full<Bytes>>> {
         match self.get(key) {
             None | Some("") => Ok(None),
-            Some(v) => v.parse().map(Some).map_err(|_| error(400, &format!("{key}: A valid integer is required."))),
+            Some(v) => v
+                .parse()
+                .map(Some)
+                .map_err(|_| error(400, &format!("{key}: A valid integer is required."))),
         }
     }
     /// `k=[1,2]`, `k=1,2` and repeated `k=1&k=2`.
     fn ints(&self, key: &str) -> Result<Vec<i64>, Response<Full<Bytes>>> {
         let mut out = Vec::new();
         for (_, v) in self.0.iter().filter(|(k, _)| k == key) {
-            for part in v.trim_matches(|c| c == '[' || c == ']').split(',').map(str::trim).filter(|p| !p.is_empty()) {
-                out.push(part.parse().map_err(|_| error(400, &format!("{key}: A valid integer is required.")))?);
+            for part in v
+                .trim_matches(|c| c == '[' || c == ']')
+                .split(',')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+            {
+                out.push(
+                    part.parse()
+                        .map_err(|_| error(400, &format!("{key}: A valid integer is required.")))?,
+                );
             }
         }
         Ok(out)
     }
     fn includes(&self) -> Vec<String> {
-        self.get("include_related").map(|v| v.trim_matches(|c| c == '[' || c == ']').split(',').map(|s| s.trim().trim_matches('"').to_string()).collect()).unwrap_or_default()
+        self.get("include_related")
+            .map(|v| {
+                v.trim_matches(|c| c == '[' || c == ']')
+                    .split(',')
+                    .map(|s| s.trim().trim_matches('"').to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
     }
     fn page(&self) -> Result<(usize, usize), Response<Full<Bytes>>> {
         let limit = self.int("limit")?.unwrap_or(100);
@@ -215,7 +301,10 @@ impl Query {
             return Err(error(400, "limit: Ensure this value is between 1 and 100."));
         }
         if offset < 0 {
-            return Err(error(400, "offset: Ensure this value is greater than or equal to 0."));
+            return Err(error(
+                400,
+                "offset: Ensure this value is greater than or equal to 0.",
+            ));
         }
         Ok((limit as usize, offset as usize))
     }
@@ -229,11 +318,18 @@ fn paginate(items: Vec<Value>, q: &Query, filters: Value, order_by: &str) -> Res
     let total = items.len();
     let page: Vec<Value> = items.into_iter().skip(offset).take(limit).collect();
     let count = page.len();
-    json_response(200, &envelope(json!(page), Some(list_extra(filters, order_by, count, total, limit, offset))))
+    json_response(
+        200,
+        &envelope(
+            json!(page),
+            Some(list_extra(filters, order_by, count, total, limit, offset)),
+        ),
+    )
 }
 
 fn icontains(name: &str, q: &Query) -> bool {
-    q.get("name__icontains").is_none_or(|n| name.to_lowercase().contains(&n.to_lowercase()))
+    q.get("name__icontains")
+        .is_none_or(|n| name.to_lowercase().contains(&n.to_lowercase()))
 }
 
 fn account_json(id: i64, name: &str) -> Value {
@@ -247,7 +343,14 @@ fn account_json(id: i64, name: &str) -> Value {
     })
 }
 
-fn route(state: &mut State, method: &Method, segs: &[&str], query: &str, token: Option<&str>, body: &[u8]) -> Response<Full<Bytes>> {
+fn route(
+    state: &mut State,
+    method: &Method,
+    segs: &[&str],
+    query: &str,
+    token: Option<&str>,
+    body: &[u8],
+) -> Response<Full<Bytes>> {
     let q = Query::parse(query);
     let Some(allowed) = token.and_then(|t| state.tokens.get(t)).cloned() else {
         return error(401, "Invalid token.");
@@ -257,11 +360,18 @@ fn route(state: &mut State, method: &Method, segs: &[&str], query: &str, token: 
     }
     match segs {
         ["api", "v2" | "v3", "accounts"] if method == Method::GET => {
-            let items = state.accounts.iter().filter(|(id, _)| allowed.contains(id)).map(|(id, n)| account_json(*id, n)).collect();
+            let items = state
+                .accounts
+                .iter()
+                .filter(|(id, _)| allowed.contains(id))
+                .map(|(id, n)| account_json(*id, n))
+                .collect();
             return paginate(items, &q, json!({}), "id");
         }
         ["api", _, "accounts", a, rest @ ..] => {
-            let Ok(account) = a.parse::<i64>() else { return error(404, "Not found.") };
+            let Ok(account) = a.parse::<i64>() else {
+                return error(404, "Not found.");
+            };
             if !state.accounts.contains_key(&account) {
                 return error(404, "Not found.");
             }
@@ -274,12 +384,23 @@ fn route(state: &mut State, method: &Method, segs: &[&str], query: &str, token: 
     }
 }
 
-fn account_route(state: &mut State, method: &Method, version: &str, account: i64, rest: &[&str], q: &Query, body: &[u8]) -> Response<Full<Bytes>> {
+fn account_route(
+    state: &mut State,
+    method: &Method,
+    version: &str,
+    account: i64,
+    rest: &[&str],
+    q: &Query,
+    body: &[u8],
+) -> Response<Full<Bytes>> {
     let now = Instant::now();
     let get = method == Method::GET;
     let post = method == Method::POST;
     match (version, rest) {
-        (_, []) if get => json_response(200, &envelope(account_json(account, &state.accounts[&account]), None)),
+        (_, []) if get => json_response(
+            200,
+            &envelope(account_json(account, &state.accounts[&account]), None),
+        ),
         ("v3", ["projects"]) if get => {
             let items = state
                 .projects
@@ -310,22 +431,47 @@ fn account_route(state: &mut State, method: &Method, version: &str, account: i64
             let mut items: Vec<(i64, Value)> = state
                 .jobs
                 .iter()
-                .filter(|((a, _), j)| *a == account && project.is_none_or(|p| p == j.project_id) && env.is_none_or(|e| e == j.environment_id) && icontains(&j.name, q))
+                .filter(|((a, _), j)| {
+                    *a == account
+                        && project.is_none_or(|p| p == j.project_id)
+                        && env.is_none_or(|e| e == j.environment_id)
+                        && icontains(&j.name, q)
+                })
                 .map(|((_, id), j)| (*id, render::job_json(account, j)))
                 .collect();
             if q.get("order_by") == Some("-id") {
                 items.reverse();
             }
-            paginate(items.into_iter().map(|(_, v)| v).collect(), q, json!({"account_id": account}), q.get("order_by").unwrap_or("id"))
+            paginate(
+                items.into_iter().map(|(_, v)| v).collect(),
+                q,
+                json!({"account_id": account}),
+                q.get("order_by").unwrap_or("id"),
+            )
         }
-        ("v2", ["jobs", j]) if get => match j.parse::<i64>().ok().and_then(|j| state.jobs.get(&(account, j))) {
+        ("v2", ["jobs", j]) if get => match j
+            .parse::<i64>()
+            .ok()
+            .and_then(|j| state.jobs.get(&(account, j)))
+        {
             Some(job) => json_response(200, &envelope(render::job_json(account, job), None)),
             None => error(404, "Not found."),
         },
         ("v2", ["jobs", j, "run"]) if post => trigger(state, account, j, body),
         ("v2", ["jobs", j, "rerun"]) if post => {
-            let Some(job_id) = j.parse::<i64>().ok().filter(|j| state.jobs.contains_key(&(account, *j))) else { return error(404, "Not found.") };
-            let last = state.runs.values().filter(|r| r.account == account && r.job_id == job_id).last().map(|r| (r.id, render::status(r, now)));
+            let Some(job_id) = j
+                .parse::<i64>()
+                .ok()
+                .filter(|j| state.jobs.contains_key(&(account, *j)))
+            else {
+                return error(404, "Not found.");
+            };
+            let last = state
+                .runs
+                .values()
+                .filter(|r| r.account == account && r.job_id == job_id)
+                .last()
+                .map(|r| (r.id, render::status(r, now)));
             match last {
                 Some((id, render::ERROR)) => retry(state, account, id),
                 _ => {
@@ -335,8 +481,19 @@ fn account_route(state: &mut State, method: &Method, version: &str, account: i64
             }
         }
         ("v2", ["jobs", j, "artifacts", path @ ..]) if get => {
-            let Ok(job_id) = j.parse::<i64>() else { return error(404, "Not found.") };
-            let latest = state.runs.values().filter(|r| r.account == account && r.job_id == job_id && render::status(r, now) >= render::SUCCESS).last().map(|r| r.id);
+            let Ok(job_id) = j.parse::<i64>() else {
+                return error(404, "Not found.");
+            };
+            let latest = state
+                .runs
+                .values()
+                .filter(|r| {
+                    r.account == account
+                        && r.job_id == job_id
+                        && render::status(r, now) >= render::SUCCESS
+                })
+                .last()
+                .map(|r| r.id);
             match latest {
                 Some(id) => artifact(state, id, &path.join("/"), q, now),
                 None => error(404, "No completed run for this job."),
@@ -345,7 +502,9 @@ fn account_route(state: &mut State, method: &Method, version: &str, account: i64
         ("v2", ["runs"]) if get => list_runs(state, account, q, now),
         ("v2", ["runs", r, tail @ ..]) => {
             let Some(run_id) = r.parse::<i64>().ok().filter(|id| {
-                state.runs.get(id).is_some_and(|run| run.account == account && run.hidden_until.is_none_or(|h| now >= h))
+                state.runs.get(id).is_some_and(|run| {
+                    run.account == account && run.hidden_until.is_none_or(|h| now >= h)
+                })
             }) else {
                 return error(404, "Not found.");
             };
@@ -353,7 +512,10 @@ fn account_route(state: &mut State, method: &Method, version: &str, account: i64
                 [] if get => {
                     let includes = q.includes();
                     let inc: Vec<&str> = includes.iter().map(String::as_str).collect();
-                    json_response(200, &envelope(render::run(&state.runs[&run_id], state, now, &inc), None))
+                    json_response(
+                        200,
+                        &envelope(render::run(&state.runs[&run_id], state, now, &inc), None),
+                    )
                 }
                 ["cancel"] if post => {
                     let run = state.runs.get_mut(&run_id).expect("exists");
@@ -362,15 +524,29 @@ fn account_route(state: &mut State, method: &Method, version: &str, account: i64
                         let job = run.job_id;
                         state.reschedule(account, job);
                     }
-                    json_response(200, &envelope(render::run(&state.runs[&run_id], state, now, &["trigger"]), None))
+                    json_response(
+                        200,
+                        &envelope(
+                            render::run(&state.runs[&run_id], state, now, &["trigger"]),
+                            None,
+                        ),
+                    )
                 }
                 ["retry"] if post => retry(state, account, run_id),
                 ["retry"] if get => {
                     let run = &state.runs[&run_id];
-                    match render::failing_command(run).filter(|_| render::status(run, now) == render::ERROR) {
+                    match render::failing_command(run)
+                        .filter(|_| render::status(run, now) == render::ERROR)
+                    {
                         Some(i) => {
                             let names = render::step_names(run);
-                            json_response(200, &envelope(json!({"failed_step": names[2 + i], "skipped_steps": names[3 + i..].to_vec()}), None))
+                            json_response(
+                                200,
+                                &envelope(
+                                    json!({"failed_step": names[2 + i], "skipped_steps": names[3 + i..].to_vec()}),
+                                    None,
+                                ),
+                            )
                         }
                         None => error(400, "This run is not retryable: RETRY_NOT_FAILED_RUN"),
                     }
@@ -380,7 +556,10 @@ fn account_route(state: &mut State, method: &Method, version: &str, account: i64
                     if render::run_results(run, now, None).is_none() {
                         return json_response(200, &envelope(json!([]), None));
                     }
-                    json_response(200, &envelope(json!(["manifest.json", "run_results.json"]), None))
+                    json_response(
+                        200,
+                        &envelope(json!(["manifest.json", "run_results.json"]), None),
+                    )
                 }
                 ["artifacts", path @ ..] if get => artifact(state, run_id, &path.join("/"), q, now),
                 _ => error(405, "Method not allowed."),
@@ -392,19 +571,35 @@ fn account_route(state: &mut State, method: &Method, version: &str, account: i64
 
 fn p_of(rest: &[&str], q: &Query) -> Result<Option<i64>, Response<Full<Bytes>>> {
     match rest {
-        ["projects", p, "environments"] => p.parse().map(Some).map_err(|_| error(404, "Not found.")),
+        ["projects", p, "environments"] => {
+            p.parse().map(Some).map_err(|_| error(404, "Not found."))
+        }
         _ => q.int("project_id"),
     }
 }
 
 fn list_runs(state: &State, account: i64, q: &Query, now: Instant) -> Response<Full<Bytes>> {
-    let filters = (q.int("job_definition_id"), q.int("status"), q.ints("status__in"), q.ints("pk__in"), q.int("id__gt"));
+    let filters = (
+        q.int("job_definition_id"),
+        q.int("status"),
+        q.ints("status__in"),
+        q.ints("pk__in"),
+        q.int("id__gt"),
+    );
     let (job, status, status_in, pk_in, id_gt) = match filters {
         (Ok(a), Ok(b), Ok(c), Ok(d), Ok(e)) => (a, b, c, d, e),
-        (Err(e), ..) | (_, Err(e), ..) | (_, _, Err(e), ..) | (_, _, _, Err(e), _) | (.., Err(e)) => return e,
+        (Err(e), ..)
+        | (_, Err(e), ..)
+        | (_, _, Err(e), ..)
+        | (_, _, _, Err(e), _)
+        | (.., Err(e)) => return e,
     };
     let includes = q.includes();
-    let inc: Vec<&str> = includes.iter().map(String::as_str).filter(|i| *i != "run_steps").collect();
+    let inc: Vec<&str> = includes
+        .iter()
+        .map(String::as_str)
+        .filter(|i| *i != "run_steps")
+        .collect();
     let mut runs: Vec<&crate::RunState> = state
         .runs
         .values()
@@ -423,12 +618,20 @@ fn list_runs(state: &State, account: i64, q: &Query, now: Instant) -> Response<F
     if order.starts_with('-') {
         runs.reverse();
     }
-    let items = runs.iter().map(|r| render::run(r, state, now, &inc)).collect();
+    let items = runs
+        .iter()
+        .map(|r| render::run(r, state, now, &inc))
+        .collect();
     paginate(items, q, json!({"account_id": account}), order)
 }
 
 fn trigger(state: &mut State, account: i64, job: &str, body: &[u8]) -> Response<Full<Bytes>> {
-    let Some(job) = job.parse::<i64>().ok().and_then(|j| state.jobs.get(&(account, j))).cloned() else {
+    let Some(job) = job
+        .parse::<i64>()
+        .ok()
+        .and_then(|j| state.jobs.get(&(account, j)))
+        .cloned()
+    else {
         return error(404, "Not found.");
     };
     let Ok(req) = serde_json::from_slice::<Value>(body) else {
@@ -437,18 +640,30 @@ fn trigger(state: &mut State, account: i64, job: &str, body: &[u8]) -> Response<
     let cause = match req.get("cause").and_then(Value::as_str) {
         None => return error(400, "cause: This field is required."),
         Some(c) if c.is_empty() => return error(400, "cause: This field may not be blank."),
-        Some(c) if c.chars().count() > 255 => return error(400, "cause: Ensure this field has no more than 255 characters."),
+        Some(c) if c.chars().count() > 255 => {
+            return error(
+                400,
+                "cause: Ensure this field has no more than 255 characters.",
+            )
+        }
         Some(c) => c.to_string(),
     };
     if let Some(t) = req.get("threads_override").and_then(Value::as_i64) {
         if t < 1 {
-            return error(400, "threads_override: Ensure this value is greater than or equal to 1.");
+            return error(
+                400,
+                "threads_override: Ensure this value is greater than or equal to 1.",
+            );
         }
     }
     let commands = req
         .get("steps_override")
         .and_then(Value::as_array)
-        .map(|s| s.iter().filter_map(|v| v.as_str().map(str::to_string)).collect::<Vec<_>>())
+        .map(|s| {
+            s.iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect::<Vec<_>>()
+        })
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| job.steps.clone());
     let mut trigger = json!({
@@ -456,44 +671,102 @@ fn trigger(state: &mut State, account: i64, job: &str, body: &[u8]) -> Response<
         "created_at": render::ts(jiff::Timestamp::now()), "updated_at": render::ts(jiff::Timestamp::now()),
     });
     for key in [
-        "git_sha", "git_branch", "azure_pull_request_id", "github_pull_request_id", "gitlab_merge_request_id",
-        "non_native_pull_request_id", "schema_override", "dbt_version_override", "threads_override",
-        "target_name_override", "generate_docs_override", "timeout_seconds_override", "steps_override",
+        "git_sha",
+        "git_branch",
+        "azure_pull_request_id",
+        "github_pull_request_id",
+        "gitlab_merge_request_id",
+        "non_native_pull_request_id",
+        "schema_override",
+        "dbt_version_override",
+        "threads_override",
+        "target_name_override",
+        "generate_docs_override",
+        "timeout_seconds_override",
+        "steps_override",
     ] {
         if let Some(v) = req.get(key).filter(|v| !v.is_null()) {
             trigger[key] = v.clone();
         }
     }
-    let id = state.create_run(account, &job, trigger, commands, 0, job.behavior.outcome, None);
+    let id = state.create_run(
+        account,
+        &job,
+        trigger,
+        commands,
+        0,
+        job.behavior.outcome,
+        None,
+    );
     let trigger_id = state.runs[&id].trigger_id;
     state.runs.get_mut(&id).expect("created").trigger["id"] = json!(trigger_id);
-    state.triggers.push(TriggerRecord { account, job_id: job.id, run_id: id, cause, at: std::time::Instant::now() });
-    json_response(200, &envelope(render::run(&state.runs[&id], state, Instant::now(), &["trigger"]), None))
+    state.triggers.push(TriggerRecord {
+        account,
+        job_id: job.id,
+        run_id: id,
+        cause,
+        at: std::time::Instant::now(),
+    });
+    json_response(
+        200,
+        &envelope(
+            render::run(&state.runs[&id], state, Instant::now(), &["trigger"]),
+            None,
+        ),
+    )
 }
 
 fn retry(state: &mut State, account: i64, run_id: i64) -> Response<Full<Bytes>> {
     let now = Instant::now();
     let run = state.runs[&run_id].clone();
-    let latest = state.runs.values().filter(|r| r.account == account && r.job_id == run.job_id).map(|r| r.id).max() == Some(run_id);
+    let latest = state
+        .runs
+        .values()
+        .filter(|r| r.account == account && r.job_id == run.job_id)
+        .map(|r| r.id)
+        .max()
+        == Some(run_id);
     if render::status(&run, now) != render::ERROR {
         return error(400, "This run cannot be retried: RETRY_NOT_FAILED_RUN");
     }
     if !latest {
         return error(400, "This run cannot be retried: RETRY_NOT_LATEST_RUN");
     }
-    let Some(job) = state.jobs.get(&(account, run.job_id)).cloned() else { return error(404, "Not found.") };
+    let Some(job) = state.jobs.get(&(account, run.job_id)).cloned() else {
+        return error(404, "Not found.");
+    };
     let failed = render::failing_command(&run).unwrap_or(0);
     let commands = run.commands[failed..].to_vec();
     let first = run.first_command + failed;
     let mut trigger = run.trigger.clone();
     trigger["created_at"] = json!(render::ts(jiff::Timestamp::now()));
-    let id = state.create_run(account, &job, trigger, commands, first, job.behavior.retry_outcome, Some(run_id));
+    let id = state.create_run(
+        account,
+        &job,
+        trigger,
+        commands,
+        first,
+        job.behavior.retry_outcome,
+        Some(run_id),
+    );
     let trigger_id = state.runs[&id].trigger_id;
     state.runs.get_mut(&id).expect("created").trigger["id"] = json!(trigger_id);
-    json_response(200, &envelope(render::run(&state.runs[&id], state, now, &["trigger"]), None))
+    json_response(
+        200,
+        &envelope(
+            render::run(&state.runs[&id], state, now, &["trigger"]),
+            None,
+        ),
+    )
 }
 
-fn artifact(state: &State, run_id: i64, path: &str, q: &Query, now: Instant) -> Response<Full<Bytes>> {
+fn artifact(
+    state: &State,
+    run_id: i64,
+    path: &str,
+    q: &Query,
+    now: Instant,
+) -> Response<Full<Bytes>> {
     let run = &state.runs[&run_id];
     let step = match q.int("step") {
         Ok(s) => s.map(|s| s.max(0) as usize),
@@ -513,24 +786,52 @@ fn artifact(state: &State, run_id: i64, path: &str, q: &Query, now: Instant) -> 
 
 fn discovery(state: &State, allowed: &[i64], body: &[u8]) -> Response<Full<Bytes>> {
     let req: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
-    let query = req.get("query").and_then(Value::as_str).unwrap_or_default().trim().to_string();
+    let query = req
+        .get("query")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .trim()
+        .to_string();
     let vars = req.get("variables").cloned().unwrap_or(Value::Null);
-    let errors = |m: &str| json_response(200, &json!({"errors": [{"message": m, "locations": [{"line": 1, "column": 1}]}]}));
-    if !(query.starts_with('{') || query.starts_with("query")) || query.matches('{').count() != query.matches('}').count() {
+    let errors = |m: &str| {
+        json_response(
+            200,
+            &json!({"errors": [{"message": m, "locations": [{"line": 1, "column": 1}]}]}),
+        )
+    };
+    if !(query.starts_with('{') || query.starts_with("query"))
+        || query.matches('{').count() != query.matches('}').count()
+    {
         return errors("Syntax Error: Unexpected Name.");
     }
     if query.contains("job(") {
         let number_after = |key: &str| -> Option<i64> {
             let i = query.find(key)? + key.len();
-            query[i..].trim_start().chars().take_while(|c| c.is_ascii_digit()).collect::<String>().parse().ok()
+            query[i..]
+                .trim_start()
+                .chars()
+                .take_while(|c| c.is_ascii_digit())
+                .collect::<String>()
+                .parse()
+                .ok()
         };
-        let job_id = vars.get("jobId").and_then(Value::as_i64).or_else(|| number_after("id:"));
-        let run_id = vars.get("runId").and_then(Value::as_i64).or_else(|| number_after("runId:"));
+        let job_id = vars
+            .get("jobId")
+            .and_then(Value::as_i64)
+            .or_else(|| number_after("id:"));
+        let run_id = vars
+            .get("runId")
+            .and_then(Value::as_i64)
+            .or_else(|| number_after("runId:"));
         let now = Instant::now();
         let run = state
             .runs
             .values()
-            .filter(|r| allowed.contains(&r.account) && Some(r.job_id) == job_id && run_id.is_none_or(|id| id == r.id))
+            .filter(|r| {
+                allowed.contains(&r.account)
+                    && Some(r.job_id) == job_id
+                    && run_id.is_none_or(|id| id == r.id)
+            })
             .filter(|r| render::status(r, now) >= render::SUCCESS)
             .last();
         let models: Vec<Value> = run
@@ -545,11 +846,21 @@ fn discovery(state: &State, allowed: &[i64], body: &[u8]) -> Response<Full<Bytes
                 json!({"uniqueId": id, "name": id.rsplit('.').next(), "status": n["status"], "executionTime": n["execution_time"]})
             })
             .collect();
-        return json_response(200, &json!({"data": {"job": run.map(|_| json!({"models": models}))}}));
+        return json_response(
+            200,
+            &json!({"data": {"job": run.map(|_| json!({"models": models}))}}),
+        );
     }
     if query.contains("__typename") {
         return json_response(200, &json!({"data": {"__typename": "Query"}}));
     }
-    let field = query.trim_start_matches("query").trim_start_matches(|c: char| c == '{' || c.is_whitespace()).split(|c: char| !c.is_alphanumeric()).next().unwrap_or("");
-    errors(&format!("Cannot query field \"{field}\" on type \"Query\"."))
+    let field = query
+        .trim_start_matches("query")
+        .trim_start_matches(|c: char| c == '{' || c.is_whitespace())
+        .split(|c: char| !c.is_alphanumeric())
+        .next()
+        .unwrap_or("");
+    errors(&format!(
+        "Cannot query field \"{field}\" on type \"Query\"."
+    ))
 }
