@@ -319,6 +319,7 @@ impl State {
     }
 
     /// Creates a run (trigger, retry or rerun) and schedules it.
+    #[allow(clippy::too_many_arguments)]
     pub fn create_run(
         &mut self,
         account: i64,

@@ -73,7 +73,7 @@ pub fn failing_command(run: &RunState) -> Option<usize> {
     match final_outcome(run) {
         Outcome::FailAtStep(k)
             if k >= 1
-                && k - 1 >= run.first_command
+                && k > run.first_command
                 && k - 1 - run.first_command < run.commands.len() =>
         {
             Some(k - 1 - run.first_command)
