@@ -6,6 +6,31 @@ use tokio::time::Instant;
 
 use crate::{Outcome, RunState, State};
 
+/// Objects with every property the OpenAPI schemas mark required, typed placeholders generated
+/// from `shared/dbt-cloud-api` (see `templates/required.json`); the simulator's own values go on top.
+fn templates() -> &'static Value {
+    static T: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
+    T.get_or_init(|| {
+        serde_json::from_str(include_str!("../templates/required.json"))
+            .expect("valid template JSON")
+    })
+}
+
+/// `value` completed with the required properties of template `kind`; `null`s are dropped (the
+/// schemas declare no property nullable).
+pub fn complete(kind: &str, value: Value) -> Value {
+    let mut out = templates()[kind].as_object().cloned().unwrap_or_default();
+    if let Value::Object(own) = value {
+        for (k, v) in own {
+            if !v.is_null() {
+                out.insert(k, v);
+            }
+        }
+    }
+    out.retain(|_, v| !v.is_null());
+    Value::Object(out)
+}
+
 /// Status codes.
 pub const QUEUED: i64 = 1;
 pub const STARTING: i64 = 2;
@@ -339,7 +364,10 @@ pub fn run(run: &RunState, state: &State, now: Instant, include: &[&str]) -> Val
     }
     if include.contains(&"job") {
         if let Some(job) = state.jobs.get(&(run.account, run.job_id)) {
-            put("job", job_json(run.account, job));
+            let mut j = job_json(run.account, job);
+            // The run's embedded job documents schedule date/time as strings.
+            j["schedule"] = json!({"cron": "0 * * * *", "date": "every_day", "time": "every_hour"});
+            put("job", complete("run_job_v2", j));
         }
     }
     if include.contains(&"run_steps") {

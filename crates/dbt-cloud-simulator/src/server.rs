@@ -337,14 +337,17 @@ fn icontains(name: &str, q: &Query) -> bool {
 }
 
 fn account_json(id: i64, name: &str) -> Value {
-    json!({
-        "id": id, "name": name, "state": 1, "plan": "enterprise", "pending_cancel": false,
-        "run_slots": 5, "developer_seats": 10, "read_only_seats": 10, "locked": false,
-        "created_at": "2025-01-01 00:00:00.000000+00:00", "updated_at": "2025-01-01 00:00:00.000000+00:00",
-        "docs_job_id": null, "freshness_job_id": null, "lock_reason": null, "unlock_if_subscription_renewed": false,
-        "billing_email_address": null, "starter_repo_url": null, "sso_reauth": false, "force_sso": false,
-        "static_subdomain": format!("act{id}"), "run_duration_limit_seconds": 86400, "enterprise_unlimited_seats": false
-    })
+    render::complete(
+        "account_v3",
+        json!({
+            "id": id, "name": name, "state": 1, "plan": "enterprise", "pending_cancel": false,
+            "run_slots": 5, "developer_seats": 10, "read_only_seats": 10, "locked": false,
+            "created_at": "2025-01-01 00:00:00.000000+00:00", "updated_at": "2025-01-01 00:00:00.000000+00:00",
+            "docs_job_id": null, "freshness_job_id": null, "lock_reason": null, "unlock_if_subscription_renewed": false,
+            "billing_email_address": null, "starter_repo_url": null, "sso_reauth": false, "force_sso": false,
+            "static_subdomain": format!("act{id}"), "run_duration_limit_seconds": 86400, "enterprise_unlimited_seats": false
+        }),
+    )
 }
 
 fn route(
@@ -410,7 +413,7 @@ fn account_route(
                 .projects
                 .iter()
                 .filter(|((a, _), n)| *a == account && icontains(n, q))
-                .map(|((_, id), n)| json!({"id": id, "account_id": account, "name": n, "description": "", "state": 1, "dbt_project_subdirectory": "", "connection_id": 1, "repository_id": 1, "created_at": "2025-01-01 00:00:00.000000+00:00", "updated_at": "2025-01-01 00:00:00.000000+00:00"}))
+                .map(|((_, id), n)| render::complete("project_v3", json!({"id": id, "account_id": account, "name": n, "description": "", "state": 1, "dbt_project_subdirectory": "", "connection_id": 1, "repository_id": 1, "created_at": "2025-01-01T00:00:00Z", "updated_at": "2025-01-01T00:00:00Z"})))
                 .collect();
             paginate(items, q, json!({"account_id": account}), "id")
         }
@@ -423,7 +426,7 @@ fn account_route(
                 .environments
                 .iter()
                 .filter(|((a, _), (proj, n))| *a == account && project.is_none_or(|p| p == *proj) && icontains(n, q))
-                .map(|((_, id), (proj, n))| json!({"id": id, "account_id": account, "project_id": proj, "name": n, "dbt_version": "1.9.1", "type": "deployment", "deployment_type": "production", "use_custom_branch": false, "state": 1, "created_at": "2025-01-01 00:00:00.000000+00:00", "updated_at": "2025-01-01 00:00:00.000000+00:00"}))
+                .map(|((_, id), (proj, n))| render::complete("environment_v3", json!({"id": id, "account_id": account, "project_id": proj, "name": n, "dbt_version": "1.9.1", "type": "deployment", "deployment_type": "production", "use_custom_branch": false, "state": 1, "created_at": "2025-01-01T00:00:00Z", "updated_at": "2025-01-01T00:00:00Z"})))
                 .collect();
             paginate(items, q, json!({"account_id": account}), "id")
         }
@@ -441,7 +444,12 @@ fn account_route(
                         && env.is_none_or(|e| e == j.environment_id)
                         && icontains(&j.name, q)
                 })
-                .map(|((_, id), j)| (*id, render::job_json(account, j)))
+                .map(|((_, id), j)| {
+                    (
+                        *id,
+                        render::complete("job_v2", render::job_json(account, j)),
+                    )
+                })
                 .collect();
             if q.get("order_by") == Some("-id") {
                 items.reverse();
@@ -458,7 +466,13 @@ fn account_route(
             .ok()
             .and_then(|j| state.jobs.get(&(account, j)))
         {
-            Some(job) => json_response(200, &envelope(render::job_json(account, job), None)),
+            Some(job) => json_response(
+                200,
+                &envelope(
+                    render::complete("job_v2", render::job_json(account, job)),
+                    None,
+                ),
+            ),
             None => error(404, "Not found."),
         },
         ("v2", ["jobs", j, "run"]) if post => trigger(state, account, j, body),
