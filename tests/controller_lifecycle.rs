@@ -495,3 +495,124 @@ async fn missing_credentials_wait_then_proceed() {
     env.valid_credentials().await;
     env.wait_phase("early", RunPhase::Succeeded).await;
 }
+
+#[tokio::test]
+async fn cluster_credentials_serve_only_allowed_namespaces() {
+    use dbt_cloud_operator::crd::ClusterDbtCloudCredentials;
+    use k8s_openapi::api::core::v1::{Namespace, Secret};
+    use kube::api::{Api, PostParams};
+    let env = Env::new().await;
+    let _op = env.start_operator();
+    let secret = Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some("shared-key".into()),
+            namespace: Some("dbt-cloud-operator".into()),
+            ..Default::default()
+        },
+        data: Some(key_data(TOKEN)),
+        ..Default::default()
+    };
+    Api::<Secret>::namespaced(env.client.clone(), "dbt-cloud-operator")
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    for (name, team) in [
+        ("analytics", "data"),
+        ("by-label", "data"),
+        ("other", "web"),
+    ] {
+        let ns: Namespace =
+            serde_json::from_value(json!({"metadata": {"name": name, "labels": {"team": team}}}))
+                .unwrap();
+        Api::<Namespace>::all(env.client.clone())
+            .create(&PostParams::default(), &ns)
+            .await
+            .unwrap();
+    }
+    let creds: ClusterDbtCloudCredentials = serde_json::from_value(json!({
+        "apiVersion": "dbtcloud.io/v1alpha1", "kind": "ClusterDbtCloudCredentials",
+        "metadata": {"name": "shared"},
+        "spec": {"accountId": ACCOUNT, "apiKeySecretRef": {"name": "shared-key"},
+                 "allowedNamespaces": {"names": ["analytics"], "selector": {"matchLabels": {"team": "data"}}}}
+    }))
+    .unwrap();
+    Api::<ClusterDbtCloudCredentials>::all(env.client.clone())
+        .create(&PostParams::default(), &creds)
+        .await
+        .unwrap();
+    let spec = json!({"credentialsRef": {"name": "shared", "kind": "ClusterDbtCloudCredentials"}, "job": {"id": JOB_OK}, "pollIntervalSeconds": 1});
+    let create_in = |ns: &'static str, name: &'static str| {
+        let spec = spec.clone();
+        let client = env.client.clone();
+        async move {
+            let run: dbt_cloud_operator::crd::DbtCloudJobRun = serde_json::from_value(json!({
+                "apiVersion": "dbtcloud.io/v1alpha1", "kind": "DbtCloudJobRun",
+                "metadata": {"name": name, "namespace": ns}, "spec": spec
+            }))
+            .unwrap();
+            Api::<dbt_cloud_operator::crd::DbtCloudJobRun>::namespaced(client, ns)
+                .create(&PostParams::default(), &run)
+                .await
+                .unwrap();
+        }
+    };
+    create_in("analytics", "listed").await;
+    create_in("by-label", "labelled").await;
+    create_in("other", "outsider").await;
+    env.wait_phase("listed", RunPhase::Succeeded).await;
+    let runs_in = |ns: &str| {
+        Api::<dbt_cloud_operator::crd::DbtCloudJobRun>::namespaced(env.client.clone(), ns)
+    };
+    let mut labelled = None;
+    let mut outsider = None;
+    for _ in 0..1500 {
+        labelled = runs_in("by-label").get("labelled").await.ok();
+        outsider = runs_in("other").get("outsider").await.ok();
+        let done = labelled
+            .as_ref()
+            .and_then(|r| r.status.as_ref())
+            .is_some_and(|s| s.phase == RunPhase::Succeeded);
+        let refused = outsider.as_ref().is_some_and(|r| {
+            condition(r, "CredentialsReady").is_some_and(|c| c.1 == "NamespaceNotAllowed")
+        });
+        if done && refused {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        labelled.unwrap().status.unwrap().phase,
+        RunPhase::Succeeded,
+        "allowed by label selector"
+    );
+    let outsider = outsider.unwrap();
+    assert_eq!(
+        condition(&outsider, "CredentialsReady").map(|c| c.1),
+        Some("NamespaceNotAllowed".into())
+    );
+    assert_eq!(
+        condition(&outsider, "Stalled").map(|c| c.0),
+        Some("True".into())
+    );
+    assert_eq!(outsider.status.unwrap().phase, RunPhase::Pending);
+    assert_eq!(
+        env.sim.trigger_count(ACCOUNT, JOB_OK),
+        2,
+        "the disallowed run never reached dbt Cloud"
+    );
+}
+
+#[tokio::test]
+async fn hidden_new_runs_are_waited_for_not_duplicated() {
+    let env = Env::new().await;
+    let _op = env.start_operator();
+    env.valid_credentials().await;
+    // The trigger's answer is lost AND the run stays invisible for 1.5 s (less than the 3 s window).
+    env.sim.inject(Fault::HideNewRuns {
+        duration: Duration::from_millis(1500),
+    });
+    env.sim.inject(Fault::LoseTriggerResponse { count: 1 });
+    env.create_run("hidden", by_id(JOB_OK)).await;
+    env.wait_phase("hidden", RunPhase::Succeeded).await;
+    assert_eq!(env.sim.trigger_count(ACCOUNT, JOB_OK), 1);
+}
