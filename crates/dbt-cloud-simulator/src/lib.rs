@@ -10,6 +10,7 @@
 //! while after their trigger, and a trigger whose run is created but whose response is lost (the
 //! connection is closed without a response).
 
+mod discovery;
 mod render;
 mod server;
 
@@ -100,37 +101,61 @@ pub enum FaultScope {
 /// A fault to inject, consumed request by request (`count` times).
 #[derive(Clone, Debug)]
 pub enum Fault {
-    /// 429 with `Retry-After`.
+    /// 429 with a `Retry-After` header and an error envelope.
     RateLimit {
+        /// How many matching requests get it.
         count: u32,
+        /// `Retry-After` value in seconds.
         retry_after_secs: u64,
+        /// Which requests it applies to.
         scope: FaultScope,
     },
-    /// A 5xx error envelope.
+    /// A 5xx error envelope (the request is not processed).
     ServerError {
+        /// How many matching requests get it.
         count: u32,
+        /// HTTP status to answer, e.g. 500, 502, 503.
         status: u16,
+        /// Which requests it applies to.
         scope: FaultScope,
     },
     /// Answer after `delay` (the request is processed after the delay).
     Delay {
+        /// How many matching requests are delayed.
         count: u32,
+        /// How long.
         delay: Duration,
+        /// Which requests it applies to.
         scope: FaultScope,
     },
     /// Process the request at once, then hold the response for `delay` (a trigger's run exists
     /// while the caller still waits for the answer).
     SlowResponse {
+        /// How many matching requests are slowed.
         count: u32,
+        /// How long the response is held.
         delay: Duration,
+        /// Which requests it applies to.
         scope: FaultScope,
     },
     /// The run is created, then the connection is closed before any response byte.
-    LoseTriggerResponse { count: u32 },
-    /// Runs created by the next trigger answer 404 and are absent from lists for `duration`.
-    HideNewRuns { duration: Duration },
+    LoseTriggerResponse {
+        /// How many triggers lose their response.
+        count: u32,
+    },
+    /// Runs created by the next trigger, retry or rerun answer 404 on GET and are absent from
+    /// lists for `duration` after their creation (eventual consistency).
+    HideNewRuns {
+        /// How long each such run stays invisible.
+        duration: Duration,
+    },
     /// 401 as for an invalid token.
-    Unauthorized { count: u32, scope: FaultScope },
+    Unauthorized {
+        /// How many matching requests get it.
+        count: u32,
+        /// Which requests it applies to.
+        scope: FaultScope,
+    },
 }
 
 /// Seeded random faults for chaos tests.
@@ -159,6 +184,9 @@ pub struct RequestRecord {
     pub query: String,
     /// Status answered; 0 when the connection was dropped without a response.
     pub status: u16,
+    /// The `Authorization` header with the secret replaced, e.g. `Token <redacted>` (the scheme
+    /// is kept so tests can check it); `None` when the request had no such header.
+    pub authorization: Option<String>,
     /// When it arrived.
     pub at: std::time::Instant,
 }
@@ -189,6 +217,41 @@ pub struct Seed {
 }
 
 impl Seed {
+    /// An empty seed (the same as `Seed::default()`); fill it with the builder methods.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds an account.
+    pub fn account(mut self, id: i64, name: &str) -> Self {
+        self.accounts.push((id, name.into()));
+        self
+    }
+
+    /// Adds a token that may access `accounts`.
+    pub fn token(mut self, token: &str, accounts: &[i64]) -> Self {
+        self.tokens.push((token.into(), accounts.to_vec()));
+        self
+    }
+
+    /// Adds a project to an account.
+    pub fn project(mut self, account: i64, id: i64, name: &str) -> Self {
+        self.projects.push((account, id, name.into()));
+        self
+    }
+
+    /// Adds an environment to a project.
+    pub fn environment(mut self, account: i64, project: i64, id: i64, name: &str) -> Self {
+        self.environments.push((account, project, id, name.into()));
+        self
+    }
+
+    /// Adds a job to an account.
+    pub fn job(mut self, account: i64, job: JobSpec) -> Self {
+        self.jobs.push((account, job));
+        self
+    }
+
     /// Account 1 "Demo account" (token `dbtc_demo_token`), project "analytics" (id 10),
     /// environments "production" (20) and "staging" (21), jobs 100 "nightly" (succeeds, 5 s),
     /// 101 "hourly" (succeeds, 2 s), 102 "broken" (fails at `dbt build`, retry succeeds).
@@ -296,6 +359,8 @@ pub(crate) struct State {
     pub faults: VecDeque<Fault>,
     pub random: Option<(RandomFaults, StdRng)>,
     pub hide_new_runs: Option<Duration>,
+    /// Render absent run fields as `null` (as the live service does) instead of omitting them.
+    pub live_nulls: bool,
 }
 
 impl State {
@@ -530,6 +595,14 @@ impl Simulator {
         state.faults.clear();
         state.random = None;
         state.hide_new_runs = None;
+    }
+
+    /// Renders absent run fields (`finished_at` of a running run, `retrying_run_id`, unrequested
+    /// `trigger`/`job`, …) as JSON `null`, as the live service does, instead of omitting them.
+    /// The OpenAPI files declare none of these properties nullable, so the default (`false`)
+    /// omits them; clients must cope with both.
+    pub fn set_live_nulls(&self, on: bool) {
+        self.state().live_nulls = on;
     }
 
     /// Enables seeded random faults (or disables them with rates of 0).

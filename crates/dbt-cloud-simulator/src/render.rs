@@ -225,6 +225,42 @@ fn steps(run: &RunState, now: Instant) -> Vec<Value> {
         .collect()
 }
 
+/// Run properties the live service sends as `null` when they have no value.
+const RUN_OPTIONAL: [&str; 15] = [
+    "owner_thread_id",
+    "executed_by_thread_id",
+    "deferring_run_id",
+    "artifact_s3_path",
+    "dequeued_at",
+    "started_at",
+    "finished_at",
+    "last_checked_at",
+    "last_heartbeat_at",
+    "finished_at_humanized",
+    "retrying_run_id",
+    "retry_not_supported_reason",
+    "trigger",
+    "job",
+    "environment",
+];
+
+/// Trigger properties the live service sends as `null` when not set.
+const TRIGGER_OPTIONAL: [&str; 13] = [
+    "git_sha",
+    "git_branch",
+    "azure_pull_request_id",
+    "github_pull_request_id",
+    "gitlab_merge_request_id",
+    "non_native_pull_request_id",
+    "schema_override",
+    "dbt_version_override",
+    "threads_override",
+    "target_name_override",
+    "generate_docs_override",
+    "timeout_seconds_override",
+    "steps_override",
+];
+
 /// A run object; `include` lists `include_related` values.
 pub fn run(run: &RunState, state: &State, now: Instant, include: &[&str]) -> Value {
     let code = status(run, now);
@@ -360,7 +396,15 @@ pub fn run(run: &RunState, state: &State, now: Instant, include: &[&str]) -> Val
         )),
     );
     if include.contains(&"trigger") {
-        put("trigger", run.trigger.clone());
+        let mut trigger = run.trigger.clone();
+        if state.live_nulls {
+            for key in TRIGGER_OPTIONAL {
+                if trigger.get(key).is_none() {
+                    trigger[key] = Value::Null;
+                }
+            }
+        }
+        put("trigger", trigger);
     }
     if include.contains(&"job") {
         if let Some(job) = state.jobs.get(&(run.account, run.job_id)) {
@@ -372,6 +416,12 @@ pub fn run(run: &RunState, state: &State, now: Instant, include: &[&str]) -> Val
     }
     if include.contains(&"run_steps") {
         put("run_steps", json!(steps(run, now)));
+    }
+    if state.live_nulls {
+        for key in RUN_OPTIONAL {
+            v.entry(key).or_insert(Value::Null);
+        }
+        v.entry("run_steps").or_insert(json!([]));
     }
     Value::Object(v)
 }

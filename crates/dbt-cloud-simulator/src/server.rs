@@ -159,26 +159,36 @@ fn take_fault(state: &mut State, method: &Method, segs: &[&str], path: &str) -> 
     Injected::None
 }
 
-fn record(
-    inner: &Inner,
-    method: &Method,
-    path: &str,
-    query: &str,
-    status: u16,
+struct Seen<'a> {
+    method: &'a Method,
+    path: &'a str,
+    query: &'a str,
+    authorization: Option<String>,
     at: std::time::Instant,
-) {
+}
+
+fn record(inner: &Inner, seen: &Seen<'_>, status: u16) {
     inner
         .state
         .lock()
         .expect("state")
         .requests
         .push(RequestRecord {
-            method: method.to_string(),
-            path: path.to_string(),
-            query: query.to_string(),
+            method: seen.method.to_string(),
+            path: seen.path.to_string(),
+            query: seen.query.to_string(),
             status,
-            at,
+            authorization: seen.authorization.clone(),
+            at: seen.at,
         });
+}
+
+/// The `Authorization` header with its secret replaced: `Token <redacted>`.
+fn redact(header: &str) -> String {
+    match header.split_once(' ') {
+        Some((scheme, _)) => format!("{scheme} <redacted>"),
+        None => "<redacted>".to_string(),
+    }
 }
 
 async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Reply {
@@ -186,15 +196,22 @@ async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Reply {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or_default().to_string();
-    let token = req
+    let header = req
         .headers()
         .get("authorization")
-        .and_then(|v| v.to_str().ok())
+        .map(|v| v.to_str().unwrap_or_default().to_string());
+    let token = header
+        .as_deref()
         .and_then(|v| {
             v.strip_prefix("Token ")
                 .or_else(|| v.strip_prefix("Bearer "))
         })
         .map(|t| t.trim().to_string());
+    let form = req
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
     let body = req
         .into_body()
         .collect()
@@ -202,6 +219,14 @@ async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Reply {
         .map(|b| b.to_bytes())
         .unwrap_or_default();
     let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let seen = Seen {
+        method: &method,
+        path: &path,
+        query: &query,
+        authorization: header.as_deref().map(redact),
+        at,
+    };
+    let body = if form { form_to_json(&body) } else { body };
 
     let injected = take_fault(
         &mut inner.state.lock().expect("state"),
@@ -212,7 +237,7 @@ async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Reply {
     let mut hold = None;
     let lose = match injected {
         Injected::Reply(r) => {
-            record(&inner, &method, &path, &query, r.status().as_u16(), at);
+            record(&inner, &seen, r.status().as_u16());
             return Ok(r);
         }
         Injected::Delay(d) => {
@@ -231,21 +256,91 @@ async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Reply {
         route(&mut state, &method, &segs, &query, token.as_deref(), &body)
     };
     if lose {
-        record(&inner, &method, &path, &query, 0, at);
+        record(&inner, &seen, 0);
         return Err(DropConnection);
     }
     if let Some(d) = hold {
         tokio::time::sleep(d).await;
     }
-    record(
-        &inner,
-        &method,
-        &path,
-        &query,
-        response.status().as_u16(),
-        at,
-    );
+    record(&inner, &seen, response.status().as_u16());
     Ok(response)
+}
+
+/// A form-encoded trigger body as the equivalent JSON object (`steps_override` may repeat; numbers
+/// and booleans are converted for the fields the schema types so).
+fn form_to_json(body: &[u8]) -> Bytes {
+    let mut obj = serde_json::Map::new();
+    for (k, v) in form_urlencoded::parse(body) {
+        let value = match k.as_ref() {
+            "steps_override" => {
+                let mut steps = obj
+                    .remove("steps_override")
+                    .and_then(|s| s.as_array().cloned())
+                    .unwrap_or_default();
+                steps.push(json!(v));
+                json!(steps)
+            }
+            "generate_docs_override" => json!(v == "true" || v == "True" || v == "1"),
+            k if INT_FIELDS.contains(&k) => v.parse::<i64>().map(|n| json!(n)).unwrap_or(json!(v)),
+            _ => json!(v),
+        };
+        obj.insert(k.into_owned(), value);
+    }
+    Bytes::from(Value::Object(obj).to_string())
+}
+
+/// Integer fields of `TriggerRunRequestRequest`.
+const INT_FIELDS: [&str; 6] = [
+    "azure_pull_request_id",
+    "github_pull_request_id",
+    "gitlab_merge_request_id",
+    "non_native_pull_request_id",
+    "threads_override",
+    "timeout_seconds_override",
+];
+
+/// String fields (`minLength: 1`) of `TriggerRunRequestRequest`, besides `cause`.
+const STRING_FIELDS: [&str; 5] = [
+    "git_sha",
+    "git_branch",
+    "schema_override",
+    "dbt_version_override",
+    "target_name_override",
+];
+
+/// Checks the optional trigger fields against `TriggerRunRequestRequest`; a DRF-style message.
+fn check_trigger_fields(req: &Value) -> Result<(), String> {
+    for key in INT_FIELDS {
+        match req.get(key) {
+            None | Some(Value::Null) => {}
+            Some(v) if v.is_i64() => {}
+            Some(_) => return Err(format!("{key}: A valid integer is required.")),
+        }
+    }
+    for key in STRING_FIELDS {
+        match req.get(key) {
+            None | Some(Value::Null) => {}
+            Some(Value::String(s)) if !s.is_empty() => {}
+            Some(Value::String(_)) => return Err(format!("{key}: This field may not be blank.")),
+            Some(_) => return Err(format!("{key}: Not a valid string.")),
+        }
+    }
+    match req.get("generate_docs_override") {
+        None | Some(Value::Null) | Some(Value::Bool(_)) => {}
+        Some(_) => return Err("generate_docs_override: Must be a valid boolean.".into()),
+    }
+    match req.get("steps_override") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(steps)) => {
+            if steps.iter().any(|s| s.as_str().is_none_or(str::is_empty)) {
+                return Err("steps_override: This field may not be blank.".into());
+            }
+        }
+        Some(_) => {
+            return Err("steps_override: Expected a list of items but got type \"str\".".into())
+        }
+    }
+    Ok(())
 }
 
 /// Parsed query parameters (repeated keys kept). Errors are ready-made 400 responses.
@@ -451,7 +546,18 @@ fn account_route(
                     )
                 })
                 .collect();
-            if q.get("order_by") == Some("-id") {
+            let order = q.get("order_by").unwrap_or("id");
+            match order.trim_start_matches('-') {
+                "id" | "created_at" | "pk" => {}
+                "name" => items.sort_by(|a, b| a.1["name"].as_str().cmp(&b.1["name"].as_str())),
+                other => {
+                    return error(
+                        400,
+                        &format!("order_by: {other} is not a valid ordering field."),
+                    )
+                }
+            }
+            if order.starts_with('-') {
                 items.reverse();
             }
             paginate(
@@ -597,20 +703,24 @@ fn p_of(rest: &[&str], q: &Query) -> Result<Option<i64>, Response<Full<Bytes>>> 
 }
 
 fn list_runs(state: &State, account: i64, q: &Query, now: Instant) -> Response<Full<Bytes>> {
-    let filters = (
-        q.int("job_definition_id"),
-        q.int("status"),
-        q.ints("status__in"),
-        q.ints("pk__in"),
-        q.int("id__gt"),
-    );
-    let (job, status, status_in, pk_in, id_gt) = match filters {
-        (Ok(a), Ok(b), Ok(c), Ok(d), Ok(e)) => (a, b, c, d, e),
-        (Err(e), ..)
-        | (_, Err(e), ..)
-        | (_, _, Err(e), ..)
-        | (_, _, _, Err(e), _)
-        | (.., Err(e)) => return e,
+    let parsed = (|| {
+        Ok::<_, Response<Full<Bytes>>>((
+            [
+                q.int("job_definition_id")?,
+                q.int("project_id")?,
+                q.int("environment_id")?,
+                q.int("status")?,
+                q.int("id__gt")?,
+                q.int("pk")?,
+            ],
+            q.ints("status__in")?,
+            q.ints("pk__in")?,
+            q.ints("project_id__in")?,
+        ))
+    })();
+    let ([job, project, env, status, id_gt, pk], status_in, pk_in, project_in) = match parsed {
+        Ok(p) => p,
+        Err(e) => return e,
     };
     let includes = q.includes();
     let inc: Vec<&str> = includes
@@ -623,6 +733,10 @@ fn list_runs(state: &State, account: i64, q: &Query, now: Instant) -> Response<F
         .values()
         .filter(|r| r.account == account && r.hidden_until.is_none_or(|h| now >= h))
         .filter(|r| job.is_none_or(|j| r.job_id == j))
+        .filter(|r| project.is_none_or(|p| r.project_id == p))
+        .filter(|r| project_in.is_empty() || project_in.contains(&r.project_id))
+        .filter(|r| env.is_none_or(|e| r.environment_id == e))
+        .filter(|r| pk.is_none_or(|p| r.id == p))
         .filter(|r| pk_in.is_empty() || pk_in.contains(&r.id))
         .filter(|r| id_gt.is_none_or(|g| r.id > g))
         .filter(|r| status.is_none_or(|s| render::status(r, now) == s))
@@ -630,8 +744,19 @@ fn list_runs(state: &State, account: i64, q: &Query, now: Instant) -> Response<F
         .collect();
     let order = q.get("order_by").unwrap_or("id");
     match order.trim_start_matches('-') {
-        "finished_at" => runs.sort_by_key(|r| (r.finish_at, r.id)),
-        _ => runs.sort_by_key(|r| r.id),
+        // Unfinished runs have no finish time; they sort after finished ones.
+        "finished_at" => runs.sort_by_key(|r| {
+            let done = render::status(r, now) >= render::SUCCESS;
+            (!done, if done { Some(r.finish_at) } else { None }, r.id)
+        }),
+        // Ids grow with creation time.
+        "id" | "created_at" | "pk" => runs.sort_by_key(|r| r.id),
+        other => {
+            return error(
+                400,
+                &format!("order_by: {other} is not a valid ordering field."),
+            )
+        }
     }
     if order.starts_with('-') {
         runs.reverse();
@@ -652,8 +777,11 @@ fn trigger(state: &mut State, account: i64, job: &str, body: &[u8]) -> Response<
     else {
         return error(404, "Not found.");
     };
-    let Ok(req) = serde_json::from_slice::<Value>(body) else {
-        return error(400, "JSON parse error.");
+    let req = match serde_json::from_slice::<Value>(body) {
+        Ok(v @ Value::Object(_)) => v,
+        Ok(_) | Err(_) if body.iter().all(u8::is_ascii_whitespace) => json!({}),
+        Ok(_) => return error(400, "Invalid data. Expected a dictionary."),
+        Err(e) => return error(400, &format!("JSON parse error - {e}")),
     };
     let cause = match req.get("cause").and_then(Value::as_str) {
         None => return error(400, "cause: This field is required."),
@@ -666,6 +794,9 @@ fn trigger(state: &mut State, account: i64, job: &str, body: &[u8]) -> Response<
         }
         Some(c) => c.to_string(),
     };
+    if let Err(message) = check_trigger_fields(&req) {
+        return error(400, &message);
+    }
     if let Some(t) = req.get("threads_override").and_then(Value::as_i64) {
         if t < 1 {
             return error(
@@ -803,82 +934,74 @@ fn artifact(
 }
 
 fn discovery(state: &State, allowed: &[i64], body: &[u8]) -> Response<Full<Bytes>> {
-    let req: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
-    let query = req
-        .get("query")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .trim()
-        .to_string();
-    let vars = req.get("variables").cloned().unwrap_or(Value::Null);
-    let errors = |m: &str| {
-        json_response(
-            200,
-            &json!({"errors": [{"message": m, "locations": [{"line": 1, "column": 1}]}]}),
-        )
+    use crate::discovery as gql;
+    let ok = |v: Value| json_response(200, &v);
+    let Ok(req) = serde_json::from_slice::<Value>(body) else {
+        return ok(gql::errors("POST body sent invalid JSON."));
     };
-    if !(query.starts_with('{') || query.starts_with("query"))
-        || query.matches('{').count() != query.matches('}').count()
-    {
-        return errors("Syntax Error: Unexpected Name.");
-    }
-    if query.contains("job(") {
-        let number_after = |key: &str| -> Option<i64> {
-            let i = query.find(key)? + key.len();
-            query[i..]
-                .trim_start()
-                .chars()
-                .take_while(|c| c.is_ascii_digit())
-                .collect::<String>()
-                .parse()
-                .ok()
-        };
-        let job_id = vars
-            .get("jobId")
-            .and_then(Value::as_i64)
-            .or_else(|| number_after("id:"));
-        let run_id = vars
-            .get("runId")
-            .and_then(Value::as_i64)
-            .or_else(|| number_after("runId:"));
-        let now = Instant::now();
-        let run = state
-            .runs
-            .values()
-            .filter(|r| {
-                allowed.contains(&r.account)
-                    && Some(r.job_id) == job_id
-                    && run_id.is_none_or(|id| id == r.id)
-            })
-            .filter(|r| render::status(r, now) >= render::SUCCESS)
-            .last();
-        let models: Vec<Value> = run
-            .and_then(|r| render::run_results(r, now, None))
-            .and_then(|rr| rr.get("results").cloned())
-            .and_then(|r| r.as_array().cloned())
-            .unwrap_or_default()
-            .iter()
-            .filter(|n| n["unique_id"].as_str().is_some_and(|u| u.starts_with("model.")))
-            .map(|n| {
-                let id = n["unique_id"].as_str().unwrap_or_default();
-                json!({"uniqueId": id, "name": id.rsplit('.').next(), "status": n["status"], "executionTime": n["execution_time"]})
-            })
-            .collect();
-        return json_response(
-            200,
-            &json!({"data": {"job": run.map(|_| json!({"models": models}))}}),
-        );
-    }
-    if query.contains("__typename") {
-        return json_response(200, &json!({"data": {"__typename": "Query"}}));
-    }
-    let field = query
-        .trim_start_matches("query")
-        .trim_start_matches(|c: char| c == '{' || c.is_whitespace())
-        .split(|c: char| !c.is_alphanumeric())
-        .next()
-        .unwrap_or("");
-    errors(&format!(
-        "Cannot query field \"{field}\" on type \"Query\"."
-    ))
+    let Some(query) = req.get("query").and_then(Value::as_str) else {
+        return ok(gql::errors("Must provide query string."));
+    };
+    let vars = req.get("variables").cloned().unwrap_or(Value::Null);
+    let fields = match gql::parse(query).and_then(|f| gql::check(&f, "Query").map(|_| f)) {
+        Ok(f) => f,
+        Err(e) => return ok(gql::errors(&e)),
+    };
+    let now = Instant::now();
+    let resolve_query = |f: &gql::Field| -> Value {
+        match f.name() {
+            "__typename" => json!("Query"),
+            "job" => {
+                let job_id = gql::int_arg(f, "id", &vars);
+                let run_id = gql::int_arg(f, "runId", &vars);
+                let run = state
+                    .runs
+                    .values()
+                    .filter(|r| {
+                        allowed.contains(&r.account)
+                            && Some(r.job_id) == job_id
+                            && run_id.is_none_or(|id| id == r.id)
+                            && render::status(r, now) >= render::SUCCESS
+                    })
+                    .last();
+                let Some(run) = run else { return Value::Null };
+                let results = render::run_results(run, now, None)
+                    .and_then(|rr| rr.get("results").and_then(Value::as_array).cloned())
+                    .unwrap_or_default();
+                gql::render(f.selection(), &|jf| match jf.name() {
+                    "__typename" => json!("JobNode"),
+                    "id" => json!(run.job_id),
+                    "runId" => json!(run.id),
+                    _ => json!(results
+                        .iter()
+                        .filter(|n| n["unique_id"]
+                            .as_str()
+                            .is_some_and(|u| u.starts_with("model.")))
+                        .map(|n| {
+                            let id = n["unique_id"].as_str().unwrap_or_default();
+                            gql::render(jf.selection(), &|mf| match mf.name() {
+                                "__typename" => json!("ModelNode"),
+                                "uniqueId" => json!(id),
+                                "name" => json!(id.rsplit('.').next()),
+                                "status" => n["status"].clone(),
+                                "executionTime" => n["execution_time"].clone(),
+                                "error" => {
+                                    if n["status"] == "error" {
+                                        n["message"].clone()
+                                    } else {
+                                        Value::Null
+                                    }
+                                }
+                                "runId" => json!(run.id),
+                                "jobId" => json!(run.job_id),
+                                _ => json!("model"),
+                            })
+                        })
+                        .collect::<Vec<_>>()),
+                })
+            }
+            _ => Value::Null,
+        }
+    };
+    ok(json!({"data": gql::render(&fields, &resolve_query)}))
 }
