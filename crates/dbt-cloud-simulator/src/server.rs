@@ -521,7 +521,7 @@ fn account_route(
                 .environments
                 .iter()
                 .filter(|((a, _), (proj, n))| *a == account && project.is_none_or(|p| p == *proj) && icontains(n, q))
-                .map(|((_, id), (proj, n))| render::complete("environment_v3", json!({"id": id, "account_id": account, "project_id": proj, "name": n, "dbt_version": "1.9.1", "type": "deployment", "deployment_type": "production", "use_custom_branch": false, "state": 1, "created_at": "2025-01-01T00:00:00Z", "updated_at": "2025-01-01T00:00:00Z"})))
+                .map(|((_, id), (proj, n))| render::complete(if version == "v2" { "environment_v2" } else { "environment_v3" }, json!({"id": id, "account_id": account, "project_id": proj, "name": n, "dbt_version": "1.9.1", "type": "deployment", "deployment_type": "production", "use_custom_branch": false, "state": 1, "created_at": "2025-01-01T00:00:00Z", "updated_at": "2025-01-01T00:00:00Z"})))
                 .collect();
             paginate(items, q, json!({"account_id": account}), "id")
         }

@@ -32,18 +32,15 @@ fn resolve<'a>(root: &'a Value, schema: &'a Value) -> &'a Value {
     }
 }
 
-/// Validates `value` against `schema`; returns the violations with their JSON paths.
+/// Validates `value` against `schema` (OpenAPI 3.0 semantics: `nullable` defaults to false, formats
+/// are ignored); pushes the violations with their JSON paths.
 fn validate(root: &Value, schema: &Value, value: &Value, path: &str, errors: &mut Vec<String>) {
     let schema = resolve(root, schema);
-    if value.is_null() {
-        if !schema
-            .get("nullable")
-            .and_then(Value::as_bool)
-            .unwrap_or(false)
-            && schema.get("type").is_some()
-        {
-            errors.push(format!("{path}: null but not nullable"));
-        }
+    let nullable = schema
+        .get("nullable")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    if value.is_null() && nullable {
         return;
     }
     if let Some(all) = schema.get("allOf").and_then(Value::as_array) {
@@ -51,16 +48,27 @@ fn validate(root: &Value, schema: &Value, value: &Value, path: &str, errors: &mu
             validate(root, s, value, path, errors);
         }
     }
-    for key in ["oneOf", "anyOf"] {
-        if let Some(options) = schema.get(key).and_then(Value::as_array) {
-            let ok = options.iter().any(|s| {
+    let matching = |options: &Vec<Value>| {
+        options
+            .iter()
+            .filter(|s| {
                 let mut e = Vec::new();
                 validate(root, s, value, path, &mut e);
                 e.is_empty()
-            });
-            if !ok {
-                errors.push(format!("{path}: matches none of {key}"));
-            }
+            })
+            .count()
+    };
+    if let Some(options) = schema.get("anyOf").and_then(Value::as_array) {
+        if matching(options) == 0 {
+            errors.push(format!("{path}: {value} matches none of anyOf"));
+        }
+    }
+    if let Some(options) = schema.get("oneOf").and_then(Value::as_array) {
+        let n = matching(options);
+        if n != 1 {
+            errors.push(format!(
+                "{path}: {value} matches {n} of oneOf (exactly 1 wanted)"
+            ));
         }
     }
     if let Some(values) = schema.get("enum").and_then(Value::as_array) {
@@ -81,10 +89,15 @@ fn validate(root: &Value, schema: &Value, value: &Value, path: &str, errors: &mu
         _ => true,
     };
     if !ok {
-        errors.push(format!("{path}: expected {ty}, got {value}"));
+        let what = if value.is_null() {
+            "null but not nullable".to_string()
+        } else {
+            format!("expected {ty}, got {value}")
+        };
+        errors.push(format!("{path}: {what}"));
         return;
     }
-    if let (Some(obj), "object") = (value.as_object(), ty) {
+    if let Some(obj) = value.as_object() {
         for req in schema
             .get("required")
             .and_then(Value::as_array)
@@ -96,11 +109,19 @@ fn validate(root: &Value, schema: &Value, value: &Value, path: &str, errors: &mu
                 errors.push(format!("{path}: missing required property {req}"));
             }
         }
-        if let Some(props) = schema.get("properties").and_then(Value::as_object) {
-            for (k, v) in obj {
-                if let Some(s) = props.get(k) {
-                    validate(root, s, v, &format!("{path}.{k}"), errors);
+        let props = schema.get("properties").and_then(Value::as_object);
+        for (k, v) in obj {
+            let child = format!("{path}.{k}");
+            match (
+                props.and_then(|p| p.get(k)),
+                schema.get("additionalProperties"),
+            ) {
+                (Some(s), _) => validate(root, s, v, &child, errors),
+                (None, Some(Value::Bool(false))) => {
+                    errors.push(format!("{child}: additional property not allowed"))
                 }
+                (None, Some(extra @ Value::Object(_))) => validate(root, extra, v, &child, errors),
+                (None, _) => {}
             }
         }
     }
@@ -111,22 +132,52 @@ fn validate(root: &Value, schema: &Value, value: &Value, path: &str, errors: &mu
     }
 }
 
-struct Case {
-    method: &'static str,
-    template: &'static str,
-    url: String,
-    body: Option<Value>,
+/// The documented schema of an operation's 200 answer.
+fn documented<'a>(root: &'a Value, method: &str, template: &str) -> &'a Value {
+    let op = &root["paths"][template][method.to_lowercase()];
+    assert!(
+        !op.is_null(),
+        "{method} {template} is not in the OpenAPI file"
+    );
+    &op["responses"]["200"]["content"]["application/json"]["schema"]
 }
 
-#[tokio::test]
-async fn every_served_operation_matches_its_documented_response_schema() {
-    let v2 = spec("v2");
-    let v3 = spec("v3");
+/// Neither file documents error bodies for these operations (only `200`), so errors are checked
+/// against the envelope every documented answer uses, built from the file's own `ResponseStatus`:
+/// `{status: ResponseStatus, data: null}` with `is_success: false`.
+fn error_schema() -> Value {
+    serde_json::json!({
+        "type": "object",
+        "required": ["status", "data"],
+        "properties": {
+            "status": {"allOf": [
+                {"$ref": "#/components/schemas/ResponseStatus"},
+                {"type": "object", "required": ["code"], "properties": {"is_success": {"enum": [false]}}}
+            ]},
+            "data": {"nullable": true, "enum": [null]}
+        }
+    })
+}
+
+struct Fixture {
+    sim: Simulator,
+    http: reqwest::Client,
+    base: String,
+    failed_id: i64,
+    slow_id: i64,
+    queued_id: i64,
+    success_id: i64,
+}
+
+async fn fixture() -> Fixture {
     let sim = Simulator::start().await.unwrap();
     sim.add_account(1, "Acme");
+    sim.add_account(2, "Other");
     sim.add_token(TOKEN, &[1]);
+    sim.add_token("dbtc_other", &[2]);
     sim.add_project(1, 10, "analytics");
     sim.add_environment(1, 10, 20, "production");
+    sim.add_environment(1, 10, 21, "staging");
     let fast = JobBehavior {
         queued: Duration::from_millis(1),
         starting: Duration::from_millis(1),
@@ -134,205 +185,426 @@ async fn every_served_operation_matches_its_documented_response_schema() {
         outcome: Outcome::FailAtStep(2),
         retry_outcome: Outcome::Success,
     };
+    let job = |id: i64, name: &str, steps: &[&str], behavior: JobBehavior| JobSpec {
+        id,
+        project_id: 10,
+        environment_id: 20,
+        name: name.into(),
+        steps: steps.iter().map(|s| s.to_string()).collect(),
+        behavior,
+    };
     sim.add_job(
         1,
-        JobSpec {
-            id: 100,
-            project_id: 10,
-            environment_id: 20,
-            name: "nightly".into(),
-            steps: vec!["dbt seed".into(), "dbt build".into()],
-            behavior: fast.clone(),
-        },
+        job(100, "nightly", &["dbt seed", "dbt build"], fast.clone()),
     );
-    sim.add_job(
-        1,
-        JobSpec {
-            id: 101,
-            project_id: 10,
-            environment_id: 20,
-            name: "slow".into(),
-            steps: vec!["dbt build".into()],
-            behavior: JobBehavior {
-                running: Duration::from_secs(600),
-                ..fast
-            },
-        },
-    );
-    let http = reqwest::Client::new();
-    let base = sim.base_url();
-    let send = |method: &'static str, url: String, body: Option<Value>| {
-        let http = http.clone();
+    let slow = JobBehavior {
+        running: Duration::from_secs(600),
+        ..fast.clone()
+    };
+    sim.add_job(1, job(101, "slow", &["dbt build"], slow));
+    let ok = JobBehavior {
+        outcome: Outcome::Success,
+        ..fast
+    };
+    sim.add_job(1, job(102, "fine", &["dbt build"], ok));
+    let mut f = Fixture {
+        http: reqwest::Client::new(),
+        base: sim.base_url(),
+        sim,
+        failed_id: 0,
+        slow_id: 0,
+        queued_id: 0,
+        success_id: 0,
+    };
+    let trigger = |job: i64, body: Value| {
+        let f = &f;
         async move {
-            let req = match method {
-                "POST" => http.post(url).json(&body.unwrap_or(Value::Null)),
-                _ => http.get(url),
-            };
-            let resp = req
-                .header("Authorization", format!("Token {TOKEN}"))
-                .send()
-                .await
-                .unwrap();
-            let status = resp.status().as_u16();
-            (status, resp.json::<Value>().await.unwrap_or(Value::Null))
+            let (status, v) = f
+                .send(
+                    "POST",
+                    &format!("/api/v2/accounts/1/jobs/{job}/run/"),
+                    Some(body),
+                    TOKEN,
+                )
+                .await;
+            assert_eq!(status, 200, "{v}");
+            v["data"]["id"].as_i64().unwrap()
         }
     };
-    // Make a failed run and an in-flight run to exercise every state.
-    let (_, failed) = send("POST", format!("{base}/api/v2/accounts/1/jobs/100/run/"), Some(serde_json::json!({"cause": "conformance", "git_branch": "main", "threads_override": 4}))).await;
-    let failed_id = failed["data"]["id"].as_i64().unwrap();
-    let (_, slow) = send(
-        "POST",
-        format!("{base}/api/v2/accounts/1/jobs/101/run/"),
-        Some(serde_json::json!({"cause": "slow"})),
+    let failed_id = trigger(
+        100,
+        serde_json::json!({"cause": "conformance", "git_branch": "main", "threads_override": 4}),
     )
     .await;
-    let slow_id = slow["data"]["id"].as_i64().unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let slow_id = trigger(101, serde_json::json!({"cause": "slow"})).await;
+    let queued_id = trigger(101, serde_json::json!({"cause": "queued behind slow"})).await;
+    let success_id = trigger(102, serde_json::json!({"cause": "fine"})).await;
+    let done = async {
+        while [failed_id, success_id]
+            .iter()
+            .any(|id| f.sim.run(1, *id).unwrap()["is_complete"] != true)
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), done)
+        .await
+        .expect("runs finish");
+    f.failed_id = failed_id;
+    f.slow_id = slow_id;
+    f.queued_id = queued_id;
+    f.success_id = success_id;
+    f
+}
 
-    let a = "/api/v2/accounts/{account_id}";
-    let cases = vec![
-        Case {
-            method: "GET",
-            template: "/api/v3/accounts/",
-            url: format!("{base}/api/v3/accounts/"),
-            body: None,
-        },
-        Case {
-            method: "GET",
-            template: "/api/v2/accounts/{account_id}/",
-            url: format!("{base}/api/v2/accounts/1/"),
-            body: None,
-        },
-        Case {
-            method: "GET",
-            template: "/api/v3/accounts/{account_id}/projects/",
-            url: format!("{base}/api/v3/accounts/1/projects/?name__icontains=analytics"),
-            body: None,
-        },
-        Case {
-            method: "GET",
-            template: "/api/v3/accounts/{account_id}/projects/{project_id}/environments/",
-            url: format!("{base}/api/v3/accounts/1/projects/10/environments/"),
-            body: None,
-        },
-        Case {
-            method: "GET",
-            template: "/api/v2/accounts/{account_id}/jobs/",
-            url: format!("{base}/api/v2/accounts/1/jobs/?project_id=10"),
-            body: None,
-        },
-        Case {
-            method: "GET",
-            template: "/api/v2/accounts/{account_id}/jobs/{id}/",
-            url: format!("{base}/api/v2/accounts/1/jobs/100/"),
-            body: None,
-        },
-        Case {
-            method: "GET",
-            template: "/api/v2/accounts/{account_id}/runs/",
-            url: format!("{base}/api/v2/accounts/1/runs/?include_related=trigger,job&order_by=-id"),
-            body: None,
-        },
-        Case {
-            method: "GET",
-            template: "/api/v2/accounts/{account_id}/runs/{id}/",
-            url: format!(
-                "{base}/api/v2/accounts/1/runs/{failed_id}/?include_related=trigger,job,run_steps"
+impl Fixture {
+    async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+        token: &str,
+    ) -> (u16, Value) {
+        let url = format!("{}{path}", self.base);
+        let req = match method {
+            "POST" => self
+                .http
+                .post(url)
+                .json(&body.unwrap_or(serde_json::json!({}))),
+            _ => self.http.get(url),
+        };
+        let resp = req
+            .header("Authorization", format!("Token {token}"))
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json::<Value>().await.unwrap_or(Value::Null))
+    }
+}
+
+#[tokio::test]
+async fn every_served_operation_matches_its_documented_response_schema() {
+    let v2 = spec("v2");
+    let v3 = spec("v3");
+    let f = fixture().await;
+    let (failed, slow, queued, success) = (f.failed_id, f.slow_id, f.queued_id, f.success_id);
+    // (method, documented path, request path, body). Order matters: the retry and cancel come last.
+    let cases: Vec<(&str, &str, String, Option<Value>)> = vec![
+        ("GET", "/api/v3/accounts/", "/api/v3/accounts/".into(), None),
+        ("GET", "/api/v2/accounts/", "/api/v2/accounts/".into(), None),
+        (
+            "GET",
+            "/api/v2/accounts/{account_id}/",
+            "/api/v2/accounts/1/".into(),
+            None,
+        ),
+        (
+            "GET",
+            "/api/v3/accounts/{account_id}/projects/",
+            "/api/v3/accounts/1/projects/?name__icontains=analytics&limit=10".into(),
+            None,
+        ),
+        (
+            "GET",
+            "/api/v3/accounts/{account_id}/projects/{project_id}/environments/",
+            "/api/v3/accounts/1/projects/10/environments/".into(),
+            None,
+        ),
+        (
+            "GET",
+            "/api/v2/accounts/{account_id}/environments/",
+            "/api/v2/accounts/1/environments/?project_id=10".into(),
+            None,
+        ),
+        (
+            "GET",
+            "/api/v2/accounts/{account_id}/jobs/",
+            "/api/v2/accounts/1/jobs/?project_id=10&order_by=-id".into(),
+            None,
+        ),
+        (
+            "GET",
+            "/api/v2/accounts/{account_id}/jobs/{id}/",
+            "/api/v2/accounts/1/jobs/100/".into(),
+            None,
+        ),
+        (
+            "GET",
+            "/api/v2/accounts/{account_id}/runs/",
+            "/api/v2/accounts/1/runs/?include_related=trigger,job&order_by=-id".into(),
+            None,
+        ),
+        (
+            "GET",
+            "/api/v2/accounts/{account_id}/runs/",
+            "/api/v2/accounts/1/runs/?status__in=[1,2,3]&limit=1".into(),
+            None,
+        ),
+        (
+            "GET",
+            "/api/v2/accounts/{account_id}/runs/{id}/",
+            format!("/api/v2/accounts/1/runs/{failed}/?include_related=trigger,job,run_steps"),
+            None,
+        ),
+        (
+            "GET",
+            "/api/v2/accounts/{account_id}/runs/{id}/",
+            format!("/api/v2/accounts/1/runs/{success}/?include_related=run_steps"),
+            None,
+        ),
+        (
+            "GET",
+            "/api/v2/accounts/{account_id}/runs/{id}/",
+            format!("/api/v2/accounts/1/runs/{slow}/?include_related=run_steps,trigger"),
+            None,
+        ),
+        (
+            "GET",
+            "/api/v2/accounts/{account_id}/runs/{id}/",
+            format!("/api/v2/accounts/1/runs/{queued}/?include_related=run_steps"),
+            None,
+        ),
+        (
+            "GET",
+            "/api/v2/accounts/{account_id}/runs/{run_id}/retry/",
+            format!("/api/v2/accounts/1/runs/{failed}/retry/"),
+            None,
+        ),
+        (
+            "GET",
+            "/api/v2/accounts/{account_id}/runs/{run_id}/artifacts/",
+            format!("/api/v2/accounts/1/runs/{failed}/artifacts/"),
+            None,
+        ),
+        (
+            "GET",
+            "/api/v2/accounts/{account_id}/runs/{run_id}/artifacts/",
+            format!("/api/v2/accounts/1/runs/{slow}/artifacts/"),
+            None,
+        ),
+        (
+            "POST",
+            "/api/v2/accounts/{account_id}/runs/{run_id}/retry/",
+            format!("/api/v2/accounts/1/runs/{failed}/retry/"),
+            None,
+        ),
+        (
+            "POST",
+            "/api/v2/accounts/{account_id}/runs/{run_id}/cancel/",
+            format!("/api/v2/accounts/1/runs/{queued}/cancel/"),
+            None,
+        ),
+        (
+            "POST",
+            "/api/v2/accounts/{account_id}/runs/{run_id}/cancel/",
+            format!("/api/v2/accounts/1/runs/{slow}/cancel/"),
+            None,
+        ),
+        (
+            "POST",
+            "/api/v2/accounts/{account_id}/runs/{run_id}/cancel/",
+            format!("/api/v2/accounts/1/runs/{success}/cancel/"),
+            None,
+        ),
+        (
+            "GET",
+            "/api/v2/accounts/{account_id}/runs/{id}/",
+            format!("/api/v2/accounts/1/runs/{slow}/?include_related=run_steps,job"),
+            None,
+        ),
+        (
+            "POST",
+            "/api/v2/accounts/{account_id}/jobs/{job_id}/rerun/",
+            "/api/v2/accounts/1/jobs/101/rerun/".into(),
+            None,
+        ),
+        (
+            "POST",
+            "/api/v2/accounts/{account_id}/jobs/{job_id}/run/",
+            "/api/v2/accounts/1/jobs/100/run/".into(),
+            Some(
+                serde_json::json!({"cause": "again", "git_sha": "abc", "schema_override": "pr_1", "generate_docs_override": false, "timeout_seconds_override": 60, "steps_override": ["dbt build -s orders"]}),
             ),
-            body: None,
-        },
-        Case {
-            method: "GET",
-            template: "/api/v2/accounts/{account_id}/runs/{id}/",
-            url: format!("{base}/api/v2/accounts/1/runs/{slow_id}/?include_related=run_steps"),
-            body: None,
-        },
-        Case {
-            method: "GET",
-            template: "/api/v2/accounts/{account_id}/runs/{run_id}/retry/",
-            url: format!("{base}/api/v2/accounts/1/runs/{failed_id}/retry/"),
-            body: None,
-        },
-        Case {
-            method: "GET",
-            template: "/api/v2/accounts/{account_id}/runs/{run_id}/artifacts/",
-            url: format!("{base}/api/v2/accounts/1/runs/{failed_id}/artifacts/"),
-            body: None,
-        },
-        Case {
-            method: "POST",
-            template: "/api/v2/accounts/{account_id}/runs/{run_id}/retry/",
-            url: format!("{base}/api/v2/accounts/1/runs/{failed_id}/retry/"),
-            body: None,
-        },
-        Case {
-            method: "POST",
-            template: "/api/v2/accounts/{account_id}/runs/{run_id}/cancel/",
-            url: format!("{base}/api/v2/accounts/1/runs/{slow_id}/cancel/"),
-            body: None,
-        },
-        Case {
-            method: "POST",
-            template: "/api/v2/accounts/{account_id}/jobs/{job_id}/rerun/",
-            url: format!("{base}/api/v2/accounts/1/jobs/101/rerun/"),
-            body: None,
-        },
-        Case {
-            method: "POST",
-            template: "/api/v2/accounts/{account_id}/jobs/{job_id}/run/",
-            url: format!("{base}/api/v2/accounts/1/jobs/100/run/"),
-            body: Some(
-                serde_json::json!({"cause": "again", "steps_override": ["dbt build -s orders"]}),
-            ),
-        },
+        ),
     ];
-    let _ = a;
-    let mut checked = 0;
     let mut failures = Vec::new();
-    for case in cases {
-        let root = if case.template.starts_with("/api/v3") {
+    let mut operations = std::collections::BTreeSet::new();
+    for (method, template, path, body) in &cases {
+        let root = if template.starts_with("/api/v3") {
             &v3
         } else {
             &v2
         };
-        let op = &root["paths"][case.template][case.method.to_lowercase()];
-        assert!(
-            !op.is_null(),
-            "{} {} is not in the OpenAPI file",
-            case.method,
-            case.template
-        );
-        let schema = &op["responses"]["200"]["content"]["application/json"]["schema"];
+        let schema = documented(root, method, template);
         assert!(
             !schema.is_null(),
-            "{} {} documents no JSON 200 response",
-            case.method,
-            case.template
+            "{method} {template} documents no JSON 200 response"
         );
-        let (status, body) = send(case.method, case.url.clone(), case.body).await;
-        assert_eq!(
-            status, 200,
-            "{} {} → {status}: {body}",
-            case.method, case.url
-        );
+        let (status, body) = f.send(method, path, body.clone(), TOKEN).await;
+        assert_eq!(status, 200, "{method} {path} → {status}: {body}");
         let mut errors = Vec::new();
         validate(root, schema, &body, "$", &mut errors);
         if !errors.is_empty() {
-            failures.push(format!(
-                "{} {}:\n  {}",
-                case.method,
-                case.template,
-                errors.join("\n  ")
-            ));
+            failures.push(format!("{method} {path}:\n  {}", errors.join("\n  ")));
         }
-        checked += 1;
+        operations.insert((*method, *template));
     }
     assert!(
         failures.is_empty(),
         "responses that do not match the documented schema:\n{}",
         failures.join("\n")
     );
-    assert_eq!(checked, 15);
+    assert_eq!(
+        operations.len(),
+        16,
+        "every served JSON operation is covered"
+    );
+
+    // Artifacts are documented as "A run artifact file" without a schema: raw JSON, no envelope.
+    for (template, path) in [
+        (
+            "/api/v2/accounts/{account_id}/runs/{run_id}/artifacts/{remainder}",
+            format!("/api/v2/accounts/1/runs/{failed}/artifacts/run_results.json?step=3"),
+        ),
+        (
+            "/api/v2/accounts/{account_id}/runs/{run_id}/artifacts/{remainder}",
+            format!("/api/v2/accounts/1/runs/{failed}/artifacts/manifest.json"),
+        ),
+        (
+            "/api/v2/accounts/{account_id}/jobs/{job_id}/artifacts/{remainder}",
+            "/api/v2/accounts/1/jobs/102/artifacts/run_results.json".to_string(),
+        ),
+    ] {
+        let op = &v2["paths"][template]["get"];
+        assert!(
+            op["responses"]["200"]["content"].is_null(),
+            "{template} now documents a schema"
+        );
+        let (status, body) = f.send("GET", &path, None, TOKEN).await;
+        assert_eq!(status, 200, "{path}: {body}");
+        assert!(
+            body.get("metadata").is_some() && body.get("status").is_none(),
+            "{path}: {body}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn error_answers_use_the_documented_envelope() {
+    let v2 = spec("v2");
+    let f = fixture().await;
+    let schema = error_schema();
+    let long = "x".repeat(256);
+    let cases: Vec<(u16, &str, String, Option<Value>, &str)> = vec![
+        (401, "GET", "/api/v2/accounts/1/runs/".into(), None, "wrong"),
+        (403, "GET", "/api/v2/accounts/2/".into(), None, TOKEN),
+        (404, "GET", "/api/v2/accounts/1/runs/1/".into(), None, TOKEN),
+        (404, "GET", "/api/v2/accounts/1/jobs/9/".into(), None, TOKEN),
+        (
+            400,
+            "POST",
+            "/api/v2/accounts/1/jobs/100/run/".into(),
+            Some(serde_json::json!({"cause": long})),
+            TOKEN,
+        ),
+        (
+            400,
+            "POST",
+            "/api/v2/accounts/1/jobs/100/run/".into(),
+            Some(serde_json::json!({})),
+            TOKEN,
+        ),
+        (
+            400,
+            "GET",
+            "/api/v2/accounts/1/runs/?limit=500".into(),
+            None,
+            TOKEN,
+        ),
+        (
+            400,
+            "POST",
+            format!("/api/v2/accounts/1/runs/{}/retry/", f.success_id),
+            None,
+            TOKEN,
+        ),
+        (
+            404,
+            "GET",
+            format!(
+                "/api/v2/accounts/1/runs/{}/artifacts/run_results.json",
+                f.slow_id
+            ),
+            None,
+            TOKEN,
+        ),
+    ];
+    f.sim.inject(dbt_cloud_simulator::Fault::RateLimit {
+        count: 1,
+        retry_after_secs: 1,
+        scope: dbt_cloud_simulator::FaultScope::PathContains("/limited/".into()),
+    });
+    f.sim.inject(dbt_cloud_simulator::Fault::ServerError {
+        count: 1,
+        status: 503,
+        scope: dbt_cloud_simulator::FaultScope::PathContains("/unavailable/".into()),
+    });
+    let cases = cases.into_iter().chain([
+        (
+            429,
+            "GET",
+            "/api/v2/accounts/1/limited/".to_string(),
+            None,
+            TOKEN,
+        ),
+        (
+            503,
+            "GET",
+            "/api/v2/accounts/1/unavailable/".to_string(),
+            None,
+            TOKEN,
+        ),
+    ]);
+    for (expected, method, path, body, token) in cases {
+        let (status, body) = f.send(method, &path, body, token).await;
+        assert_eq!(status, expected, "{method} {path}: {body}");
+        let mut errors = Vec::new();
+        validate(&v2, &schema, &body, "$", &mut errors);
+        assert!(errors.is_empty(), "{method} {path}: {errors:?}\n{body}");
+        assert_eq!(body["status"]["code"], expected);
+    }
+}
+
+/// The live service sends `null` for absent values (`finished_at` of a running run, …), which the
+/// OpenAPI files do not declare nullable: with `set_live_nulls(true)` the only violations are those.
+#[tokio::test]
+async fn live_nulls_violate_the_schema_only_by_undeclared_nullability() {
+    let v2 = spec("v2");
+    let f = fixture().await;
+    f.sim.set_live_nulls(true);
+    let schema = documented(&v2, "GET", "/api/v2/accounts/{account_id}/runs/{id}/");
+    let (_, body) = f
+        .send(
+            "GET",
+            &format!(
+                "/api/v2/accounts/1/runs/{}/?include_related=trigger",
+                f.slow_id
+            ),
+            None,
+            TOKEN,
+        )
+        .await;
+    let mut errors = Vec::new();
+    validate(&v2, schema, &body, "$", &mut errors);
+    assert!(!errors.is_empty(), "nulls are present");
+    // `retry_not_supported_reason: null` also falls outside its enum.
+    assert!(
+        errors
+            .iter()
+            .all(|e| e.ends_with("null but not nullable") || e.contains(": null not in enum")),
+        "{errors:?}"
+    );
 }
 
 #[test]
@@ -364,4 +636,40 @@ fn the_validator_catches_mismatches() {
         errors.iter().any(|e| e.contains("not nullable")),
         "{errors:?}"
     );
+}
+
+#[test]
+fn the_validator_handles_additional_properties_and_one_of() {
+    let root = serde_json::json!({"components": {"schemas": {}}});
+    let closed = serde_json::json!({"type": "object", "properties": {"a": {"type": "integer"}}, "additionalProperties": false});
+    let mut errors = Vec::new();
+    validate(
+        &root,
+        &closed,
+        &serde_json::json!({"a": 1, "b": 2}),
+        "$",
+        &mut errors,
+    );
+    assert_eq!(errors, ["$.b: additional property not allowed"]);
+    let map = serde_json::json!({"type": "object", "additionalProperties": {"type": "string"}});
+    let mut errors = Vec::new();
+    validate(
+        &root,
+        &map,
+        &serde_json::json!({"x": "ok", "y": 3}),
+        "$",
+        &mut errors,
+    );
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    let one = serde_json::json!({"oneOf": [{"type": "integer"}, {"type": "number"}]});
+    let mut errors = Vec::new();
+    validate(&root, &one, &serde_json::json!(1), "$", &mut errors);
+    assert!(errors[0].contains("matches 2 of oneOf"), "{errors:?}");
+    let mut errors = Vec::new();
+    validate(&root, &one, &serde_json::json!(1.5), "$", &mut errors);
+    assert!(errors.is_empty(), "{errors:?}");
+    let nullable = serde_json::json!({"type": "string", "nullable": true});
+    let mut errors = Vec::new();
+    validate(&root, &nullable, &Value::Null, "$", &mut errors);
+    assert!(errors.is_empty());
 }
