@@ -9,6 +9,14 @@
 //! the failed and skipped steps. Faults on demand: 401/429/5xx, slow responses, runs invisible for a
 //! while after their trigger, and a trigger whose run is created but whose response is lost (the
 //! connection is closed without a response).
+//!
+//! Absent values (a running run's `finished_at`, …) are omitted, because the OpenAPI schemas declare
+//! no property nullable; [`Simulator::set_live_nulls`] sends them as `null` like the live service.
+//! The Discovery API sliver parses the GraphQL selection and answers unknown fields with the usual
+//! `Cannot query field …` error (HTTP 200). Every request is logged ([`Simulator::requests`]) with
+//! its `Authorization` header redacted.
+
+#![warn(missing_docs)]
 
 mod discovery;
 mod render;

@@ -351,7 +351,16 @@ pub fn run(run: &RunState, state: &State, now: Instant, include: &[&str]) -> Val
             end.saturating_duration_since(run.created).as_secs()
         )),
     );
-    put("queued_duration_humanized", json!("0 seconds"));
+    put(
+        "queued_duration_humanized",
+        json!(format!(
+            "{} seconds",
+            run.dequeue_at
+                .min(end)
+                .saturating_duration_since(run.created)
+                .as_secs()
+        )),
+    );
     put(
         "run_duration_humanized",
         json!(format!(
