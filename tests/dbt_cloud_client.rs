@@ -682,9 +682,9 @@ async fn pagination_stops_on_total_count_and_empty_page() {
 async fn rate_limiter_counts_permits_and_waits() {
     let s = Script::start().await;
     let registry = RateLimiterRegistry::new(RateLimitConfig {
-        // One token per 50 ms, burst 2: the 3rd and later requests must wait.
+        // One token per 100 ms, burst 2: the 3rd and later requests must wait.
         admin: LimitSpec {
-            per_minute: 1200,
+            per_minute: 600,
             burst: 2,
         },
         discovery: LimitSpec {
@@ -755,4 +755,606 @@ async fn client_debug_never_shows_key() {
     let c = s.client(KEY);
     assert_no_key(&format!("{c:?}"));
     assert_no_key(&format!("{:?}", c.clone()));
+}
+
+// ---------------------------------------------------------------- simulator tests
+
+mod sim {
+    use super::*;
+    use dbt_cloud_simulator::{Fault, FaultScope, JobBehavior, JobSpec, Outcome, Simulator};
+
+    const ACCOUNT: i64 = 1;
+    const OTHER_ACCOUNT: i64 = 2;
+    const JOB_OK: i64 = 1000;
+    const JOB_FAILS: i64 = 1001;
+
+    fn fast(outcome: Outcome) -> JobBehavior {
+        JobBehavior {
+            queued: Duration::from_millis(1),
+            starting: Duration::from_millis(1),
+            running: Duration::from_millis(20),
+            outcome,
+            retry_outcome: Outcome::Success,
+        }
+    }
+
+    async fn setup() -> Simulator {
+        let sim = Simulator::start().await.unwrap();
+        sim.add_account(ACCOUNT, "Acme");
+        sim.add_account(OTHER_ACCOUNT, "Other");
+        sim.add_token(KEY, &[ACCOUNT]);
+        sim.add_project(ACCOUNT, 10, "Analytics");
+        sim.add_project(ACCOUNT, 11, "Marketing");
+        sim.add_environment(ACCOUNT, 10, 100, "Production");
+        sim.add_environment(ACCOUNT, 10, 101, "Staging");
+        for (id, name, outcome) in [
+            (JOB_OK, "Nightly build", Outcome::Success),
+            (JOB_FAILS, "Flaky build", Outcome::FailAtStep(2)),
+        ] {
+            sim.add_job(
+                ACCOUNT,
+                JobSpec {
+                    id,
+                    project_id: 10,
+                    environment_id: 100,
+                    name: name.into(),
+                    steps: vec!["dbt seed".into(), "dbt build".into()],
+                    behavior: fast(outcome),
+                },
+            );
+        }
+        sim
+    }
+
+    fn client(sim: &Simulator, key: &str, account: i64) -> DbtCloudClient {
+        make_client(
+            key,
+            account,
+            test_config(&sim.base_url()),
+            AccountLimits::unlimited(),
+            Arc::new(NoopObserver),
+        )
+    }
+
+    /// Polls until terminal (bounded: at most ~10 s).
+    async fn wait_terminal(c: &DbtCloudClient, run_id: i64) -> Run {
+        for _ in 0..400 {
+            let run = c.get_run(run_id, &["trigger", "run_steps"]).await.unwrap();
+            if run.status.is_terminal() {
+                return run;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("run {run_id} did not finish");
+    }
+
+    fn count(sim: &Simulator, method: &str, path_suffix: &str) -> usize {
+        sim.requests()
+            .iter()
+            .filter(|r| r.method == method && r.path.ends_with(path_suffix))
+            .count()
+    }
+
+    #[tokio::test]
+    async fn lookup_endpoints() {
+        let sim = setup().await;
+        let c = client(&sim, KEY, ACCOUNT);
+
+        let accounts = c.list_accounts().await.unwrap();
+        assert_eq!(
+            accounts.iter().map(|a| a.id).collect::<Vec<_>>(),
+            vec![ACCOUNT]
+        );
+        let account = c.get_account().await.unwrap();
+        assert_eq!(
+            (account.id, account.name.as_deref()),
+            (ACCOUNT, Some("Acme"))
+        );
+
+        let projects = c.list_all_projects(Some("ANALY")).await.unwrap();
+        assert_eq!(projects.iter().map(|p| p.id).collect::<Vec<_>>(), vec![10]);
+        let page = c
+            .list_projects(&ListProjectsParams {
+                limit: Some(1),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!((page.items.len(), page.total_count), (1, Some(2)));
+
+        let envs = c.list_all_environments(10, Some("prod")).await.unwrap();
+        assert_eq!(envs.len(), 1);
+        assert_eq!((envs[0].id, envs[0].project_id), (100, Some(10)));
+        let page = c
+            .list_environments(10, &ListEnvironmentsParams::default())
+            .await
+            .unwrap();
+        assert_eq!(page.items.len(), 2);
+
+        let jobs = c
+            .list_all_jobs(&ListJobsParams {
+                project_id: Some(10),
+                environment_id: Some(100),
+                name_icontains: Some("nightly".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(jobs.iter().map(|j| j.id).collect::<Vec<_>>(), vec![JOB_OK]);
+        let job = c.get_job(JOB_FAILS).await.unwrap();
+        assert_eq!(job.name.as_deref(), Some("Flaky build"));
+        assert_eq!(job.environment_id, Some(100));
+
+        // The simulator redacts the header in its log; the scheme is `Token`.
+        assert!(sim
+            .requests()
+            .iter()
+            .all(|r| r.authorization.as_deref() == Some("Token <redacted>")));
+    }
+
+    #[tokio::test]
+    async fn trigger_poll_list_and_artifacts() {
+        let sim = setup().await;
+        let c = client(&sim, KEY, ACCOUNT);
+        let mut req = TriggerRunRequest::new("operator: default/nightly").unwrap();
+        req.git_branch = Some("main".into());
+        req.threads_override = Some(4);
+        req.generate_docs_override = Some(false);
+        req.timeout_seconds_override = Some(600);
+        req.github_pull_request_id = Some(12);
+        req.steps_override = Some(vec!["dbt seed".into(), "dbt build".into()]);
+        let run = c.trigger_run(JOB_OK, &req).await.unwrap();
+        assert!(!run.status.is_terminal());
+        assert_eq!(sim.trigger_count(ACCOUNT, JOB_OK), 1);
+        assert_eq!(sim.triggers()[0].cause, "operator: default/nightly");
+
+        let done = wait_terminal(&c, run.id).await;
+        assert_eq!(done.status, RunStatus::Success);
+        assert_eq!(done.cause(), Some("operator: default/nightly"));
+        assert!(done.run_steps.as_ref().is_some_and(|s| !s.is_empty()));
+        assert_eq!(done.job_id(), Some(JOB_OK));
+
+        let runs = c
+            .list_runs(&ListRunsParams {
+                job_definition_id: Some(JOB_OK),
+                status_in: vec![RunStatus::Success, RunStatus::Error],
+                pk_in: vec![run.id, 999_999],
+                order_by: Some("-id".into()),
+                include_related: vec!["trigger".into()],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(runs.items.len(), 1);
+        assert_eq!(runs.items[0].cause(), Some("operator: default/nightly"));
+        let none = c
+            .list_runs(&ListRunsParams {
+                job_definition_id: Some(JOB_OK),
+                id_gt: Some(run.id),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert!(none.items.is_empty());
+        assert_eq!(none.total_count, Some(0));
+
+        let paths = c.list_run_artifacts(run.id).await.unwrap();
+        assert!(paths.contains(&"run_results.json".to_string()), "{paths:?}");
+        let rr = c
+            .get_run_artifact(run.id, "run_results.json", None)
+            .await
+            .unwrap();
+        let rr: Value = serde_json::from_slice(&rr).unwrap();
+        assert!(rr.get("results").is_some(), "{rr}");
+        let step3 = c
+            .get_run_artifact(run.id, "run_results.json", Some(3))
+            .await
+            .unwrap();
+        assert!(serde_json::from_slice::<Value>(&step3).is_ok());
+        let manifest = c.get_job_artifact(JOB_OK, "manifest.json").await.unwrap();
+        assert!(serde_json::from_slice::<Value>(&manifest).is_ok());
+        let e = c
+            .get_run_artifact(run.id, "nope.json", None)
+            .await
+            .unwrap_err();
+        assert_eq!(e.reason(), "NotFound");
+
+        // Discovery: data, then a GraphQL error at HTTP 200.
+        let q = "query Models($jobId: Int!, $runId: Int) { job(id: $jobId, runId: $runId) { models { uniqueId name status } } }";
+        let data = c
+            .discovery_query(q, json!({"jobId": JOB_OK, "runId": run.id}))
+            .await
+            .unwrap();
+        assert!(
+            data["job"]["models"]
+                .as_array()
+                .is_some_and(|m| !m.is_empty()),
+            "{data}"
+        );
+        let e = c
+            .discovery_query("{ noSuchField }", json!({}))
+            .await
+            .unwrap_err();
+        assert_eq!(e.reason(), "GraphQLError");
+        assert!(!e.is_retryable());
+    }
+
+    #[tokio::test]
+    async fn failure_details_retry_rerun_cancel() {
+        let sim = setup().await;
+        let c = client(&sim, KEY, ACCOUNT);
+        let run = c
+            .trigger_run(JOB_FAILS, &TriggerRunRequest::new("try").unwrap())
+            .await
+            .unwrap();
+        let failed = wait_terminal(&c, run.id).await;
+        assert_eq!(failed.status, RunStatus::Error);
+
+        let details = c.get_run_failure_details(run.id).await.unwrap();
+        assert!(details.failed_step.is_some(), "{details:?}");
+        let retried = c.retry_run(run.id).await.unwrap();
+        assert_ne!(retried.id, run.id);
+        let retried = wait_terminal(&c, retried.id).await;
+        assert_eq!(retried.status, RunStatus::Success);
+        // Now the last run succeeded: failure details answer 400.
+        let e = c.get_run_failure_details(retried.id).await.unwrap_err();
+        assert_eq!(e.reason(), "BadRequest");
+        assert!(e
+            .user_message()
+            .is_some_and(|m| m.contains("RETRY_NOT_FAILED_RUN")));
+
+        let rerun = c.rerun_job(JOB_FAILS).await.unwrap();
+        assert!(rerun.id > retried.id);
+
+        // Cancel a long-running run.
+        sim.set_job_behavior(
+            ACCOUNT,
+            JOB_OK,
+            JobBehavior {
+                running: Duration::from_secs(600),
+                ..fast(Outcome::Success)
+            },
+        );
+        let long = c
+            .trigger_run(JOB_OK, &TriggerRunRequest::new("long").unwrap())
+            .await
+            .unwrap();
+        let cancelled = c.cancel_run(long.id).await.unwrap();
+        assert_eq!(cancelled.status, RunStatus::Cancelled);
+        assert!(cancelled.status.is_terminal());
+    }
+
+    #[tokio::test]
+    async fn error_mapping() {
+        let sim = setup().await;
+        let mut errors = Vec::new();
+
+        // 401 without and with the token-shape hint.
+        let e = client(&sim, "dbtc_unknown_token", ACCOUNT)
+            .get_account()
+            .await
+            .unwrap_err();
+        assert!(matches!(
+            e,
+            DbtCloudError::Unauthorized {
+                token_shape_hint: false,
+                ..
+            }
+        ));
+        assert_eq!(e.user_message(), Some("Invalid token."));
+        errors.push(e);
+        let e = client(&sim, "not-a-dbt-token", ACCOUNT)
+            .get_account()
+            .await
+            .unwrap_err();
+        assert!(matches!(
+            e,
+            DbtCloudError::Unauthorized {
+                token_shape_hint: true,
+                ..
+            }
+        ));
+        assert!(e.to_string().contains("dbtu_"));
+        errors.push(e);
+        // An injected 401 with the right token (no hint: the key looks fine).
+        sim.inject(Fault::Unauthorized {
+            count: 1,
+            scope: FaultScope::Any,
+        });
+        let e = client(&sim, KEY, ACCOUNT)
+            .get_job(JOB_OK)
+            .await
+            .unwrap_err();
+        assert_eq!(e.reason(), "Unauthorized");
+        errors.push(e);
+
+        // 403: an account the token may not access.
+        let e = client(&sim, KEY, OTHER_ACCOUNT)
+            .get_account()
+            .await
+            .unwrap_err();
+        assert_eq!(e.reason(), "Forbidden");
+        assert!(e.user_message().is_some_and(|m| m.contains("permission")));
+        errors.push(e);
+
+        let c = client(&sim, KEY, ACCOUNT);
+        // 404.
+        let e = c.get_job(424_242).await.unwrap_err();
+        assert_eq!(e.reason(), "NotFound");
+        assert!(e.to_string().contains("cannot see"));
+        errors.push(e);
+
+        // 400 with the envelope's message.
+        let e = c
+            .list_jobs(&ListJobsParams {
+                order_by: Some("bogus".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.reason(), "BadRequest");
+        assert!(e.to_string().contains("bogus"), "{e}");
+        errors.push(e);
+
+        // 5xx, exhausted retries on a GET (max_attempts 3).
+        sim.clear_requests();
+        sim.inject(Fault::ServerError {
+            count: 5,
+            status: 502,
+            scope: FaultScope::Accounts,
+        });
+        let e = c.get_account().await.unwrap_err();
+        assert_eq!((e.reason(), e.http_status()), ("ServerError", Some(502)));
+        assert!(e.is_retryable());
+        assert_eq!(count(&sim, "GET", "/accounts/1/"), 3);
+        sim.clear_faults();
+        errors.push(e);
+
+        // 429 with a Retry-After beyond max_retry_after is returned (no in-line sleep).
+        sim.inject(Fault::RateLimit {
+            count: 1,
+            retry_after_secs: 30,
+            scope: FaultScope::Any,
+        });
+        let e = c.get_account().await.unwrap_err();
+        assert_eq!(e.retry_after(), Some(Duration::from_secs(30)));
+        errors.push(e);
+
+        for e in &errors {
+            assert_error_redacted(e);
+            assert!(!e.reason().is_empty());
+        }
+    }
+
+    #[tokio::test]
+    async fn retries_honour_retry_after_and_5xx_on_get() {
+        let sim = setup().await;
+        let obs = Arc::new(CountingObserver::default());
+        let c = make_client(
+            KEY,
+            ACCOUNT,
+            test_config(&sim.base_url()),
+            AccountLimits::unlimited(),
+            obs.clone(),
+        );
+        let run = c
+            .trigger_run(JOB_OK, &TriggerRunRequest::new("x").unwrap())
+            .await
+            .unwrap();
+
+        sim.clear_requests();
+        sim.inject(Fault::RateLimit {
+            count: 1,
+            retry_after_secs: 1,
+            scope: FaultScope::GetRun,
+        });
+        let got = c.get_run(run.id, &[]).await.unwrap();
+        assert_eq!(got.id, run.id);
+        let statuses: Vec<u16> = sim.requests().iter().map(|r| r.status).collect();
+        assert_eq!(statuses, vec![429, 200]);
+        assert_eq!(obs.throttled.load(Ordering::Relaxed), 1);
+
+        sim.clear_requests();
+        sim.inject(Fault::ServerError {
+            count: 2,
+            status: 500,
+            scope: FaultScope::ListRuns,
+        });
+        let runs = c.list_all_runs(&ListRunsParams::default()).await.unwrap();
+        assert_eq!(runs.len(), 1);
+        let statuses: Vec<u16> = sim.requests().iter().map(|r| r.status).collect();
+        assert_eq!(statuses, vec![500, 500, 200]);
+
+        // Cancel is idempotent and retried.
+        sim.clear_requests();
+        sim.inject(Fault::ServerError {
+            count: 1,
+            status: 503,
+            scope: FaultScope::Cancel,
+        });
+        c.cancel_run(run.id).await.unwrap();
+        assert_eq!(count(&sim, "POST", "/cancel/"), 2);
+    }
+
+    #[tokio::test]
+    async fn trigger_is_never_retried() {
+        let sim = setup().await;
+        let c = client(&sim, KEY, ACCOUNT);
+
+        // 5xx on the trigger POST: one request, no run, ambiguous for the caller.
+        sim.inject(Fault::ServerError {
+            count: 1,
+            status: 503,
+            scope: FaultScope::Trigger,
+        });
+        let e = c
+            .trigger_run(JOB_OK, &TriggerRunRequest::new("x").unwrap())
+            .await
+            .unwrap_err();
+        assert_eq!(e.http_status(), Some(503));
+        assert!(e.is_ambiguous_for_trigger());
+        assert_eq!(count(&sim, "POST", "/jobs/1000/run/"), 1);
+        assert_eq!(sim.trigger_count(ACCOUNT, JOB_OK), 0);
+
+        // 429 on the trigger: not retried either (the caller decides).
+        sim.inject(Fault::RateLimit {
+            count: 1,
+            retry_after_secs: 1,
+            scope: FaultScope::Trigger,
+        });
+        let e = c
+            .trigger_run(JOB_OK, &TriggerRunRequest::new("x").unwrap())
+            .await
+            .unwrap_err();
+        assert_eq!(e.reason(), "RateLimited");
+        assert!(!e.is_ambiguous_for_trigger());
+        assert_eq!(count(&sim, "POST", "/jobs/1000/run/"), 2);
+
+        // Lost response: the run exists, the client reports an ambiguous transport error.
+        sim.inject(Fault::LoseTriggerResponse { count: 1 });
+        let e = c
+            .trigger_run(JOB_OK, &TriggerRunRequest::new("lost").unwrap())
+            .await
+            .unwrap_err();
+        assert_eq!(e.reason(), "TransportError");
+        assert!(e.is_ambiguous_for_trigger());
+        assert_eq!(count(&sim, "POST", "/jobs/1000/run/"), 3);
+        assert_eq!(sim.trigger_count(ACCOUNT, JOB_OK), 1);
+        assert_error_redacted(&e);
+
+        // The caller can find it by listing runs of the job.
+        let runs = c
+            .list_all_runs(&ListRunsParams {
+                job_definition_id: Some(JOB_OK),
+                include_related: vec!["trigger".into()],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(runs.len(), 1);
+        assert_eq!(runs[0].cause(), Some("lost"));
+    }
+
+    #[tokio::test]
+    async fn pagination_over_more_than_100_items() {
+        let sim = setup().await;
+        for i in 0..150 {
+            sim.add_job(
+                ACCOUNT,
+                JobSpec {
+                    id: 5000 + i,
+                    project_id: 11,
+                    environment_id: 100,
+                    name: format!("bulk job {i}"),
+                    steps: vec!["dbt build".into()],
+                    behavior: JobBehavior::default(),
+                },
+            );
+        }
+        let c = client(&sim, KEY, ACCOUNT);
+        sim.clear_requests();
+        let jobs = c
+            .list_all_jobs(&ListJobsParams {
+                project_id: Some(11),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(jobs.len(), 150);
+        let mut ids: Vec<i64> = jobs.iter().map(|j| j.id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), 150);
+        assert_eq!(count(&sim, "GET", "/jobs/"), 2);
+
+        // Runs too: 120 triggers, listed in two pages.
+        for _ in 0..120 {
+            c.trigger_run(JOB_OK, &TriggerRunRequest::new("bulk").unwrap())
+                .await
+                .unwrap();
+        }
+        let runs = c
+            .list_all_runs(&ListRunsParams {
+                job_definition_id: Some(JOB_OK),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(runs.len(), 120);
+    }
+
+    #[tokio::test]
+    async fn tolerant_decoding_with_live_nulls() {
+        let sim = setup().await;
+        sim.set_live_nulls(true);
+        sim.set_job_behavior(
+            ACCOUNT,
+            JOB_OK,
+            JobBehavior {
+                running: Duration::from_secs(600),
+                ..fast(Outcome::Success)
+            },
+        );
+        let c = client(&sim, KEY, ACCOUNT);
+        let run = c
+            .trigger_run(JOB_OK, &TriggerRunRequest::new("nulls").unwrap())
+            .await
+            .unwrap();
+        let got = c.get_run(run.id, &[]).await.unwrap();
+        assert_eq!(got.finished_at, None);
+        assert!(!got.status.is_terminal());
+        let listed = c.list_all_runs(&ListRunsParams::default()).await.unwrap();
+        assert_eq!(listed.len(), 1);
+        assert!(c.get_job(JOB_OK).await.is_ok());
+        assert!(c.list_accounts().await.is_ok());
+        sim.finish_run(ACCOUNT, run.id, Outcome::FailAtStep(1));
+        let got = c.get_run(run.id, &["run_steps"]).await.unwrap();
+        assert_eq!(got.status, RunStatus::Error);
+    }
+
+    #[tokio::test]
+    async fn rate_limiter_limits_requests_to_the_simulator() {
+        let sim = setup().await;
+        let registry = RateLimiterRegistry::new(RateLimitConfig {
+            admin: LimitSpec {
+                per_minute: 300, // one per 200 ms
+                burst: 1,
+            },
+            discovery: LimitSpec::per_minute(500),
+        });
+        let obs = Arc::new(CountingObserver::default());
+        let mk = || {
+            make_client(
+                KEY,
+                ACCOUNT,
+                test_config(&sim.base_url()),
+                registry.for_account("cloud.getdbt.com", ACCOUNT),
+                obs.clone(),
+            )
+        };
+        let (a, b) = (mk(), mk());
+        sim.clear_requests();
+        let (ra, rb) = tokio::join!(
+            async {
+                for _ in 0..3 {
+                    a.get_job(JOB_OK).await.unwrap();
+                }
+            },
+            async {
+                for _ in 0..3 {
+                    b.get_job(JOB_OK).await.unwrap();
+                }
+            }
+        );
+        let _ = (ra, rb);
+        let stats = registry
+            .for_account("cloud.getdbt.com", ACCOUNT)
+            .admin()
+            .stats();
+        assert_eq!(stats.permits, 6);
+        assert_eq!(sim.requests().len(), 6);
+        // Burst 1: every request after the first had to wait for a token.
+        assert!(stats.waits >= 3, "{stats:?}");
+        assert_eq!(obs.waits.load(Ordering::Relaxed), stats.waits);
+    }
 }
