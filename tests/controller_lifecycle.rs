@@ -616,3 +616,23 @@ async fn hidden_new_runs_are_waited_for_not_duplicated() {
     env.wait_phase("hidden", RunPhase::Succeeded).await;
     assert_eq!(env.sim.trigger_count(ACCOUNT, JOB_OK), 1);
 }
+
+#[tokio::test]
+async fn finished_runs_drop_the_finalizer_and_honour_ttl() {
+    use kube::ResourceExt;
+    let env = Env::new().await;
+    let _op = env.start_operator();
+    env.valid_credentials().await;
+    env.create_run("keep", by_id(JOB_OK)).await;
+    let mut spec = by_id(JOB_OK);
+    spec["ttlSecondsAfterFinished"] = json!(1);
+    env.create_run("ephemeral", spec).await;
+    let run = env.wait_phase("keep", RunPhase::Succeeded).await;
+    assert!(run.status.is_some());
+    env.wait_run("keep", "finalizer removed", |r| {
+        !r.finalizers().iter().any(|f| f == "dbtcloud.io/cancel-run")
+    })
+    .await;
+    env.wait_gone("ephemeral").await;
+    assert!(env.run("keep").await.is_some(), "no TTL, kept");
+}

@@ -13,7 +13,7 @@ use kube::core::{Selector, SelectorExt};
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{finalizer, Event as FinalizerEvent};
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::{Api, ResourceExt};
+use kube::{Api, Resource, ResourceExt};
 use tracing::{debug, info, instrument, warn};
 
 use super::lifecycle::{
@@ -68,6 +68,13 @@ pub async fn reconcile(run: Arc<DbtCloudJobRun>, ctx: Arc<Context>) -> Result<Ac
     }
     let started = Instant::now();
     let api: Api<DbtCloudJobRun> = Api::namespaced(ctx.client.clone(), &ns);
+    // A finished run has nothing to cancel: it needs no finalizer (so thousands of finished runs
+    // cost no writes at start-up, and deleting them is immediate).
+    if run.status.as_ref().is_some_and(|s| s.phase.is_terminal()) {
+        let result = finished(run, &ctx, &api).await;
+        ctx.metrics.reconciled(KIND, started.elapsed());
+        return result;
+    }
     let result = finalizer(&api, RUN_FINALIZER, run, |event| async {
         match event {
             FinalizerEvent::Apply(run) => apply(run, &ctx).await,
@@ -307,6 +314,39 @@ async fn apply(run: Arc<DbtCloudJobRun>, ctx: &Context) -> Result<Action> {
     Err(Error::Invalid(
         "the run lifecycle asked too many questions in one reconcile".into(),
     ))
+}
+
+/// A run in a final phase: drop our finalizer if it is still there, then only TTL is left.
+async fn finished(
+    run: Arc<DbtCloudJobRun>,
+    ctx: &Context,
+    api: &Api<DbtCloudJobRun>,
+) -> Result<Action> {
+    let finalizers = run.finalizers();
+    if let Some(i) = finalizers.iter().position(|f| f == RUN_FINALIZER) {
+        // `test` first, so a concurrent change of the list is not overwritten.
+        let patch: json_patch::Patch = serde_json::from_value(serde_json::json!([
+            {"op": "test", "path": format!("/metadata/finalizers/{i}"), "value": RUN_FINALIZER},
+            {"op": "remove", "path": format!("/metadata/finalizers/{i}")},
+        ]))
+        .expect("valid JSON patch");
+        match api
+            .patch(
+                &run.name_any(),
+                &PatchParams::default(),
+                &Patch::Json::<()>(patch),
+            )
+            .await
+        {
+            Ok(_) | Err(kube::Error::Api(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if run.meta().deletion_timestamp.is_some() {
+        ctx.metrics.set_run_phase(&key_of(&run), None);
+        return Ok(Action::await_change());
+    }
+    apply(run, ctx).await
 }
 
 fn key_of(run: &DbtCloudJobRun) -> String {

@@ -15,6 +15,7 @@ use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::runtime::Controller;
+use kube::runtime::WatchStreamExt;
 use kube::{Api, Client, Resource, ResourceExt};
 use rand::Rng;
 use tracing::{info, warn};
@@ -198,8 +199,22 @@ pub async fn run(
     let creds_api: Api<DbtCloudCredentials> = scoped_api(&client, &config.watch_namespaces);
     let cluster_creds_api: Api<ClusterDbtCloudCredentials> = Api::all(client.clone());
 
-    let runs = Controller::new(runs_api, wc.clone());
-    let runs_store = runs.store();
+    // The run cache holds every DbtCloudJobRun (finished ones too): keep it lean by dropping
+    // managedFields and kubectl's last-applied copy of the object before it is stored.
+    let (runs_store, runs_writer) = kube::runtime::reflector::store();
+    let run_events = kube::runtime::reflector(
+        runs_writer,
+        watcher::watcher(runs_api, wc.clone())
+            .default_backoff()
+            .modify(|run: &mut DbtCloudJobRun| {
+                run.metadata.managed_fields = None;
+                if let Some(a) = run.metadata.annotations.as_mut() {
+                    a.remove("kubectl.kubernetes.io/last-applied-configuration");
+                }
+            }),
+    )
+    .touched_objects();
+    let runs = Controller::for_stream(run_events, runs_store.clone());
     let store_for_creds = runs_store.clone();
     let store_for_cluster = runs_store.clone();
     let runs = runs

@@ -335,3 +335,35 @@ pub fn condition(run: &DbtCloudJobRun, type_: &str) -> Option<(String, String)> 
         .find(|c| c.type_ == type_)
         .map(|c| (c.status.clone(), c.reason.clone()))
 }
+
+/// Serves the in-memory Kubernetes API over plain HTTP on 127.0.0.1 (so a separate operator
+/// process can use it) and writes a kubeconfig for it. Returns the kubeconfig path.
+pub async fn serve_kube_over_http(
+    kube: &FakeApiServer,
+    dir: &std::path::Path,
+) -> std::path::PathBuf {
+    use tower::ServiceExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let kube = kube.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let kube = kube.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req| kube.service().oneshot(req));
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    let path = dir.join("kubeconfig");
+    let config = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://{addr}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n    namespace: {NS}\ncurrent-context: fake\nusers:\n- name: fake\n  user: {{}}\n"
+    );
+    std::fs::write(&path, config).unwrap();
+    path
+}
