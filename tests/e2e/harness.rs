@@ -536,6 +536,8 @@ pub struct OperatorOpts {
     pub extra_args: Vec<String>,
     /// `RUST_LOG`, when set.
     pub rust_log: Option<String>,
+    /// Extra environment variables.
+    pub env: Vec<(String, String)>,
 }
 
 /// An operator process (the real binary). SIGKILLed on drop.
@@ -579,8 +581,10 @@ impl Operator {
             .args(["--trigger-confirm-window-seconds", "3"])
             .args(["--request-timeout-seconds", "2"])
             .args(["--secret-refresh-seconds", "1"])
-            .args(["--shutdown-grace-seconds", "3"])
-            .args(["--namespace", &self.opts.namespace]);
+            .args(["--shutdown-grace-seconds", "3"]);
+        if !self.opts.namespace.is_empty() {
+            cmd.args(["--namespace", &self.opts.namespace]);
+        }
         if !self.opts.watch_namespaces.is_empty() {
             cmd.arg(format!(
                 "--watch-namespaces={}",
@@ -617,6 +621,9 @@ impl Operator {
         }
         if let Some(l) = &self.opts.rust_log {
             cmd.env("RUST_LOG", l);
+        }
+        for (k, v) in &self.opts.env {
+            cmd.env(k, v);
         }
         cmd.env("KUBECONFIG", &self.opts.kubeconfig)
             .env("LOG_FORMAT", "json")
@@ -784,6 +791,7 @@ impl TestEnv {
             lease: (15, 5),
             extra_args: Vec::new(),
             rust_log: None,
+            env: Vec::new(),
         }
     }
 
