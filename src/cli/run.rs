@@ -81,6 +81,9 @@ pub struct RunArgs {
     /// How long running reconciles may take to finish after SIGTERM.
     #[arg(long, env = "SHUTDOWN_GRACE_SECONDS", default_value_t = 20)]
     pub shutdown_grace_seconds: u64,
+    /// Most reconciles running at once per kind (bounds memory and API bursts at start-up).
+    #[arg(long, env = "MAX_CONCURRENT_RECONCILES", default_value_t = 16)]
+    pub max_concurrent_reconciles: u16,
     /// Granularity of the shared run poller, in milliseconds.
     #[arg(long, env = "POLL_TICK_MILLIS", default_value_t = 1000, hide = true)]
     pub poll_tick_millis: u64,
@@ -127,6 +130,7 @@ impl RunArgs {
                 admin: LimitSpec::per_minute(self.rate_limit_per_minute.max(1)),
                 discovery: LimitSpec::per_minute(self.discovery_rate_limit_per_minute.max(1)),
             },
+            max_concurrent_reconciles: self.max_concurrent_reconciles.max(1),
             reporter: "dbt-cloud-operator".into(),
             instance: self.pod_name.clone(),
         }

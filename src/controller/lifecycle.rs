@@ -932,6 +932,14 @@ impl<'a> Decider<'a> {
 
     /// Writes conditions from the final state and assembles the decision.
     fn finish(mut self, action: Action) -> Decision {
+        // A finished run's status is final: re-deciding it changes nothing (no writes for old runs).
+        if self.old_phase.is_terminal() {
+            return Decision {
+                action,
+                status: self.status,
+                events: Vec::new(),
+            };
+        }
         let now = self.now();
         let gen = self.run.metadata.generation;
         self.status.observed_generation = gen;

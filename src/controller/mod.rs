@@ -53,6 +53,8 @@ pub struct Config {
     pub client: ClientConfig,
     /// Per-account rate limits.
     pub rate_limits: RateLimitConfig,
+    /// Most reconciles running at once per controller (bounds memory and API bursts at start-up).
+    pub max_concurrent_reconciles: u16,
     /// Name of the reporting controller in Events.
     pub reporter: String,
     /// Pod name, reported as the Event instance.
@@ -71,6 +73,7 @@ impl Default for Config {
             poll_tick: Duration::from_secs(1),
             client: ClientConfig::default(),
             rate_limits: RateLimitConfig::default(),
+            max_concurrent_reconciles: 16,
             reporter: "dbt-cloud-operator".into(),
             instance: None,
         }
@@ -214,7 +217,10 @@ pub async fn run(
             }),
     )
     .touched_objects();
-    let runs = Controller::for_stream(run_events, runs_store.clone());
+    let controller_config =
+        kube::runtime::controller::Config::default().concurrency(config.max_concurrent_reconciles);
+    let runs = Controller::for_stream(run_events, runs_store.clone())
+        .with_config(controller_config.clone());
     let store_for_creds = runs_store.clone();
     let store_for_cluster = runs_store.clone();
     let runs = runs
@@ -251,6 +257,7 @@ pub async fn run(
             }
         });
     let creds = Controller::new(creds_api, wc.clone())
+        .with_config(controller_config.clone())
         .graceful_shutdown_on(shutdown.clone())
         .run(
             credentials::reconcile_namespaced,
@@ -259,6 +266,7 @@ pub async fn run(
         )
         .for_each(|_| async {});
     let cluster_creds = Controller::new(cluster_creds_api, wc)
+        .with_config(controller_config)
         .graceful_shutdown_on(shutdown.clone())
         .run(
             credentials::reconcile_cluster,
