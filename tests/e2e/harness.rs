@@ -184,7 +184,9 @@ fn random_token() -> String {
         .collect()
 }
 
-fn write_certs(dir: &Path) -> (PathBuf, PathBuf, PathBuf, PathBuf) {
+/// Writes the CA, the serving certificate and key, and the service-account key pair; returns
+/// (CA, serving cert, serving key, service-account private key, service-account public key).
+fn write_certs(dir: &Path) -> (PathBuf, PathBuf, PathBuf, PathBuf, PathBuf) {
     use rcgen::{
         BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
         KeyPair, KeyUsagePurpose,
@@ -228,11 +230,13 @@ fn write_certs(dir: &Path) -> (PathBuf, PathBuf, PathBuf, PathBuf) {
     let crt = dir.join("apiserver.crt");
     let key_file = dir.join("apiserver.key");
     let sa_file = dir.join("sa.key");
+    let sa_pub = dir.join("sa.pub");
     std::fs::write(&ca_file, ca_cert.pem()).unwrap();
     std::fs::write(&crt, serving_cert.pem()).unwrap();
     std::fs::write(&key_file, key.serialize_pem()).unwrap();
     std::fs::write(&sa_file, sa_key.serialize_pem()).unwrap();
-    (ca_file, crt, key_file, sa_file)
+    std::fs::write(&sa_pub, sa_key.public_key_pem()).unwrap();
+    (ca_file, crt, key_file, sa_file, sa_pub)
 }
 
 /// Writes a kubeconfig for `server` authenticating with `token`.
@@ -269,7 +273,7 @@ fn start_cluster(assets: &Path) -> Cluster {
         .tempdir_in(tmp_base())
         .expect("temp dir")
         .keep();
-    let (ca_file, crt, key, sa_key) = write_certs(&dir);
+    let (ca_file, crt, key, sa_key, sa_pub) = write_certs(&dir);
     let admin_token = random_token();
     std::fs::write(
         dir.join("tokens.csv"),
@@ -324,7 +328,7 @@ fn start_cluster(assets: &Path) -> Cluster {
                 format!("--token-auth-file={}", dir.join("tokens.csv").display()),
                 "--authorization-mode=Node,RBAC".to_string(),
                 format!("--service-account-issuer=https://127.0.0.1:{api_port}"),
-                format!("--service-account-key-file={}", sa_key.display()),
+                format!("--service-account-key-file={}", sa_pub.display()),
                 format!("--service-account-signing-key-file={}", sa_key.display()),
                 "--service-cluster-ip-range=10.0.0.0/24".to_string(),
                 "--allow-privileged=true".to_string(),
@@ -703,6 +707,32 @@ impl Drop for Operator {
     }
 }
 
+/// Starts a simulator on a runtime of its own (two worker threads), so it keeps answering while
+/// the test blocks on kubectl.
+pub fn start_simulator() -> (tokio::runtime::Runtime, Simulator) {
+    std::thread::spawn(|| {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("dbt-cloud-simulator")
+            .enable_all()
+            .build()
+            .expect("simulator runtime");
+        let sim = rt.block_on(Simulator::start()).expect("simulator");
+        (rt, sim)
+    })
+    .join()
+    .expect("simulator thread")
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        self.sim.shutdown();
+        if let Some(rt) = self.sim_rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
 /// Per-test environment: a fresh namespace, a simulator, a client and a temp directory.
 pub struct TestEnv {
     /// The shared cluster.
@@ -711,8 +741,9 @@ pub struct TestEnv {
     pub ns: String,
     /// Admin client.
     pub client: Client,
-    /// In-process dbt Cloud simulator.
+    /// In-process dbt Cloud simulator (on its own runtime, so it answers while the test blocks).
     pub sim: Simulator,
+    sim_rt: Option<tokio::runtime::Runtime>,
     /// Temporary directory (operator logs, manifests), removed on drop.
     pub dir: tempfile::TempDir,
     t0: Instant,
@@ -726,7 +757,7 @@ impl TestEnv {
         let ns = format!("{name}-{}", &random_token()[..6]);
         let out = kubectl_with(&cluster.kubeconfig, &["create", "namespace", &ns], None);
         out.expect_ok("create namespace");
-        let sim = Simulator::start().await.expect("simulator");
+        let (sim_rt, sim) = start_simulator();
         let dir = tempfile::Builder::new()
             .prefix(&format!("dco-{name}-"))
             .tempdir()
@@ -736,6 +767,7 @@ impl TestEnv {
             ns,
             client,
             sim,
+            sim_rt: Some(sim_rt),
             dir,
             t0: Instant::now(),
         })
