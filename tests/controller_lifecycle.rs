@@ -82,6 +82,18 @@ async fn run_succeeds_and_status_tells_everything() {
         reasons.contains(&"Triggered".to_string()) && reasons.contains(&"Succeeded".to_string()),
         "{reasons:?}"
     );
+    // A handful of status writes per run, never one per poll.
+    let status_writes = env
+        .kube
+        .requests()
+        .iter()
+        .filter(|r| r.method == "PATCH" && r.path.ends_with("/dbtcloudjobruns/nightly/status"))
+        .count();
+    eprintln!("status writes for one successful run: {status_writes}");
+    assert!(
+        (2..=6).contains(&status_writes),
+        "{status_writes} status writes"
+    );
     let text = op.metrics.encode();
     assert!(
         text.contains("dbt_cloud_operator_runs_triggered_total 1"),
