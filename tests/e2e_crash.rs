@@ -76,7 +76,7 @@ fn plan(sim: &Simulator, n: usize, rng: &mut StdRng) -> Vec<Planned> {
             let b = behavior(Outcome::Success, Outcome::Success, rng);
             sim.add_job(acct, job_spec(1000 + j, "ok", b));
         }
-        let b = behavior(Outcome::FailAtStep(2), Outcome::FailAtStep(1), rng);
+        let b = behavior(Outcome::FailAtStep(2), Outcome::FailAtStep(2), rng);
         sim.add_job(acct, job_spec(2000, "always-fails", b));
     }
     let mut out = Vec::with_capacity(n);
@@ -112,7 +112,7 @@ fn plan(sim: &Simulator, n: usize, rng: &mut StdRng) -> Vec<Planned> {
             // Fails, and its native retry fails too.
             7 => {
                 next_job += 1;
-                let b = behavior(Outcome::FailAtStep(2), Outcome::FailAtStep(1), rng);
+                let b = behavior(Outcome::FailAtStep(2), Outcome::FailAtStep(2), rng);
                 sim.add_job(acct, job_spec(next_job, "broken", b));
                 Planned {
                     name,
@@ -270,7 +270,17 @@ async fn chaos(name: &str, default_runs: u64, leader_elect: bool) {
         starts: 0,
     };
     let chaos_deadline = Instant::now() + Duration::from_secs(240);
-    while (f.kills < min_kills || next_batch < batches.len()) && Instant::now() < chaos_deadline {
+    // Kill until at least `min_kills`, every batch is created and every run finished (bounded).
+    loop {
+        if Instant::now() > chaos_deadline {
+            break;
+        }
+        if f.kills >= min_kills && next_batch == batches.len() {
+            let (total, done) = count_terminal(&runs_api).await;
+            if total == n && done == n {
+                break;
+            }
+        }
         if next_batch < batches.len() && (f.kills as usize) >= next_batch * 2 {
             env.apply(&batches[next_batch]).expect_ok("apply runs");
             next_batch += 1;
