@@ -449,8 +449,10 @@ async fn chaos(name: &str, default_runs: u64, leader_elect: bool) {
         ));
     }
     let mut panicked = Vec::new();
+    let mut terms = 0;
     for o in topo.all() {
         let logs = o.logs();
+        terms += logs.matches("became leader").count();
         panicked.extend(
             panics(&logs)
                 .into_iter()
@@ -462,7 +464,7 @@ async fn chaos(name: &str, default_runs: u64, leader_elect: bool) {
     let e429 = requests.iter().filter(|r| r.status == 429).count();
     let e5xx = requests.iter().filter(|r| r.status >= 500).count();
     say(format!(
-        "{name}: {n} runs, {} accounts, {} kills ({} right after a trigger, {} during start-up), {} process starts, {} triggers + {retries} native retries, {} duplicates, {lost} lost, {unmarked} unmarked; dbt Cloud requests {} ({e429} x 429, {e5xx} x 5xx, {dropped} responses lost); chaos phase {chaos_secs:.0}s, all terminal at {total_secs:.0}s",
+        "{name}: {n} runs, {} accounts, {} kills ({} right after a trigger, {} during start-up), {} process starts, {} triggers + {retries} native retries, {} duplicates, {lost} lost, {unmarked} unmarked; dbt Cloud requests {} ({e429} x 429, {e5xx} x 5xx, {dropped} responses lost); {terms} leader terms; chaos phase {chaos_secs:.0}s, all terminal at {total_secs:.0}s",
         ACCOUNTS.len(),
         f.kills,
         f.kills_after_trigger,
@@ -506,5 +508,5 @@ async fn e2e_chaos_sigkill_single_operator() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn e2e_chaos_sigkill_leader_elected_pair() {
-    chaos("chaos-leader", 120, true).await;
+    chaos("chaos-leader", 200, true).await;
 }
