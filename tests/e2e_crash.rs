@@ -169,27 +169,11 @@ fn run_yaml(p: &Planned) -> String {
     )
 }
 
-/// How the operator processes are arranged.
-enum Topology {
-    Single(Operator),
-    /// Two replicas with leader election.
-    Pair([Operator; 2]),
-}
-
 struct Figures {
     kills: u32,
     kills_after_trigger: u32,
     kills_during_startup: u32,
     starts: u32,
-}
-
-impl Topology {
-    fn all(&mut self) -> Vec<&mut Operator> {
-        match self {
-            Topology::Single(o) => vec![o],
-            Topology::Pair([a, b]) => vec![a, b],
-        }
-    }
 }
 
 async fn leader_index(api: &Api<Lease>) -> Option<usize> {
@@ -242,16 +226,18 @@ async fn chaos(name: &str, default_runs: u64, leader_elect: bool) {
         retry_after_secs: 1,
     });
 
-    let mut topo = if leader_elect {
-        let mk = |i: usize| {
-            let mut o = env.operator_opts();
-            o.leader = Some(format!("replica-{i}"));
-            o.lease = (3, 1);
-            env.operator(&format!("operator-{i}.log"), o)
-        };
-        Topology::Pair([mk(0), mk(1)])
+    // One operator, or two replicas electing a leader.
+    let mut ops: Vec<Operator> = if leader_elect {
+        (0..2)
+            .map(|i| {
+                let mut o = env.operator_opts();
+                o.leader = Some(format!("replica-{i}"));
+                o.lease = (3, 1);
+                env.operator(&format!("operator-{i}.log"), o)
+            })
+            .collect()
     } else {
-        Topology::Single(env.operator("operator.log", env.operator_opts()))
+        vec![env.operator("operator.log", env.operator_opts())]
     };
     env.apply(&credentials_yaml()).expect_ok("credentials");
 
@@ -286,9 +272,9 @@ async fn chaos(name: &str, default_runs: u64, leader_elect: bool) {
             next_batch += 1;
         }
         // Pick the victim: the leader when electing (else whoever runs).
-        let victim = match &mut topo {
-            Topology::Single(_) => 0,
-            Topology::Pair(_) => {
+        let victim = match ops.len() {
+            1 => 0,
+            _ => {
                 let mut idx = None;
                 for _ in 0..40 {
                     idx = leader_index(&lease_api).await;
@@ -315,20 +301,20 @@ async fn chaos(name: &str, default_runs: u64, leader_elect: bool) {
             let ms = rng.random_range(100..2500);
             tokio::time::sleep(Duration::from_millis(ms)).await;
         }
-        topo.all()[victim].kill();
+        ops[victim].kill();
         f.kills += 1;
         tokio::time::sleep(Duration::from_millis(rng.random_range(0..400))).await;
-        topo.all()[victim].restart();
+        ops[victim].restart();
         if rng.random_range(0..6) == 0 {
             // Killed again while starting up (listing, first reconciles).
             tokio::time::sleep(Duration::from_millis(rng.random_range(50..600))).await;
-            topo.all()[victim].kill();
+            ops[victim].kill();
             f.kills += 1;
             f.kills_during_startup += 1;
-            topo.all()[victim].restart();
+            ops[victim].restart();
         }
         // A replica that exited by itself (e.g. after losing the Lease) is started again.
-        for o in topo.all() {
+        for o in ops.iter_mut() {
             if !o.running() {
                 o.restart();
             }
@@ -350,7 +336,7 @@ async fn chaos(name: &str, default_runs: u64, leader_elect: bool) {
         if last.0 == n && last.1 == n {
             break;
         }
-        for o in topo.all() {
+        for o in ops.iter_mut() {
             if !o.running() {
                 o.restart();
             }
@@ -358,7 +344,7 @@ async fn chaos(name: &str, default_runs: u64, leader_elect: bool) {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let total_secs = t0.elapsed().as_secs_f64();
-    for o in topo.all() {
+    for o in ops.iter_mut() {
         f.starts += o.starts;
     }
 
@@ -450,7 +436,7 @@ async fn chaos(name: &str, default_runs: u64, leader_elect: bool) {
     }
     let mut panicked = Vec::new();
     let mut terms = 0;
-    for o in topo.all() {
+    for o in ops.iter_mut() {
         let logs = o.logs();
         terms += logs.matches("became leader").count();
         panicked.extend(
@@ -474,7 +460,7 @@ async fn chaos(name: &str, default_runs: u64, leader_elect: bool) {
         duplicates.len(),
         requests.len(),
     ));
-    for t in topo.all() {
+    for t in ops.iter_mut() {
         t.kill();
     }
     assert!(
