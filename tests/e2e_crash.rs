@@ -255,7 +255,7 @@ async fn chaos(name: &str, default_runs: u64, leader_elect: bool) {
         kills_during_startup: 0,
         starts: 0,
     };
-    let chaos_deadline = Instant::now() + Duration::from_secs(240);
+    let chaos_deadline = Instant::now() + Duration::from_secs(150);
     // Kill until at least `min_kills`, every batch is created and every run finished (bounded).
     loop {
         if Instant::now() > chaos_deadline {
@@ -329,7 +329,7 @@ async fn chaos(name: &str, default_runs: u64, leader_elect: bool) {
     assert_eq!(next_batch, batches.len(), "not every batch was created");
 
     // Let everything settle (bounded), faults still on.
-    let settle_deadline = Instant::now() + Duration::from_secs(150);
+    let settle_deadline = Instant::now() + Duration::from_secs(60);
     let mut last = (0, 0);
     while Instant::now() < settle_deadline {
         last = count_terminal(&runs_api).await;

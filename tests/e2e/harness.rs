@@ -327,7 +327,7 @@ fn start_cluster(assets: &Path) -> Cluster {
                 format!("--client-ca-file={}", ca_file.display()),
                 format!("--token-auth-file={}", dir.join("tokens.csv").display()),
                 "--authorization-mode=Node,RBAC".to_string(),
-                format!("--service-account-issuer=https://127.0.0.1:{api_port}"),
+                "--service-account-issuer=https://kubernetes.default.svc".to_string(),
                 format!("--service-account-key-file={}", sa_pub.display()),
                 format!("--service-account-signing-key-file={}", sa_key.display()),
                 "--service-cluster-ip-range=10.0.0.0/24".to_string(),
