@@ -16,7 +16,7 @@ use clap::Args;
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::dbt_cloud::{
-    default_allowed_suffixes, http_client, AccessHost, Account, AccountLimits, ClientConfig,
+    allowed_suffixes_with, http_client, AccessHost, Account, AccountLimits, ClientConfig,
     DbtCloudClient, DbtCloudError, NoopObserver,
 };
 
@@ -246,13 +246,7 @@ pub struct DbtArgs {
 impl DbtArgs {
     /// Client settings for an interactive tool: few retries, short backoff.
     pub fn client_config(&self) -> ClientConfig {
-        let mut allowed = default_allowed_suffixes();
-        allowed.extend(
-            self.allowed_host_suffix
-                .iter()
-                .filter(|s| !s.is_empty())
-                .cloned(),
-        );
+        let allowed = allowed_suffixes_with(&self.allowed_host_suffix);
         ClientConfig {
             request_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),

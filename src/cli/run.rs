@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::controller::{self, lifecycle, Config};
-use crate::dbt_cloud::{default_allowed_suffixes, ClientConfig, LimitSpec, RateLimitConfig};
+use crate::dbt_cloud::{allowed_suffixes_with, ClientConfig, LimitSpec, RateLimitConfig};
 use crate::http::{self, Role};
 use crate::leader::{self, LeaderConfig, Outcome};
 use crate::metrics::Metrics;
@@ -96,13 +96,7 @@ pub struct RunArgs {
 impl RunArgs {
     /// The operator configuration these flags describe.
     pub fn config(&self) -> Config {
-        let mut allowed = default_allowed_suffixes();
-        allowed.extend(
-            self.allowed_host_suffix
-                .iter()
-                .filter(|s| !s.is_empty())
-                .cloned(),
-        );
+        let allowed = allowed_suffixes_with(&self.allowed_host_suffix);
         let client = ClientConfig {
             request_timeout: Duration::from_secs(self.request_timeout_seconds),
             allowed_host_suffixes: allowed,

@@ -89,6 +89,21 @@ struct Assessment {
 }
 
 impl Assessment {
+    /// The key validated earlier is still the one in the Secret: keep its Ready state.
+    fn still_valid(old: &CredentialsStatus, fingerprint: String, client: DbtCloudClient) -> Self {
+        Self {
+            reason: "Valid".into(),
+            message: conditions::find(&old.conditions, conditions::READY)
+                .map(|c| c.message.clone())
+                .unwrap_or_default(),
+            stalled: false,
+            account_name: old.account_name.clone(),
+            fingerprint: Some(fingerprint),
+            validated_at: old.last_validated_time.as_ref().map(|t| t.0),
+            client: Some(client),
+        }
+    }
+
     fn failed(reason: &str, message: String, stalled: bool) -> Self {
         Self {
             reason: reason.into(),
@@ -274,17 +289,7 @@ async fn assess<K: CredentialsResource>(
         && old.observed_generation == obj.meta().generation
         && recent
     {
-        return Assessment {
-            reason: "Valid".into(),
-            message: conditions::find(&old.conditions, conditions::READY)
-                .map(|c| c.message.clone())
-                .unwrap_or_default(),
-            stalled: false,
-            account_name: old.account_name.clone(),
-            fingerprint: Some(fp),
-            validated_at: old.last_validated_time.map(|t| t.0),
-            client: Some(client),
-        };
+        return Assessment::still_valid(&old, fp, client);
     }
     match client.get_account().await {
         Ok(account) => {
@@ -329,17 +334,7 @@ async fn assess<K: CredentialsResource>(
                 return a;
             }
             warn!(error = %e, "revalidation failed transiently; keeping the key valid");
-            Assessment {
-                reason: "Valid".into(),
-                message: conditions::find(&old.conditions, conditions::READY)
-                    .map(|c| c.message.clone())
-                    .unwrap_or_default(),
-                stalled: false,
-                account_name: old.account_name.clone(),
-                fingerprint: Some(fp),
-                validated_at: old.last_validated_time.map(|t| t.0),
-                client: Some(client),
-            }
+            Assessment::still_valid(&old, fp, client)
         }
     }
 }

@@ -22,6 +22,20 @@ pub fn default_allowed_suffixes() -> Vec<String> {
         .collect()
 }
 
+/// The default suffixes plus `extra` ones (single-tenant hosts from the configuration); empty
+/// entries are ignored.
+pub fn allowed_suffixes_with(extra: &[String]) -> Vec<String> {
+    let mut all = default_allowed_suffixes();
+    all.extend(
+        extra
+            .iter()
+            .map(|s| s.trim())
+            .filter(|s| !s.is_empty())
+            .map(str::to_string),
+    );
+    all
+}
+
 /// What kind of dbt Cloud deployment a host names; decides the Discovery URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HostKind {

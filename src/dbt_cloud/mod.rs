@@ -27,7 +27,8 @@ pub use client::{
 };
 pub use error::DbtCloudError;
 pub use host::{
-    default_allowed_suffixes, AccessHost, HostKind, DEFAULT_ALLOWED_SUFFIXES, DEFAULT_HOST,
+    allowed_suffixes_with, default_allowed_suffixes, AccessHost, HostKind,
+    DEFAULT_ALLOWED_SUFFIXES, DEFAULT_HOST,
 };
 pub use rate_limit::{
     AccountLimits, LimitSpec, LimiterStats, RateLimitConfig, RateLimiterRegistry, TokenBucket,
