@@ -283,6 +283,11 @@ async fn bad_credentials_hold_runs_until_the_key_is_rotated() {
         condition(&run, "CredentialsReady").map(|c| c.1),
         Some("Unauthorized".into())
     );
+    assert_eq!(
+        condition(&run, "Stalled").map(|c| c.0),
+        Some("True".into()),
+        "only a new key helps"
+    );
     assert_eq!(run.status.unwrap().phase, RunPhase::Pending);
     let creds = kube::Api::<dbt_cloud_operator::crd::DbtCloudCredentials>::namespaced(
         env.client.clone(),
@@ -307,6 +312,7 @@ async fn bad_credentials_hold_runs_until_the_key_is_rotated() {
         "{}",
         ready.message
     );
+    assert!(!ready.message.contains(".."), "{}", ready.message);
     assert_eq!(env.sim.trigger_count(ACCOUNT, JOB_OK), 0);
     // Rotation: the new key is picked up without a restart.
     env.rotate_secret("dbt-api-key", TOKEN).await;

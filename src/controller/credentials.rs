@@ -178,7 +178,10 @@ fn explain(
     match e {
         DbtCloudError::Unauthorized { .. } => (
             "Unauthorized".into(),
-            format!("{e}. Ensure the credentials are correct and unexpired"),
+            format!(
+                "{}. Ensure the credentials are correct and unexpired",
+                e.to_string().trim_end_matches('.')
+            ),
             true,
         ),
         DbtCloudError::Forbidden { .. } | DbtCloudError::NotFound { .. } => {
@@ -425,6 +428,7 @@ async fn reconcile<K: CredentialsResource>(obj: Arc<K>, ctx: Arc<Context>) -> Re
             client: a.client.clone(),
             reason: a.reason.clone(),
             message: a.message.clone(),
+            stalled: a.stalled,
             allowed_namespaces: obj.allowed_namespaces(),
         },
     );

@@ -212,10 +212,11 @@ pub async fn credentials_for(
             },
             Some(client),
         )),
+        // Runs wait either way; they are Stalled when the credentials need a user's fix.
         None => not_ready(
             &entry.reason,
             format!("{key} is not ready: {}", entry.message),
-            false,
+            entry.stalled,
         ),
     }
 }

@@ -46,6 +46,8 @@ pub struct CredentialsEntry {
     pub reason: String,
     /// Message of the Ready condition.
     pub message: String,
+    /// Whether only a user change can make them ready (as opposed to an outage).
+    pub stalled: bool,
     /// For cluster-scoped credentials: which namespaces may use them.
     pub allowed_namespaces: Option<AllowedNamespaces>,
 }
