@@ -339,7 +339,10 @@ async fn finished(
             )
             .await
         {
-            Ok(_) | Err(kube::Error::Api(_)) => {}
+            Ok(_) => {}
+            // Gone already: nothing to do.
+            Err(kube::Error::Api(s)) if s.code == 404 => return Ok(Action::await_change()),
+            // The list changed under us (the `test` failed) or another error: try again soon.
             Err(e) => return Err(e.into()),
         }
     }
