@@ -654,3 +654,62 @@ async fn finished_runs_drop_the_finalizer_and_honour_ttl() {
     env.wait_gone("ephemeral").await;
     assert!(env.run("keep").await.is_some(), "no TTL, kept");
 }
+
+#[tokio::test]
+async fn credentials_refuse_hosts_outside_the_allow_list() {
+    use dbt_cloud_operator::crd::DbtCloudCredentials;
+    use kube::api::{Api, PostParams};
+    let env = Env::new().await;
+    let _op = env.start_operator();
+    env.create_secret("dbt-api-key", TOKEN).await;
+    let api = Api::<DbtCloudCredentials>::namespaced(env.client.clone(), NS);
+    for (name, spec) in [
+        (
+            "evil-host",
+            json!({"accountId": ACCOUNT, "host": "cloud.getdbt.com.evil.example", "apiKeySecretRef": {"name": "dbt-api-key"}}),
+        ),
+        (
+            "ip-host",
+            json!({"accountId": ACCOUNT, "host": "10.0.0.1", "apiKeySecretRef": {"name": "dbt-api-key"}}),
+        ),
+        (
+            "evil-discovery",
+            json!({"accountId": ACCOUNT, "discoveryUrl": "https://metadata.evil.example/graphql", "apiKeySecretRef": {"name": "dbt-api-key"}}),
+        ),
+        (
+            "plain-http-discovery",
+            json!({"accountId": ACCOUNT, "discoveryUrl": "http://metadata.cloud.getdbt.com/graphql", "apiKeySecretRef": {"name": "dbt-api-key"}}),
+        ),
+    ] {
+        let creds: DbtCloudCredentials = serde_json::from_value(json!({
+            "apiVersion": "dbtcloud.io/v1alpha1", "kind": "DbtCloudCredentials",
+            "metadata": {"name": name, "namespace": NS}, "spec": spec
+        }))
+        .unwrap();
+        api.create(&PostParams::default(), &creds).await.unwrap();
+    }
+    for name in [
+        "evil-host",
+        "ip-host",
+        "evil-discovery",
+        "plain-http-discovery",
+    ] {
+        let mut reason = None;
+        for _ in 0..500 {
+            let c = api.get(name).await.unwrap();
+            reason = c
+                .status
+                .and_then(|s| s.conditions.into_iter().find(|c| c.type_ == "Ready"))
+                .map(|c| c.reason);
+            if reason.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(reason.as_deref(), Some("InvalidHost"), "{name}");
+    }
+    assert!(
+        env.sim.requests().is_empty(),
+        "no request was sent anywhere for these credentials"
+    );
+}

@@ -223,14 +223,23 @@ async fn assess<K: CredentialsResource>(
         Ok(h) => h,
         Err(e) => return Assessment::failed("InvalidHost", format!("spec.host: {e}"), true),
     };
+    // A per-credentials Discovery URL must be https on an allowed dbt Cloud host (the key goes there).
+    let mut client_config = ctx.client_config.clone();
     if let Some(url) = &target.discovery_url {
-        let ok = url::Url::parse(url)
+        let parsed = url::Url::parse(url)
             .ok()
-            .filter(|u| u.scheme() == "https" && u.port().is_none() && u.username().is_empty())
-            .and_then(|u| u.host_str().map(str::to_string))
-            .map(|h| AccessHost::parse(&h, &ctx.config.client.allowed_host_suffixes).is_ok())
-            .unwrap_or(false);
-        if !ok {
+            .filter(|u| {
+                u.scheme() == "https"
+                    && u.port().is_none()
+                    && u.username().is_empty()
+                    && u.query().is_none()
+            })
+            .filter(|u| {
+                u.host_str().is_some_and(|h| {
+                    AccessHost::parse(h, &ctx.config.client.allowed_host_suffixes).is_ok()
+                })
+            });
+        let Some(parsed) = parsed else {
             return Assessment::failed(
                 "InvalidHost",
                 format!(
@@ -238,6 +247,12 @@ async fn assess<K: CredentialsResource>(
                 ),
                 true,
             );
+        };
+        if ctx.client_config.insecure_base_url_override.is_none() {
+            client_config = Arc::new(crate::dbt_cloud::ClientConfig {
+                discovery_url_override: Some(parsed),
+                ..(*ctx.client_config).clone()
+            });
         }
     }
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &target.secret_namespace);
@@ -272,7 +287,7 @@ async fn assess<K: CredentialsResource>(
         SecretString::from(key),
         ctx.http.clone(),
         ctx.limiters.for_account(&target.host, target.account_id),
-        ctx.client_config.clone(),
+        client_config,
         ctx.metrics.clone(),
     ) {
         Ok(c) => c,
