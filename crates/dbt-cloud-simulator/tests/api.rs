@@ -75,7 +75,7 @@ async fn setup() -> (Simulator, Api) {
         ),
     );
     let api = Api {
-        http: reqwest::Client::new(),
+        http: http_client(),
         base: sim.base_url(),
         auth: Some(format!("Token {TOKEN}")),
     };
@@ -1225,7 +1225,7 @@ async fn demo_seed_and_seed_builder() {
         .await
         .unwrap();
     let api = Api {
-        http: reqwest::Client::new(),
+        http: http_client(),
         base: sim.base_url(),
         auth: Some("Token dbtc_demo_token".into()),
     };
@@ -1296,7 +1296,7 @@ async fn the_binary_serves_the_demo_data() {
         .expect("base URL printed")
         .to_string();
     let api = Api {
-        http: reqwest::Client::new(),
+        http: http_client(),
         base,
         auth: Some("Token dbtc_demo_token".into()),
     };
@@ -1313,4 +1313,11 @@ async fn the_binary_serves_the_demo_data() {
         "the token is printed: {rest}"
     );
     child.kill().await.unwrap();
+}
+
+/// A plain-http client. In a workspace build reqwest is compiled with the operator's
+/// `rustls-no-provider` feature, which needs a process-wide crypto provider even for http.
+fn http_client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
 }

@@ -208,7 +208,7 @@ async fn fixture() -> Fixture {
     };
     sim.add_job(1, job(102, "fine", &["dbt build"], ok));
     let mut f = Fixture {
-        http: reqwest::Client::new(),
+        http: http_client(),
         base: sim.base_url(),
         sim,
         failed_id: 0,
@@ -672,4 +672,11 @@ fn the_validator_handles_additional_properties_and_one_of() {
     let mut errors = Vec::new();
     validate(&root, &nullable, &Value::Null, "$", &mut errors);
     assert!(errors.is_empty());
+}
+
+/// A plain-http client. In a workspace build reqwest is compiled with the operator's
+/// `rustls-no-provider` feature, which needs a process-wide crypto provider even for http.
+fn http_client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
 }
