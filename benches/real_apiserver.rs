@@ -5,7 +5,6 @@
 //! `cargo bench --bench real_apiserver`
 
 #[path = "../tests/e2e/harness.rs"]
-#[allow(dead_code)]
 mod harness;
 
 use std::collections::HashMap;
