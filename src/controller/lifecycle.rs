@@ -14,7 +14,7 @@
 use std::time::Duration;
 
 use jiff::Timestamp;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::ResourceExt;
 
 use crate::crd::conditions::{self, set_condition};
@@ -363,30 +363,62 @@ pub fn after_start_rejected(
     let gen = run.metadata.generation;
     let message = conditions::truncate_message(message);
     status.status_message = Some(message.clone());
-    let c = &mut status.conditions;
-    set_condition(c, conditions::READY, false, reason, &message, gen, now);
     if permanent {
         status.phase = RunPhase::Failed;
         status.finished_at = Some(Time(now));
         if let Some(start) = &status.started_at {
             status.duration_seconds = Some((now.as_second() - start.0.as_second()).max(0));
         }
-        set_condition(c, conditions::FAILED, true, reason, &message, gen, now);
-        set_condition(
-            c,
-            conditions::RECONCILING,
-            false,
-            "Finished",
-            &message,
-            gen,
-            now,
-        );
-        set_condition(c, conditions::STALLED, true, reason, &message, gen, now);
+        set_unsuccessful(&mut status.conditions, reason, &message, gen, now);
     } else {
-        set_condition(c, conditions::RECONCILING, true, reason, &message, gen, now);
-        set_condition(c, conditions::STALLED, false, reason, &message, gen, now);
+        set_unfinished(&mut status.conditions, reason, &message, false, gen, now);
     }
     (status, EventNote::warning("TriggerRejected", message))
+}
+
+/// Conditions of a run that ended unsuccessfully (`Failed`, `Cancelled`, `TimedOut`).
+fn set_unsuccessful(
+    c: &mut Vec<Condition>,
+    reason: &str,
+    message: &str,
+    gen: Option<i64>,
+    now: Timestamp,
+) {
+    set_condition(c, conditions::READY, false, reason, message, gen, now);
+    set_condition(c, conditions::FAILED, true, reason, message, gen, now);
+    conditions::remove_condition(c, conditions::COMPLETE);
+    set_condition(
+        c,
+        conditions::RECONCILING,
+        false,
+        "Finished",
+        message,
+        gen,
+        now,
+    );
+    set_condition(c, conditions::STALLED, true, reason, message, gen, now);
+}
+
+/// Conditions of a run still working (or waiting): `stalled` when only a user change helps.
+fn set_unfinished(
+    c: &mut Vec<Condition>,
+    reason: &str,
+    message: &str,
+    stalled: bool,
+    gen: Option<i64>,
+    now: Timestamp,
+) {
+    set_condition(c, conditions::READY, false, reason, message, gen, now);
+    set_condition(
+        c,
+        conditions::RECONCILING,
+        !stalled,
+        reason,
+        message,
+        gen,
+        now,
+    );
+    set_condition(c, conditions::STALLED, stalled, reason, message, gen, now);
 }
 
 fn record_attempt(
@@ -1019,19 +1051,7 @@ impl<'a> Decider<'a> {
                         RunPhase::Failed => "RunFailed".into(),
                         other => other.as_str().into(),
                     });
-                set_condition(c, conditions::READY, false, &reason, &message, gen, now);
-                set_condition(c, conditions::FAILED, true, &reason, &message, gen, now);
-                conditions::remove_condition(c, conditions::COMPLETE);
-                set_condition(
-                    c,
-                    conditions::RECONCILING,
-                    false,
-                    "Finished",
-                    &message,
-                    gen,
-                    now,
-                );
-                set_condition(c, conditions::STALLED, true, &reason, &message, gen, now);
+                set_unsuccessful(c, &reason, &message, gen, now);
             }
             _ => {
                 let (reason, stalled) = if let Some((r, _)) = &self.stalled {
@@ -1043,17 +1063,7 @@ impl<'a> Decider<'a> {
                 } else {
                     (phase.as_str().to_string(), false)
                 };
-                set_condition(c, conditions::READY, false, &reason, &message, gen, now);
-                set_condition(
-                    c,
-                    conditions::RECONCILING,
-                    !stalled,
-                    &reason,
-                    &message,
-                    gen,
-                    now,
-                );
-                set_condition(c, conditions::STALLED, stalled, &reason, &message, gen, now);
+                set_unfinished(c, &reason, &message, stalled, gen, now);
             }
         }
         Decision {
