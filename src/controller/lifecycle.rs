@@ -768,14 +768,7 @@ impl<'a> Decider<'a> {
             },
         };
         self.status.job_id = Some(job_id);
-        let attempt = self
-            .status
-            .attempts
-            .iter()
-            .map(|a| a.attempt)
-            .max()
-            .unwrap_or(0)
-            + 1;
+        let attempt = self.next_attempt();
         self.start_with(attempt, kind, retry_of, job_id)
     }
 
@@ -821,6 +814,17 @@ impl<'a> Decider<'a> {
             }
         };
         Action::StartAttempt(request)
+    }
+
+    /// Number of the next attempt (attempt numbers only grow).
+    fn next_attempt(&self) -> u32 {
+        self.status
+            .attempts
+            .iter()
+            .map(|a| a.attempt)
+            .max()
+            .unwrap_or(0)
+            + 1
     }
 
     fn update_attempt(&mut self, run: &ObservedRun) {
@@ -885,14 +889,7 @@ impl<'a> Decider<'a> {
                     conditions::truncate_message(&format!("dbt Cloud run {} failed{step}", run.id));
                 let policy = &self.run.spec.retry;
                 if self.failed_attempts() < policy.max_attempts {
-                    let next = self
-                        .status
-                        .attempts
-                        .iter()
-                        .map(|a| a.attempt)
-                        .max()
-                        .unwrap_or(0)
-                        + 1;
+                    let next = self.next_attempt();
                     self.events
                         .push(EventNote::warning("RunFailed", message.clone()));
                     let kind = match policy.strategy {

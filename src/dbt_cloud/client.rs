@@ -278,7 +278,7 @@ impl DbtCloudClient {
 
     /// `GET /api/v2/accounts/{a}/`.
     pub async fn get_account(&self) -> Result<Account, DbtCloudError> {
-        let url = self.url(&format!("/api/v2/accounts/{}/", self.account_id()), &[])?;
+        let url = self.v2_url("", &[])?;
         self.get_json("get_account", url).await.map(|e| e.data)
     }
 
@@ -385,10 +385,7 @@ impl DbtCloudClient {
 
     /// `GET /api/v2/accounts/{a}/jobs/{j}/`.
     pub async fn get_job(&self, job_id: i64) -> Result<Job, DbtCloudError> {
-        let url = self.url(
-            &format!("/api/v2/accounts/{}/jobs/{job_id}/", self.account_id()),
-            &[],
-        )?;
+        let url = self.v2_url(&format!("jobs/{job_id}/"), &[])?;
         self.get_json("get_job", url).await.map(|e| e.data)
     }
 
@@ -404,10 +401,7 @@ impl DbtCloudClient {
         request.validate()?;
         let body = serde_json::to_vec(request)
             .map_err(|e| DbtCloudError::invalid_request(format!("cannot encode request: {e}")))?;
-        let url = self.url(
-            &format!("/api/v2/accounts/{}/jobs/{job_id}/run/", self.account_id()),
-            &[],
-        )?;
+        let url = self.v2_url(&format!("jobs/{job_id}/run/"), &[])?;
         self.post_json("trigger_run", url, body, false).await
     }
 
@@ -421,10 +415,7 @@ impl DbtCloudClient {
         if !include_related.is_empty() {
             q.push(("include_related", include_related.join(",")));
         }
-        let url = self.url(
-            &format!("/api/v2/accounts/{}/runs/{run_id}/", self.account_id()),
-            &q,
-        )?;
+        let url = self.v2_url(&format!("runs/{run_id}/"), &q)?;
         self.get_json("get_run", url).await.map(|e| e.data)
     }
 
@@ -463,13 +454,7 @@ impl DbtCloudClient {
 
     /// `POST /api/v2/accounts/{a}/runs/{r}/cancel/` (idempotent: retried).
     pub async fn cancel_run(&self, run_id: i64) -> Result<Run, DbtCloudError> {
-        let url = self.url(
-            &format!(
-                "/api/v2/accounts/{}/runs/{run_id}/cancel/",
-                self.account_id()
-            ),
-            &[],
-        )?;
+        let url = self.v2_url(&format!("runs/{run_id}/cancel/"), &[])?;
         self.post_json("cancel_run", url, b"{}".to_vec(), true)
             .await
     }
@@ -477,26 +462,14 @@ impl DbtCloudClient {
     /// `POST /api/v2/accounts/{a}/jobs/{j}/rerun/`: rerun from the point of failure
     /// (or a new run if the last did not fail). Never retried.
     pub async fn rerun_job(&self, job_id: i64) -> Result<Run, DbtCloudError> {
-        let url = self.url(
-            &format!(
-                "/api/v2/accounts/{}/jobs/{job_id}/rerun/",
-                self.account_id()
-            ),
-            &[],
-        )?;
+        let url = self.v2_url(&format!("jobs/{job_id}/rerun/"), &[])?;
         self.post_json("rerun_job", url, b"{}".to_vec(), false)
             .await
     }
 
     /// `POST /api/v2/accounts/{a}/runs/{r}/retry/`: retry a failed run. Never retried.
     pub async fn retry_run(&self, run_id: i64) -> Result<Run, DbtCloudError> {
-        let url = self.url(
-            &format!(
-                "/api/v2/accounts/{}/runs/{run_id}/retry/",
-                self.account_id()
-            ),
-            &[],
-        )?;
+        let url = self.v2_url(&format!("runs/{run_id}/retry/"), &[])?;
         self.post_json("retry_run", url, b"{}".to_vec(), false)
             .await
     }
@@ -506,13 +479,7 @@ impl DbtCloudClient {
         &self,
         run_id: i64,
     ) -> Result<RunFailureDetails, DbtCloudError> {
-        let url = self.url(
-            &format!(
-                "/api/v2/accounts/{}/runs/{run_id}/retry/",
-                self.account_id()
-            ),
-            &[],
-        )?;
+        let url = self.v2_url(&format!("runs/{run_id}/retry/"), &[])?;
         self.get_json("get_run_failure_details", url)
             .await
             .map(|e| e.data)
@@ -522,13 +489,7 @@ impl DbtCloudClient {
 
     /// `GET /api/v2/accounts/{a}/runs/{r}/artifacts/`: artifact paths of a run.
     pub async fn list_run_artifacts(&self, run_id: i64) -> Result<Vec<String>, DbtCloudError> {
-        let url = self.url(
-            &format!(
-                "/api/v2/accounts/{}/runs/{run_id}/artifacts/",
-                self.account_id()
-            ),
-            &[],
-        )?;
+        let url = self.v2_url(&format!("runs/{run_id}/artifacts/"), &[])?;
         self.get_json("list_run_artifacts", url)
             .await
             .map(|e| e.data)
@@ -545,13 +506,7 @@ impl DbtCloudClient {
         let path = encode_artifact_path(path)?;
         let mut q = Vec::new();
         push_opt(&mut q, "step", &step);
-        let url = self.url(
-            &format!(
-                "/api/v2/accounts/{}/runs/{run_id}/artifacts/{path}",
-                self.account_id()
-            ),
-            &q,
-        )?;
+        let url = self.v2_url(&format!("runs/{run_id}/artifacts/{path}"), &q)?;
         self.raw_get("get_run_artifact", url).await
     }
 
@@ -562,13 +517,7 @@ impl DbtCloudClient {
         path: &str,
     ) -> Result<Vec<u8>, DbtCloudError> {
         let path = encode_artifact_path(path)?;
-        let url = self.url(
-            &format!(
-                "/api/v2/accounts/{}/jobs/{job_id}/artifacts/{path}",
-                self.account_id()
-            ),
-            &[],
-        )?;
+        let url = self.v2_url(&format!("jobs/{job_id}/artifacts/{path}"), &[])?;
         self.raw_get("get_job_artifact", url).await
     }
 
@@ -628,6 +577,14 @@ impl DbtCloudClient {
     }
 
     // ----- plumbing -----
+
+    /// `<base>/api/v2/accounts/<this account>/<tail>` with a query.
+    fn v2_url(&self, tail: &str, query: &[(&'static str, String)]) -> Result<Url, DbtCloudError> {
+        self.url(
+            &format!("/api/v2/accounts/{}/{tail}", self.account_id()),
+            query,
+        )
+    }
 
     fn url(&self, path: &str, query: &[(&'static str, String)]) -> Result<Url, DbtCloudError> {
         let mut url = parse_url(&format!("{}{path}", self.inner.base_url))?;

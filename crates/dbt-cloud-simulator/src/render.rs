@@ -244,8 +244,9 @@ const RUN_OPTIONAL: [&str; 15] = [
     "environment",
 ];
 
-/// Trigger properties the live service sends as `null` when not set.
-const TRIGGER_OPTIONAL: [&str; 13] = [
+/// Optional trigger properties (the trigger request's overrides); the live service sends them as
+/// `null` when not set.
+pub(crate) const TRIGGER_OPTIONAL: [&str; 13] = [
     "git_sha",
     "git_branch",
     "azure_pull_request_id",

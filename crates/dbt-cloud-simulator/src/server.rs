@@ -819,21 +819,7 @@ fn trigger(state: &mut State, account: i64, job: &str, body: &[u8]) -> Response<
         "id": 0, "cause": cause, "job_definition_id": job.id, "cause_category": "api",
         "created_at": render::ts(jiff::Timestamp::now()), "updated_at": render::ts(jiff::Timestamp::now()),
     });
-    for key in [
-        "git_sha",
-        "git_branch",
-        "azure_pull_request_id",
-        "github_pull_request_id",
-        "gitlab_merge_request_id",
-        "non_native_pull_request_id",
-        "schema_override",
-        "dbt_version_override",
-        "threads_override",
-        "target_name_override",
-        "generate_docs_override",
-        "timeout_seconds_override",
-        "steps_override",
-    ] {
+    for key in render::TRIGGER_OPTIONAL {
         if let Some(v) = req.get(key).filter(|v| !v.is_null()) {
             trigger[key] = v.clone();
         }
