@@ -23,7 +23,6 @@ use super::lifecycle::{
 use super::poller::observe;
 use super::registry::CredentialsKey;
 use super::{jittered, Context, FIELD_MANAGER, RUN_FINALIZER};
-use crate::crd::conditions;
 use crate::crd::job_run::{
     CredentialsKind, JobSelector, ResultsSummary, StepSummary, TriggerOverrides,
 };
@@ -396,37 +395,20 @@ async fn publish_all(
         ctx.publish(run, warning, reason, "Reconcile", note).await;
     }
     for e in &decision.events {
-        ctx.publish(run, e.warning, e.reason, "Reconcile", e.note.clone())
+        ctx.publish(run, e.warning, &e.reason, "Reconcile", e.note.clone())
             .await;
-    }
-    // A new reason for not being ready (bad input, credentials, lookups) is worth an Event too.
-    let ready = |s: &DbtCloudJobRunStatus| {
-        conditions::find(&s.conditions, conditions::READY)
-            .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
-    };
-    if let Some((status, reason, message)) = ready(new) {
-        let changed = ready(&old).map(|(_, r, _)| r) != Some(reason.clone());
-        let phase_reason = reason == new.phase.as_str()
-            || reason == "Suspended"
-            || reason.starts_with("Run")
-            || reason == "Succeeded"
-            || reason == "Cancelled"
-            || reason == "TimedOut";
-        if changed && status == "False" && !phase_reason && decision.events.is_empty() {
-            ctx.publish(run, true, &reason, "Reconcile", message).await;
-        }
     }
     if old.phase != new.phase && new.phase.is_terminal() {
         if let (Some(start), Some(end)) = (&new.started_at, &new.finished_at) {
             ctx.metrics
                 .run_duration
-                .observe((end.0.as_second() - start.0.as_second()).max(0) as f64);
+                .observe(end.0.duration_since(start.0).as_secs_f64().max(0.0));
         }
         if let Some(a) = new.attempts.last() {
             if let (Some(created), Some(started)) = (&a.created_at, &a.started_at) {
                 ctx.metrics
                     .run_queue_time
-                    .observe((started.0.as_second() - created.0.as_second()).max(0) as f64);
+                    .observe(started.0.duration_since(created.0).as_secs_f64().max(0.0));
             }
         }
         info!(phase = new.phase.as_str(), run_id = ?new.run_id, "run finished");

@@ -244,23 +244,23 @@ pub struct EventNote {
     /// `Normal` or `Warning`.
     pub warning: bool,
     /// CamelCase reason.
-    pub reason: &'static str,
+    pub reason: String,
     /// Human-readable note.
     pub note: String,
 }
 
 impl EventNote {
-    fn normal(reason: &'static str, note: impl Into<String>) -> Self {
+    fn normal(reason: impl Into<String>, note: impl Into<String>) -> Self {
         Self {
             warning: false,
-            reason,
+            reason: reason.into(),
             note: note.into(),
         }
     }
-    fn warning(reason: &'static str, note: impl Into<String>) -> Self {
+    fn warning(reason: impl Into<String>, note: impl Into<String>) -> Self {
         Self {
             warning: true,
-            reason,
+            reason: reason.into(),
             note: note.into(),
         }
     }
@@ -1060,6 +1060,13 @@ impl<'a> Decider<'a> {
                 } else {
                     (phase.as_str().to_string(), false)
                 };
+                // Starting to wait on something (credentials, a lookup, a user fix) is an Event.
+                let blocked = self.stalled.is_some() || self.waiting.is_some();
+                let old_reason = conditions::find(c, conditions::READY).map(|r| r.reason.clone());
+                if blocked && old_reason.as_deref() != Some(reason.as_str()) {
+                    self.events
+                        .push(EventNote::warning(reason.clone(), message.clone()));
+                }
                 set_unfinished(c, &reason, &message, stalled, gen, now);
             }
         }

@@ -184,6 +184,23 @@ fn credentials_not_ready_waits_without_triggering() {
     );
     assert!(d.status.pending_trigger.is_none());
     assert_eq!(cond(&d, CREDENTIALS_READY).unwrap().reason, "Unauthorized");
+    assert!(
+        d.events
+            .iter()
+            .any(|e| e.warning && e.reason == "Unauthorized"),
+        "{:?}",
+        d.events
+    );
+    let again = decide(
+        &object(spec(), Some(d.status.clone())),
+        &not_ready(5),
+        &settings(),
+    );
+    assert!(
+        again.events.is_empty(),
+        "the same wait is not announced twice: {:?}",
+        again.events
+    );
     assert_eq!(cond(&d, conditions::READY).unwrap().reason, "Unauthorized");
     assert_eq!(
         cond_status(&d, conditions::STALLED).as_deref(),
