@@ -1,5 +1,6 @@
-//! Benchmarks (not tests): speed and memory of the operator against the dbt Cloud simulator on
-//! loopback and the in-memory Kubernetes API. Prints a table; see BENCHMARKS.md.
+//! Benchmarks (not tests): speed and memory of the operator (controllers in-process, or the binary
+//! for memory) against the dbt Cloud simulator on loopback and the real kube-apiserver of the
+//! test harness. Prints a table; see BENCHMARKS.md.
 //!
 //! `cargo bench --bench operator` (all), or `cargo bench --bench operator -- trigger|poll|latency|memory`.
 
@@ -115,7 +116,7 @@ async fn polling_cost(n: usize) {
     let env = Env::new().await;
     env.valid_credentials().await;
     add_jobs(&env, 1000, n as i64, Duration::from_secs(3600));
-    let mut config = test_config(&env.sim);
+    let mut config = test_config(&env.sim, &env.ns);
     config.poll_tick = Duration::from_millis(100);
     let op = env.start_operator_with(config);
     for i in 0..n {
@@ -246,28 +247,55 @@ async fn memory(finished: usize, in_flight: usize) {
     let env = Env::new().await;
     env.valid_credentials().await;
     add_jobs(&env, 1000, in_flight as i64, Duration::from_secs(3600));
+    let runs = env.runs();
     for i in 0..finished {
-        env.kube.put_object(
-            "dbtcloud.io/v1alpha1",
-            "dbtcloudjobruns",
-            json!({
-                "apiVersion": "dbtcloud.io/v1alpha1", "kind": "DbtCloudJobRun",
-                "metadata": {"name": format!("done-{i}"), "namespace": NS, "uid": format!("00000000-0000-0000-0000-{i:012}"), "generation": 1},
-                "spec": {"credentialsRef": {"name": "creds", "kind": "DbtCloudCredentials"}, "job": {"id": 42}, "pollIntervalSeconds": 10, "cancelOnTimeout": true, "retry": {"maxAttempts": 1, "strategy": "RerunFailed"}, "cancelOnDelete": true, "suspend": false, "cancel": false},
-                "status": {"observedGeneration": 1, "phase": "Succeeded", "jobId": 42, "accountId": 1, "runId": 1_000_000 + i, "runUrl": format!("https://cloud.getdbt.com/deploy/1/projects/10/runs/{}/", 1_000_000 + i),
-                    "attemptCount": 1, "attempts": [{"attempt": 1, "runId": 1_000_000 + i, "kind": "Full", "status": "Success"}],
-                    "steps": [{"index": 1, "name": "Clone git repository", "status": "Success"}, {"index": 3, "name": "Invoke dbt with `dbt build`", "status": "Success", "durationSeconds": 42}],
-                    "results": {"pass": 120, "error": 0, "fail": 0, "skip": 0, "warn": 2},
-                    "conditions": [
-                        {"type": "Ready", "status": "True", "reason": "Succeeded", "message": "dbt Cloud run succeeded", "lastTransitionTime": "2026-11-01T00:00:00Z", "observedGeneration": 1},
-                        {"type": "Complete", "status": "True", "reason": "Succeeded", "message": "dbt Cloud run succeeded", "lastTransitionTime": "2026-11-01T00:00:00Z", "observedGeneration": 1},
-                        {"type": "Reconciling", "status": "False", "reason": "Finished", "message": "dbt Cloud run succeeded", "lastTransitionTime": "2026-11-01T00:00:00Z", "observedGeneration": 1},
-                        {"type": "Stalled", "status": "False", "reason": "Finished", "message": "dbt Cloud run succeeded", "lastTransitionTime": "2026-11-01T00:00:00Z", "observedGeneration": 1}]}
-            }),
-        );
+        let obj = json!({
+            "apiVersion": "dbtcloud.io/v1alpha1", "kind": "DbtCloudJobRun",
+            "metadata": {"name": format!("done-{i}"), "namespace": env.ns},
+            "spec": {"credentialsRef": {"name": "creds", "kind": "DbtCloudCredentials"}, "job": {"id": 42}, "pollIntervalSeconds": 10, "cancelOnTimeout": true, "retry": {"maxAttempts": 1, "strategy": "RerunFailed"}, "cancelOnDelete": true, "suspend": false, "cancel": false},
+            "status": {"observedGeneration": 1, "phase": "Succeeded", "jobId": 42, "accountId": 1, "runId": 1_000_000 + i, "runUrl": format!("https://cloud.getdbt.com/deploy/1/projects/10/runs/{}/", 1_000_000 + i),
+                "attemptCount": 1, "attempts": [{"attempt": 1, "runId": 1_000_000 + i, "kind": "Full", "status": "Success"}],
+                "steps": [{"index": 1, "name": "Clone git repository", "status": "Success"}, {"index": 3, "name": "Invoke dbt with `dbt build`", "status": "Success", "durationSeconds": 42}],
+                "results": {"pass": 120, "error": 0, "fail": 0, "skip": 0, "warn": 2},
+                "conditions": [
+                    {"type": "Ready", "status": "True", "reason": "Succeeded", "message": "dbt Cloud run succeeded", "lastTransitionTime": "2026-11-01T00:00:00Z", "observedGeneration": 1},
+                    {"type": "Complete", "status": "True", "reason": "Succeeded", "message": "dbt Cloud run succeeded", "lastTransitionTime": "2026-11-01T00:00:00Z", "observedGeneration": 1},
+                    {"type": "Reconciling", "status": "False", "reason": "Finished", "message": "dbt Cloud run succeeded", "lastTransitionTime": "2026-11-01T00:00:00Z", "observedGeneration": 1},
+                    {"type": "Stalled", "status": "False", "reason": "Finished", "message": "dbt Cloud run succeeded", "lastTransitionTime": "2026-11-01T00:00:00Z", "observedGeneration": 1}]}
+        });
+        // The API server ignores status on create: create, then write the status.
+        let mut run: DbtCloudJobRun = serde_json::from_value(obj.clone()).unwrap();
+        run.status = None;
+        runs.create(&kube::api::PostParams::default(), &run)
+            .await
+            .unwrap();
+        runs.patch_status(
+            &format!("done-{i}"),
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"status": obj["status"]})),
+        )
+        .await
+        .unwrap();
     }
+    let versions_before: HashMap<String, Option<String>> = all_runs(&env)
+        .await
+        .into_iter()
+        .map(|r| {
+            (
+                r.metadata.name.clone().unwrap(),
+                r.metadata.resource_version,
+            )
+        })
+        .collect();
     let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = serve_kube_over_http(&env.kube, dir.path()).await;
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        std::fs::read_to_string(&env.cluster.kubeconfig)
+            .unwrap()
+            .replace("namespace: default", &format!("namespace: {}", env.ns)),
+    )
+    .unwrap();
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_dbt-cloud-operator"))
         .args([
             "run",
@@ -277,6 +305,10 @@ async fn memory(finished: usize, in_flight: usize) {
             "json",
             "--poll-tick-millis",
             "200",
+            "--namespace",
+            &env.ns,
+            "--watch-namespaces",
+            &env.ns,
         ])
         .args(["--dev-dbt-cloud-base-url", &env.sim.base_url()])
         .env("KUBECONFIG", &kubeconfig)
@@ -298,11 +330,15 @@ async fn memory(finished: usize, in_flight: usize) {
     .await;
     tokio::time::sleep(Duration::from_secs(5)).await;
     let (rss, peak) = rss_of(pid);
-    let writes = env
-        .kube
-        .requests()
-        .iter()
-        .filter(|r| r.path.contains("done-") && r.method != "GET")
+    // Writes to finished runs since start-up: resourceVersions that changed.
+    let writes = all_runs(&env)
+        .await
+        .into_iter()
+        .filter(|r| {
+            versions_before
+                .get(r.metadata.name.as_deref().unwrap_or_default())
+                .is_some_and(|v| *v != r.metadata.resource_version)
+        })
         .count();
     println!(
         "memory | {finished} finished + {in_flight} in flight, operator as its own process (release build) | RSS {rss:.1} MiB, peak {peak:.1} MiB | writes to finished runs at start-up: {writes} | target ≤ 64 MiB"
@@ -317,7 +353,7 @@ async fn main() {
         .filter(|a| !a.starts_with("--"))
         .collect();
     let want = |name: &str| filter.is_empty() || filter.iter().any(|f| name.contains(f.as_str()));
-    println!("machine: {} cores; dbt Cloud = in-process simulator on 127.0.0.1; Kubernetes = in-memory API (fake-kube-api)", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
+    println!("machine: {} cores; dbt Cloud = in-process simulator on 127.0.0.1; Kubernetes = the real kube-apiserver of the test harness", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
     if want("trigger") {
         trigger_throughput(1000).await;
     }

@@ -1,4 +1,4 @@
-//! The chaos test's cheaper in-process variant, for machines without a kube-apiserver: many runs,
+//! The chaos test, in-process (cheaper than the e2e one, same real kube-apiserver): many runs,
 //! the operator killed at random moments (task aborted: no graceful anything) and restarted, and
 //! the simulator answering 20 % of requests with 429/5xx and losing trigger responses. Pass: every
 //! run reaches its expected terminal phase with exactly one trigger per attempt. Seeded; the seed

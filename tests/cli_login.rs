@@ -1,23 +1,52 @@
 //! The user commands (`login`, `logout`, `accounts`, `status`, `runs`, `open`) run in-process
-//! against the in-memory Kubernetes API and the dbt Cloud simulator, with scripted terminals.
+//! against the real kube-apiserver (a namespace per test) and the dbt Cloud simulator, with
+//! scripted terminals.
+
+mod support;
 
 use dbt_cloud_operator::cli::common::{Ctx, ScriptedPrompt};
 use dbt_cloud_operator::cli::{accounts, inspect, login, logout, Cli, Command};
-use fake_kube_api::FakeApiServer;
 use http::Method;
 use k8s_openapi::ByteString;
+use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use serde_json::{json, Value};
 
 use dbt_cloud_simulator::Simulator;
 
-const NS: &str = "analytics";
 const KEY: &str = "dbtc_cli_test_key_7e3a91";
 const MULTI_KEY: &str = "dbtu_personal_token_4b2c";
 const CRD: &str = "dbtcloud.io/v1alpha1";
 
 struct World {
-    kube: FakeApiServer,
+    /// This test's namespace.
+    ns: String,
+    /// The client the commands use: every request it sends is recorded.
+    client: kube::Client,
+    faults: support::KubeFaults,
+    /// The test's own client (set-up and inspection), not recorded.
+    admin: kube::Client,
     sim: Simulator,
+}
+
+/// The API resource of an object's `apiVersion` and `kind`.
+fn resource_of(obj: &Value) -> ApiResource {
+    let api_version = obj["apiVersion"].as_str().expect("apiVersion");
+    let kind = obj["kind"].as_str().expect("kind");
+    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+    // Secret → secrets, DbtCloudJobRun → dbtcloudjobruns, *Credentials → *credentials.
+    let lower = kind.to_lowercase();
+    let plural = if lower.ends_with('s') {
+        lower
+    } else {
+        format!("{lower}s")
+    };
+    ApiResource {
+        group: group.into(),
+        version: version.into(),
+        api_version: api_version.into(),
+        kind: kind.into(),
+        plural,
+    }
 }
 
 impl World {
@@ -28,10 +57,64 @@ impl World {
         sim.add_account(102, "Beta Corp");
         sim.add_token(KEY, &[101]);
         sim.add_token(MULTI_KEY, &[101, 102]);
+        let cluster = support::harness::cluster();
+        let ns = format!("cli-{}", &support::harness::random_token()[..8]);
+        let faults = support::KubeFaults::default();
+        let client = support::harness::client_with_layer(&cluster.kubeconfig, &ns, &faults).await;
+        let admin = support::harness::client_from(&cluster.kubeconfig).await;
+        support::create_namespace(&admin, &ns).await;
         World {
-            kube: FakeApiServer::new(),
+            ns,
+            client,
+            faults,
+            admin,
             sim,
         }
+    }
+
+    /// Creates `obj` (any kind) as the test's admin, then writes its `status` when it has one
+    /// (the API server ignores status on create).
+    async fn put_object(&self, obj: Value) {
+        let ar = resource_of(&obj);
+        let namespaced = obj["metadata"]["namespace"].as_str().map(str::to_string);
+        let api: Api<DynamicObject> = match &namespaced {
+            Some(ns) => Api::namespaced_with(self.admin.clone(), ns, &ar),
+            None => Api::all_with(self.admin.clone(), &ar),
+        };
+        let name = obj["metadata"]["name"].as_str().unwrap().to_string();
+        let status = obj.get("status").cloned();
+        let dynamic: DynamicObject = serde_json::from_value(obj).unwrap();
+        api.create(&PostParams::default(), &dynamic)
+            .await
+            .unwrap_or_else(|e| panic!("create {name}: {e}"));
+        if let Some(status) = status {
+            api.patch_status(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "status": status })),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("status of {name}: {e}"));
+        }
+    }
+
+    /// An object as JSON (None when absent).
+    async fn get(
+        &self,
+        api_version: &str,
+        kind: &str,
+        ns: Option<&str>,
+        name: &str,
+    ) -> Option<Value> {
+        let ar = resource_of(&json!({"apiVersion": api_version, "kind": kind}));
+        let api: Api<DynamicObject> = match ns {
+            Some(ns) => Api::namespaced_with(self.admin.clone(), ns, &ar),
+            None => Api::all_with(self.admin.clone(), &ar),
+        };
+        api.get_opt(name)
+            .await
+            .unwrap()
+            .map(|o| serde_json::to_value(o).unwrap())
     }
 
     /// Runs a CLI command line (without the program name) against this world.
@@ -60,7 +143,7 @@ impl World {
         let mut err = Vec::new();
         let mut prompt = ScriptedPrompt::new(answers.iter().copied());
         let kube = if with_kube {
-            Ok(self.kube.client())
+            Ok(self.client.clone())
         } else {
             Err("no kubeconfig".to_string())
         };
@@ -101,16 +184,18 @@ impl World {
         outcome
     }
 
-    fn secret(&self, name: &str) -> Option<Value> {
-        self.kube.get("v1", "secrets", Some(NS), name)
+    async fn secret(&self, name: &str) -> Option<Value> {
+        self.get("v1", "Secret", Some(&self.ns), name).await
     }
 
-    fn credentials(&self, name: &str) -> Option<Value> {
-        self.kube.get(CRD, "dbtcloudcredentials", Some(NS), name)
+    async fn credentials(&self, name: &str) -> Option<Value> {
+        self.get(CRD, "DbtCloudCredentials", Some(&self.ns), name)
+            .await
     }
 
+    /// Writes the commands sent.
     fn writes(&self) -> Vec<String> {
-        self.kube
+        self.faults
             .requests()
             .into_iter()
             .filter(|r| r.method != Method::GET)
@@ -118,15 +203,12 @@ impl World {
             .collect()
     }
 
-    fn put_credentials(&self, name: &str, account: i64, labels: Value) {
-        self.kube.put_object(
-            CRD,
-            "dbtcloudcredentials",
-            json!({"apiVersion": CRD, "kind": "DbtCloudCredentials",
-                "metadata": {"name": name, "namespace": NS, "labels": labels},
+    async fn put_credentials(&self, name: &str, account: i64, labels: Value) {
+        self.put_object(json!({"apiVersion": CRD, "kind": "DbtCloudCredentials",
+                "metadata": {"name": name, "namespace": self.ns, "labels": labels},
                 "spec": {"accountId": account, "host": "cloud.getdbt.com",
-                    "apiKeySecretRef": {"name": format!("{name}-key"), "key": "apiKey"}}}),
-        );
+                    "apiKeySecretRef": {"name": format!("{name}-key"), "key": "apiKey"}}}))
+            .await;
     }
 }
 
@@ -162,17 +244,22 @@ fn managed() -> Value {
 #[tokio::test]
 async fn login_creates_the_secret_and_credentials() {
     let w = World::new().await;
-    let o = w.run(&["login", "--key", KEY, "-n", NS], false, &[]).await;
+    let o = w
+        .run(&["login", "--key", KEY, "-n", w.ns.as_str()], false, &[])
+        .await;
     o.ok();
     assert!(o.err.contains("101 (Acme)"), "{}", o.err);
 
-    let secret = w.secret("dbt-cloud-api-key").expect("Secret written");
+    let secret = w.secret("dbt-cloud-api-key").await.expect("Secret written");
     assert_eq!(secret["data"]["apiKey"], b64(KEY));
     assert!(secret.get("stringData").is_none());
     assert_eq!(secret["type"], "Opaque");
     assert_eq!(secret["metadata"]["labels"], managed());
 
-    let creds = w.credentials("dbt-cloud").expect("credentials written");
+    let creds = w
+        .credentials("dbt-cloud")
+        .await
+        .expect("credentials written");
     assert_eq!(creds["spec"]["accountId"], 101);
     assert_eq!(creds["spec"]["host"], "cloud.getdbt.com");
     assert_eq!(
@@ -183,7 +270,7 @@ async fn login_creates_the_secret_and_credentials() {
     assert!(!creds.to_string().contains(KEY));
 
     let applies: Vec<_> = w
-        .kube
+        .faults
         .requests()
         .into_iter()
         .filter(|r| r.method == Method::PATCH)
@@ -213,7 +300,7 @@ async fn login_with_custom_names_and_account() {
             "--account",
             "102",
             "-n",
-            NS,
+            w.ns.as_str(),
             "--name",
             "beta",
             "--secret-name",
@@ -225,10 +312,10 @@ async fn login_with_custom_names_and_account() {
     .await
     .ok();
     assert_eq!(
-        w.secret("beta-token").unwrap()["data"]["apiKey"],
+        w.secret("beta-token").await.unwrap()["data"]["apiKey"],
         b64(MULTI_KEY)
     );
-    let creds = w.credentials("beta").unwrap();
+    let creds = w.credentials("beta").await.unwrap();
     assert_eq!(creds["spec"]["accountId"], 102);
     assert_eq!(creds["spec"]["apiKeySecretRef"]["name"], "beta-token");
 }
@@ -236,6 +323,16 @@ async fn login_with_custom_names_and_account() {
 #[tokio::test]
 async fn cluster_login_puts_the_secret_in_the_operator_namespace() {
     let w = World::new().await;
+    // The operator's namespace (the control plane has no controller-manager to make any).
+    let namespaces = Api::<k8s_openapi::api::core::v1::Namespace>::all(w.admin.clone());
+    if namespaces
+        .get_opt("dbt-cloud-operator")
+        .await
+        .unwrap()
+        .is_none()
+    {
+        support::create_namespace(&w.admin, "dbt-cloud-operator").await;
+    }
     w.run(
         &[
             "login",
@@ -253,25 +350,25 @@ async fn cluster_login_puts_the_secret_in_the_operator_namespace() {
     .await
     .ok();
     let secret = w
-        .kube
         .get(
             "v1",
-            "secrets",
+            "Secret",
             Some("dbt-cloud-operator"),
             "dbt-cloud-api-key",
         )
+        .await
         .expect("Secret in the operator namespace");
     assert_eq!(secret["data"]["apiKey"], b64(KEY));
     let creds = w
-        .kube
-        .get(CRD, "clusterdbtcloudcredentials", None, "dbt-cloud")
+        .get(CRD, "ClusterDbtCloudCredentials", None, "dbt-cloud")
+        .await
         .expect("cluster credentials");
     assert_eq!(creds["spec"]["accountId"], 101);
     assert_eq!(
         creds["spec"]["allowedNamespaces"]["names"],
         json!(["team-a", "team-b"])
     );
-    assert!(w.credentials("dbt-cloud").is_none());
+    assert!(w.credentials("dbt-cloud").await.is_none());
 }
 
 #[tokio::test]
@@ -279,7 +376,11 @@ async fn a_bad_key_is_explained_and_nothing_is_written() {
     let w = World::new().await;
     // Wrong shape: a hint about dbtc_/dbtu_ tokens.
     let o = w
-        .run(&["login", "--key", "not-a-token-xyz", "-n", NS], false, &[])
+        .run(
+            &["login", "--key", "not-a-token-xyz", "-n", w.ns.as_str()],
+            false,
+            &[],
+        )
         .await;
     let e = o.failed();
     assert!(e.contains("correct and unexpired"), "{e}");
@@ -287,7 +388,7 @@ async fn a_bad_key_is_explained_and_nothing_is_written() {
     // Right shape, but rejected: no shape hint.
     let o = w
         .run(
-            &["login", "--key", "dbtc_wrong_key_000", "-n", NS],
+            &["login", "--key", "dbtc_wrong_key_000", "-n", w.ns.as_str()],
             false,
             &[],
         )
@@ -295,8 +396,8 @@ async fn a_bad_key_is_explained_and_nothing_is_written() {
     let e = o.failed();
     assert!(e.contains("401") && e.contains("unexpired"), "{e}");
     assert!(!e.contains("does not look like"), "{e}");
-    assert!(w.kube.requests().is_empty(), "{:?}", w.kube.requests());
-    assert!(w.secret("dbt-cloud-api-key").is_none());
+    assert!(w.faults.requests().is_empty(), "{:?}", w.faults.requests());
+    assert!(w.secret("dbt-cloud-api-key").await.is_none());
 }
 
 #[tokio::test]
@@ -327,7 +428,7 @@ async fn an_unreachable_host_is_explained() {
         prompt: &mut prompt,
         interactive: false,
     };
-    let e = login::login(*args, Ok(w.kube.client()), config, &mut ctx)
+    let e = login::login(*args, Ok(w.client.clone()), config, &mut ctx)
         .await
         .unwrap_err()
         .to_string();
@@ -352,14 +453,18 @@ async fn a_host_outside_the_allow_list_is_refused_before_any_request() {
 #[tokio::test]
 async fn non_interactive_login_needs_key_and_account() {
     let w = World::new().await;
-    let o = w.run(&["login", "-n", NS], false, &[]).await;
+    let o = w.run(&["login", "-n", w.ns.as_str()], false, &[]).await;
     let e = o.failed();
     assert!(e.contains("--key") && e.contains("--account"), "{e}");
     assert!(o.prompts.is_empty());
 
     // Several accounts and no --account: name them and ask for --account.
     let o = w
-        .run(&["login", "--key", MULTI_KEY, "-n", NS], false, &[])
+        .run(
+            &["login", "--key", MULTI_KEY, "-n", w.ns.as_str()],
+            false,
+            &[],
+        )
         .await;
     let e = o.failed();
     assert!(e.contains("--key") && e.contains("--account"), "{e}");
@@ -375,7 +480,15 @@ async fn an_inaccessible_account_lists_the_accessible_ones() {
     let w = World::new().await;
     let o = w
         .run(
-            &["login", "--key", MULTI_KEY, "--account", "999", "-n", NS],
+            &[
+                "login",
+                "--key",
+                MULTI_KEY,
+                "--account",
+                "999",
+                "-n",
+                w.ns.as_str(),
+            ],
             false,
             &[],
         )
@@ -392,31 +505,47 @@ async fn an_inaccessible_account_lists_the_accessible_ones() {
 #[tokio::test]
 async fn existing_credentials_need_force() {
     let w = World::new().await;
-    w.run(&["login", "--key", KEY, "-n", NS], false, &[])
+    w.run(&["login", "--key", KEY, "-n", w.ns.as_str()], false, &[])
         .await
         .ok();
-    let before = w.kube.resource_version();
+    let before = w.writes();
 
     // Same name, non-interactive, no --force: refused, nothing changed.
     let o = w
         .run(
-            &["login", "--key", MULTI_KEY, "--account", "101", "-n", NS],
+            &[
+                "login",
+                "--key",
+                MULTI_KEY,
+                "--account",
+                "101",
+                "-n",
+                w.ns.as_str(),
+            ],
             false,
             &[],
         )
         .await;
     assert!(o.failed().contains("--force"), "{o:?}");
     assert!(o.err.contains("already exists"), "{}", o.err);
-    assert_eq!(w.kube.resource_version(), before);
+    assert_eq!(w.writes(), before, "nothing was written");
     assert_eq!(
-        w.secret("dbt-cloud-api-key").unwrap()["data"]["apiKey"],
+        w.secret("dbt-cloud-api-key").await.unwrap()["data"]["apiKey"],
         b64(KEY)
     );
 
     // Other credentials for the same account and host count too.
     let o = w
         .run(
-            &["login", "--key", KEY, "-n", NS, "--name", "second"],
+            &[
+                "login",
+                "--key",
+                KEY,
+                "-n",
+                w.ns.as_str(),
+                "--name",
+                "second",
+            ],
             false,
             &[],
         )
@@ -428,7 +557,7 @@ async fn existing_credentials_need_force() {
         "{}",
         o.err
     );
-    assert!(w.credentials("second").is_none());
+    assert!(w.credentials("second").await.is_none());
 
     // --force replaces.
     w.run(
@@ -439,7 +568,7 @@ async fn existing_credentials_need_force() {
             "--account",
             "101",
             "-n",
-            NS,
+            w.ns.as_str(),
             "--force",
         ],
         false,
@@ -448,7 +577,7 @@ async fn existing_credentials_need_force() {
     .await
     .ok();
     assert_eq!(
-        w.secret("dbt-cloud-api-key").unwrap()["data"]["apiKey"],
+        w.secret("dbt-cloud-api-key").await.unwrap()["data"]["apiKey"],
         b64(MULTI_KEY)
     );
 }
@@ -456,35 +585,45 @@ async fn existing_credentials_need_force() {
 #[tokio::test]
 async fn an_unmanaged_secret_of_the_same_name_counts_as_existing() {
     let w = World::new().await;
-    w.kube.put_object(
-        "v1",
-        "secrets",
-        json!({"apiVersion": "v1", "kind": "Secret",
-            "metadata": {"name": "dbt-cloud-api-key", "namespace": NS},
-            "data": {"apiKey": b64("dbtc_someone_elses")}}),
-    );
-    let o = w.run(&["login", "--key", KEY, "-n", NS], false, &[]).await;
+    w.put_object(json!({"apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "dbt-cloud-api-key", "namespace": w.ns.as_str()},
+            "data": {"apiKey": b64("dbtc_someone_elses")}}))
+        .await;
+    let o = w
+        .run(&["login", "--key", KEY, "-n", w.ns.as_str()], false, &[])
+        .await;
     assert!(o.failed().contains("--force"));
     assert!(o.err.contains("not created by this CLI"), "{}", o.err);
-    assert!(w.credentials("dbt-cloud").is_none());
+    assert!(w.credentials("dbt-cloud").await.is_none());
 }
 
 #[tokio::test]
 async fn interactive_login_prompts_for_key_account_and_replacement() {
     let w = World::new().await;
-    w.put_credentials("dbt-cloud", 7, json!({}));
+    w.put_credentials("dbt-cloud", 7, json!({})).await;
 
     // Declining leaves everything as it was.
     let o = w
-        .run(&["login", "-n", NS], true, &[MULTI_KEY, "2", "n"])
+        .run(
+            &["login", "-n", w.ns.as_str()],
+            true,
+            &[MULTI_KEY, "2", "n"],
+        )
         .await;
     assert!(o.failed().contains("not replaced"), "{o:?}");
-    assert_eq!(w.credentials("dbt-cloud").unwrap()["spec"]["accountId"], 7);
+    assert_eq!(
+        w.credentials("dbt-cloud").await.unwrap()["spec"]["accountId"],
+        7
+    );
     assert!(w.writes().is_empty(), "{:?}", w.writes());
 
     // An invalid choice is asked again; accepting replaces.
     let o = w
-        .run(&["login", "-n", NS], true, &[MULTI_KEY, "5", "2", "y"])
+        .run(
+            &["login", "-n", w.ns.as_str()],
+            true,
+            &[MULTI_KEY, "5", "2", "y"],
+        )
         .await;
     o.ok();
     assert!(o.prompts[0].contains("API key") && o.prompts[0].contains("hidden"));
@@ -492,11 +631,11 @@ async fn interactive_login_prompts_for_key_account_and_replacement() {
     assert!(o.prompts[3].contains("Replace them?"), "{:?}", o.prompts);
     assert!(o.err.contains("102  Beta Corp"), "{}", o.err);
     assert_eq!(
-        w.credentials("dbt-cloud").unwrap()["spec"]["accountId"],
+        w.credentials("dbt-cloud").await.unwrap()["spec"]["accountId"],
         102
     );
     assert_eq!(
-        w.secret("dbt-cloud-api-key").unwrap()["data"]["apiKey"],
+        w.secret("dbt-cloud-api-key").await.unwrap()["data"]["apiKey"],
         b64(MULTI_KEY)
     );
 }
@@ -507,7 +646,7 @@ async fn dry_run_prints_yaml_and_writes_nothing() {
     // Without any cluster.
     let o = w
         .run_with(
-            &["login", "--key", KEY, "-n", NS, "--dry-run"],
+            &["login", "--key", KEY, "-n", w.ns.as_str(), "--dry-run"],
             false,
             &[],
             false,
@@ -523,16 +662,24 @@ async fn dry_run_prints_yaml_and_writes_nothing() {
     assert_eq!(docs.len(), 2, "{}", o.out);
     assert_eq!(docs[0]["kind"], "Secret");
     assert_eq!(docs[0]["data"]["apiKey"], b64(KEY));
-    assert_eq!(docs[0]["metadata"]["namespace"], NS);
+    assert_eq!(docs[0]["metadata"]["namespace"], w.ns.as_str());
     assert_eq!(docs[1]["kind"], "DbtCloudCredentials");
     assert_eq!(docs[1]["spec"]["accountId"], 101);
     assert!(o.err.contains("nothing was written"), "{}", o.err);
 
     // With a cluster: read to warn about existing credentials, but never written.
-    w.put_credentials("dbt-cloud", 101, managed());
+    w.put_credentials("dbt-cloud", 101, managed()).await;
     let o = w
         .run(
-            &["login", "--key", KEY, "-n", NS, "--dry-run", "--force"],
+            &[
+                "login",
+                "--key",
+                KEY,
+                "-n",
+                w.ns.as_str(),
+                "--dry-run",
+                "--force",
+            ],
             false,
             &[],
         )
@@ -541,21 +688,27 @@ async fn dry_run_prints_yaml_and_writes_nothing() {
     assert!(o.err.contains("already exists"), "{}", o.err);
     assert!(o.out.contains("kind: Secret"));
     assert!(w.writes().is_empty(), "{:?}", w.writes());
-    assert!(w.secret("dbt-cloud-api-key").is_none());
+    assert!(w.secret("dbt-cloud-api-key").await.is_none());
 }
 
 #[tokio::test]
 async fn wait_reports_the_ready_condition() {
     let w = World::new().await;
-    let kube = w.kube.clone();
+    let api: Api<DynamicObject> = Api::namespaced_with(
+        w.admin.clone(),
+        &w.ns,
+        &resource_of(&json!({"apiVersion": CRD, "kind": "DbtCloudCredentials"})),
+    );
     let marker = tokio::spawn(async move {
-        loop {
-            if let Some(mut c) = kube.get(CRD, "dbtcloudcredentials", Some(NS), "dbt-cloud") {
-                c["status"] = json!({"observedGeneration": c["metadata"]["generation"],
+        for _ in 0..1500 {
+            if let Some(c) = api.get_opt("dbt-cloud").await.unwrap() {
+                let status = json!({"status": {"observedGeneration": c.metadata.generation,
                     "conditions": [{"type": "Ready", "status": "True", "reason": "Valid",
                         "message": "Account 101 (Acme) is accessible",
-                        "lastTransitionTime": "2025-01-01T00:00:00Z"}]});
-                kube.put_object(CRD, "dbtcloudcredentials", c);
+                        "lastTransitionTime": "2025-01-01T00:00:00Z"}]}});
+                api.patch_status("dbt-cloud", &PatchParams::default(), &Patch::Merge(status))
+                    .await
+                    .unwrap();
                 return;
             }
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
@@ -568,7 +721,7 @@ async fn wait_reports_the_ready_condition() {
                 "--key",
                 KEY,
                 "-n",
-                NS,
+                w.ns.as_str(),
                 "--wait",
                 "--wait-timeout-seconds",
                 "30",
@@ -590,62 +743,59 @@ async fn wait_reports_the_ready_condition() {
 #[tokio::test]
 async fn logout_deletes_what_login_created() {
     let w = World::new().await;
-    w.run(&["login", "--key", KEY, "-n", NS], false, &[])
+    w.run(&["login", "--key", KEY, "-n", w.ns.as_str()], false, &[])
         .await
         .ok();
 
     // No terminal and no --yes: refused.
-    let o = w.run(&["logout", "-n", NS], false, &[]).await;
+    let o = w.run(&["logout", "-n", w.ns.as_str()], false, &[]).await;
     assert!(o.failed().contains("--yes"), "{o:?}");
-    assert!(w.credentials("dbt-cloud").is_some());
+    assert!(w.credentials("dbt-cloud").await.is_some());
 
     // Declined at the prompt.
-    let o = w.run(&["logout", "-n", NS], true, &["n"]).await;
+    let o = w.run(&["logout", "-n", w.ns.as_str()], true, &["n"]).await;
     o.failed();
-    assert!(w.credentials("dbt-cloud").is_some());
+    assert!(w.credentials("dbt-cloud").await.is_some());
 
-    let o = w.run(&["logout", "-n", NS], true, &["y"]).await;
+    let o = w.run(&["logout", "-n", w.ns.as_str()], true, &["y"]).await;
     o.ok();
-    assert!(w.credentials("dbt-cloud").is_none());
-    assert!(w.secret("dbt-cloud-api-key").is_none());
+    assert!(w.credentials("dbt-cloud").await.is_none());
+    assert!(w.secret("dbt-cloud-api-key").await.is_none());
     assert!(o.err.contains("Deleted Secret"), "{}", o.err);
 }
 
 #[tokio::test]
 async fn logout_refuses_what_it_did_not_create() {
     let w = World::new().await;
-    w.put_credentials("handmade", 101, json!({}));
+    w.put_credentials("handmade", 101, json!({})).await;
     let o = w
         .run(
-            &["logout", "-n", NS, "--name", "handmade", "--yes"],
+            &["logout", "-n", w.ns.as_str(), "--name", "handmade", "--yes"],
             false,
             &[],
         )
         .await;
     assert!(o.failed().contains("not created by this CLI"), "{o:?}");
-    assert!(w.credentials("handmade").is_some());
+    assert!(w.credentials("handmade").await.is_some());
 
     // Managed credentials pointing at a hand-made Secret: the Secret stays.
-    w.put_credentials("mixed", 101, managed());
-    w.kube.put_object(
-        "v1",
-        "secrets",
-        json!({"apiVersion": "v1", "kind": "Secret",
-            "metadata": {"name": "mixed-key", "namespace": NS},
-            "data": {"apiKey": b64("dbtc_handmade")}}),
-    );
+    w.put_credentials("mixed", 101, managed()).await;
+    w.put_object(json!({"apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "mixed-key", "namespace": w.ns.as_str()},
+            "data": {"apiKey": b64("dbtc_handmade")}}))
+        .await;
     let o = w
         .run(
-            &["logout", "-n", NS, "--name", "mixed", "--yes"],
+            &["logout", "-n", w.ns.as_str(), "--name", "mixed", "--yes"],
             false,
             &[],
         )
         .await;
     o.ok();
-    assert!(w.credentials("mixed").is_none());
-    assert!(w.secret("mixed-key").is_some());
+    assert!(w.credentials("mixed").await.is_none());
+    assert!(w.secret("mixed-key").await.is_some());
     assert!(
-        o.err.contains("Kept Secret analytics/mixed-key"),
+        o.err.contains(&format!("Kept Secret {}/mixed-key", w.ns)),
         "{}",
         o.err
     );
@@ -665,14 +815,26 @@ async fn accounts_marks_the_current_credentials() {
 
     // From stored credentials: their key and account.
     w.run(
-        &["login", "--key", MULTI_KEY, "--account", "102", "-n", NS],
+        &[
+            "login",
+            "--key",
+            MULTI_KEY,
+            "--account",
+            "102",
+            "-n",
+            w.ns.as_str(),
+        ],
         false,
         &[],
     )
     .await
     .ok();
     let o = w
-        .run(&["accounts", "-n", NS, "--name", "dbt-cloud"], false, &[])
+        .run(
+            &["accounts", "-n", w.ns.as_str(), "--name", "dbt-cloud"],
+            false,
+            &[],
+        )
         .await;
     o.ok();
     let marked: Vec<&str> = o.out.lines().filter(|l| l.starts_with('*')).collect();
@@ -683,27 +845,19 @@ async fn accounts_marks_the_current_credentials() {
 #[tokio::test]
 async fn status_runs_and_open() {
     let w = World::new().await;
-    w.kube.put_object(
-        CRD,
-        "dbtcloudcredentials",
-        json!({"apiVersion": CRD, "kind": "DbtCloudCredentials",
-            "metadata": {"name": "creds", "namespace": NS},
+    w.put_object(json!({"apiVersion": CRD, "kind": "DbtCloudCredentials",
+            "metadata": {"name": "creds", "namespace": w.ns.as_str()},
             "spec": {"accountId": 101, "host": "emea.dbt.com", "apiKeySecretRef": {"name": "k"}},
             "status": {"conditions": [{"type": "Ready", "status": "False", "reason": "Unauthorized",
-                "message": "dbt Cloud rejected the API token", "lastTransitionTime": "2025-01-01T00:00:00Z"}]}}),
-    );
-    w.kube.put_object(
-        CRD,
-        "clusterdbtcloudcredentials",
-        json!({"apiVersion": CRD, "kind": "ClusterDbtCloudCredentials",
+                "message": "dbt Cloud rejected the API token", "lastTransitionTime": "2025-01-01T00:00:00Z"}]}})).await;
+    w.put_object(json!({"apiVersion": CRD, "kind": "ClusterDbtCloudCredentials",
             "metadata": {"name": "shared"},
-            "spec": {"accountId": 102, "host": "cloud.getdbt.com", "apiKeySecretRef": {"name": "k"}}}),
-    );
-    let o = w.run(&["status", "-n", NS], false, &[]).await;
+            "spec": {"accountId": 102, "host": "cloud.getdbt.com", "apiKeySecretRef": {"name": "k"}}})).await;
+    let o = w.run(&["status", "-n", w.ns.as_str()], false, &[]).await;
     o.ok();
     let line = o.out.lines().find(|l| l.contains("creds")).unwrap();
     for cell in [
-        "analytics",
+        w.ns.as_str(),
         "DbtCloudCredentials",
         "101",
         "emea.dbt.com",
@@ -720,21 +874,14 @@ async fn status_runs_and_open() {
     );
 
     let url = "https://cloud.getdbt.com/deploy/101/projects/10/runs/555/";
-    w.kube.put_object(
-        CRD,
-        "dbtcloudjobruns",
-        json!({"apiVersion": CRD, "kind": "DbtCloudJobRun",
-            "metadata": {"name": "nightly", "namespace": NS},
+    w.put_object(json!({"apiVersion": CRD, "kind": "DbtCloudJobRun",
+            "metadata": {"name": "nightly", "namespace": w.ns.as_str()},
             "spec": {"credentialsRef": {"name": "creds"}, "job": {"id": 100}},
-            "status": {"phase": "Running", "jobId": 100, "runId": 555, "attemptCount": 1, "runUrl": url}}),
-    );
-    w.kube.put_object(
-        CRD,
-        "dbtcloudjobruns",
-        json!({"apiVersion": CRD, "kind": "DbtCloudJobRun",
-            "metadata": {"name": "waiting", "namespace": NS},
-            "spec": {"credentialsRef": {"name": "creds"}, "job": {"id": 100}}}),
-    );
+            "status": {"phase": "Running", "jobId": 100, "runId": 555, "attemptCount": 1, "runUrl": url}})).await;
+    w.put_object(json!({"apiVersion": CRD, "kind": "DbtCloudJobRun",
+            "metadata": {"name": "waiting", "namespace": w.ns.as_str()},
+            "spec": {"credentialsRef": {"name": "creds"}, "job": {"id": 100}}}))
+        .await;
     let o = w.run(&["runs", "-A"], false, &[]).await;
     o.ok();
     let line = o.out.lines().find(|l| l.contains("nightly")).unwrap();
@@ -747,13 +894,21 @@ async fn status_runs_and_open() {
         .any(|l| l.contains("waiting") && l.contains("Pending")));
 
     let o = w
-        .run(&["open", "nightly", "-n", NS, "--print"], false, &[])
+        .run(
+            &["open", "nightly", "-n", w.ns.as_str(), "--print"],
+            false,
+            &[],
+        )
         .await;
     o.ok();
     assert_eq!(o.out.trim(), url);
-    let o = w.run(&["open", "waiting", "-n", NS], false, &[]).await;
+    let o = w
+        .run(&["open", "waiting", "-n", w.ns.as_str()], false, &[])
+        .await;
     assert!(o.failed().contains("no dbt Cloud URL yet"), "{o:?}");
-    let o = w.run(&["open", "missing", "-n", NS], false, &[]).await;
+    let o = w
+        .run(&["open", "missing", "-n", w.ns.as_str()], false, &[])
+        .await;
     assert!(o.failed().contains("not found"), "{o:?}");
 }
 

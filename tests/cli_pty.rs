@@ -5,9 +5,13 @@
 use std::path::Path;
 use std::process::Command;
 
-use fake_kube_api::FakeApiServer;
-use http::Method;
+mod support;
+
+use dbt_cloud_operator::crd::DbtCloudCredentials;
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::ByteString;
+use kube::api::{Api, PostParams};
+use kube::ResourceExt;
 use serde_json::json;
 
 use dbt_cloud_simulator::Simulator;
@@ -24,30 +28,18 @@ async fn simulator() -> Simulator {
     sim
 }
 
-/// Serves the in-memory Kubernetes API over HTTP on 127.0.0.1; returns its URL.
-async fn serve_kube(kube: &FakeApiServer) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let app = axum::Router::new().fallback_service(kube.service());
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    url
+/// The admin kubeconfig of the shared real API server, with `ns` as its namespace.
+fn kubeconfig_text(ns: &str) -> String {
+    let admin = std::fs::read_to_string(&support::harness::cluster().kubeconfig).unwrap();
+    assert!(admin.contains("namespace: default"), "{admin}");
+    admin.replace("namespace: default", &format!("namespace: {ns}"))
 }
 
 /// The binary with a clean environment: no real kubeconfig, dbt Cloud simulated.
-fn command(dir: &Path, kube_url: Option<&str>, sim: &Simulator, args: &[&str]) -> Command {
+fn command(dir: &Path, kubeconfig_text: Option<&str>, sim: &Simulator, args: &[&str]) -> Command {
     let kubeconfig = dir.join("kubeconfig");
-    if let Some(url) = kube_url {
-        std::fs::write(
-            &kubeconfig,
-            format!(
-                "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {url}\n\
-                 users:\n- name: me\n  user: {{}}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    \
-                 user: me\n    namespace: analytics\ncurrent-context: fake\n"
-            ),
-        )
-        .unwrap();
+    if let Some(text) = kubeconfig_text {
+        std::fs::write(&kubeconfig, text).unwrap();
     }
     let mut cmd = Command::new(BIN);
     cmd.args(args)
@@ -122,35 +114,48 @@ async fn interactive_login_dry_run_without_a_cluster() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn interactive_login_dry_run_confirms_replacing_existing_credentials() {
     let sim = simulator().await;
-    let kube = FakeApiServer::new();
-    kube.put_object(
-        "dbtcloud.io/v1alpha1",
-        "dbtcloudcredentials",
+    let cluster = support::harness::cluster();
+    let admin = support::harness::client_from(&cluster.kubeconfig).await;
+    let ns = format!("pty-{}", &support::harness::random_token()[..8]);
+    support::create_namespace(&admin, &ns).await;
+    let creds: DbtCloudCredentials = serde_json::from_value(
         json!({"apiVersion": "dbtcloud.io/v1alpha1", "kind": "DbtCloudCredentials",
-            "metadata": {"name": "dbt-cloud", "namespace": "analytics"},
+            "metadata": {"name": "dbt-cloud", "namespace": ns},
             "spec": {"accountId": 102, "host": "cloud.getdbt.com",
                 "apiKeySecretRef": {"name": "dbt-cloud-api-key"}}}),
-    );
-    let url = serve_kube(&kube).await;
+    )
+    .unwrap();
+    let creds_api = Api::<DbtCloudCredentials>::namespaced(admin.clone(), &ns);
+    let before = creds_api
+        .create(&PostParams::default(), &creds)
+        .await
+        .unwrap()
+        .resource_version();
     let dir = tempfile::tempdir().unwrap();
-    let cmd = command(dir.path(), Some(&url), &sim, &["login", "--dry-run"]);
+    let kubeconfig = kubeconfig_text(&ns);
+    let cmd = command(dir.path(), Some(&kubeconfig), &sim, &["login", "--dry-run"]);
     let seen = tokio::task::spawn_blocking(move || interactive_login(cmd, true))
         .await
         .unwrap();
     assert!(
-        seen.contains("DbtCloudCredentials analytics/dbt-cloud (account 102"),
-        "{seen}"
+        seen.contains(&format!("DbtCloudCredentials {ns}/dbt-cloud (account 102")),
+        "the cluster was consulted: {seen}"
     );
-    assert!(seen.contains("namespace: analytics"), "{seen}");
+    assert!(seen.contains(&format!("namespace: {ns}")), "{seen}");
     assert!(seen.contains(&format!("apiKey: {}", b64(KEY))), "{seen}");
     assert!(!seen.contains(KEY), "the key was shown: {seen}");
-    let writes: Vec<_> = kube
-        .requests()
-        .into_iter()
-        .filter(|r| r.method != Method::GET)
-        .collect();
-    assert!(writes.is_empty(), "dry run wrote: {writes:?}");
-    assert!(!kube.requests().is_empty(), "the cluster was consulted");
+    // A dry run writes nothing: the credentials are untouched and no Secret exists.
+    let after = creds_api.get("dbt-cloud").await.unwrap().resource_version();
+    assert_eq!(before, after, "dry run changed the credentials");
+    let secrets = Api::<Secret>::namespaced(admin.clone(), &ns);
+    assert!(
+        secrets
+            .get_opt("dbt-cloud-api-key")
+            .await
+            .unwrap()
+            .is_none(),
+        "dry run wrote a Secret"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,6 +6,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+#[path = "e2e/harness.rs"]
+mod harness;
+
 use clap::CommandFactory;
 use dbt_cloud_operator::cli::run::RunArgs;
 use dbt_cloud_operator::cli::{Cli, Command as CliCommand};
@@ -81,25 +84,9 @@ fn strings(v: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn kubectl_available() -> bool {
-    Command::new("kubectl")
-        .arg("version")
-        .arg("--client")
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-/// `kubectl kustomize DIR`, or None without kubectl (an error in CI, where it is installed).
-fn kustomize(dir: &str) -> Option<Vec<Value>> {
-    if !kubectl_available() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "kubectl is needed in CI to render {dir}"
-        );
-        eprintln!("SKIPPED: kubectl not found, cannot render {dir}");
-        return None;
-    }
-    let out = Command::new("kubectl")
+/// `kubectl kustomize DIR`, with the kubectl of the test control plane (see tests/e2e/harness.rs).
+fn kustomize(dir: &str) -> Vec<Value> {
+    let out = Command::new(harness::kubectl_bin())
         .args(["kustomize", dir])
         .current_dir(root())
         .output()
@@ -109,29 +96,18 @@ fn kustomize(dir: &str) -> Option<Vec<Value>> {
         "kubectl kustomize {dir}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    Some(docs(
+    docs(
         &String::from_utf8(out.stdout).unwrap(),
         &format!("kustomize {dir}"),
-    ))
+    )
 }
 
-/// The default install: the kustomize render, or without kubectl the files of deploy/base and
-/// deploy/crds (the base has no patches, so they are what kustomize would output).
+/// The default install, as `kubectl kustomize deploy` renders it.
 fn base() -> Vec<Value> {
-    if let Some(out) = kustomize("deploy") {
-        return out;
-    }
-    let mut files = Vec::new();
-    yaml_files(Path::new("deploy/base"), &mut files);
-    yaml_files(Path::new("deploy/crds"), &mut files);
-    files
-        .iter()
-        .filter(|f| !f.ends_with("kustomization.yaml"))
-        .flat_map(file_docs)
-        .collect()
+    kustomize("deploy")
 }
 
-fn namespaced_overlay() -> Option<Vec<Value>> {
+fn namespaced_overlay() -> Vec<Value> {
     kustomize("deploy/overlays/namespaced")
 }
 
@@ -292,11 +268,13 @@ fn env_of(deployment: &Value) -> BTreeMap<String, Value> {
 }
 
 fn deployments() -> Vec<(String, Vec<Value>)> {
-    let mut out = vec![("deploy".to_string(), base())];
-    if let Some(o) = namespaced_overlay() {
-        out.push(("deploy/overlays/namespaced".to_string(), o));
-    }
-    out
+    vec![
+        ("deploy".to_string(), base()),
+        (
+            "deploy/overlays/namespaced".to_string(),
+            namespaced_overlay(),
+        ),
+    ]
 }
 
 #[test]
@@ -715,9 +693,7 @@ fn rbac_is_least_privilege() {
 
 #[test]
 fn namespaced_overlay_confines_secrets_to_the_watched_namespaces() {
-    let Some(objs) = namespaced_overlay() else {
-        return;
-    };
+    let objs = namespaced_overlay();
     let d = one(&objs, "Deployment");
     let args = parse_run_args(d);
     let watched: BTreeSet<String> = args.watch_namespaces.iter().cloned().collect();
@@ -849,7 +825,8 @@ fn every_yaml_under_deploy_parses_and_every_base_file_is_installed() {
     assert!(parsed >= 15, "parsed only {parsed} files");
 
     // A file in deploy/base that the kustomization forgets would silently not be installed.
-    if let Some(rendered) = kustomize("deploy") {
+    {
+        let rendered = kustomize("deploy");
         let mut base_files = Vec::new();
         yaml_files(Path::new("deploy/base"), &mut base_files);
         for f in base_files

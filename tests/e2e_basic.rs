@@ -64,9 +64,7 @@ fn run_yaml(name: &str, job: &str, extra: &str) -> String {
 
 #[tokio::test]
 async fn e2e_crds_install_and_explain() {
-    let Some(env) = TestEnv::new("basic-crds").await else {
-        return;
-    };
+    let env = TestEnv::new("basic-crds").await;
     say(format!(
         "shared cluster startup: {:.1}s",
         env.cluster.startup_secs
@@ -128,9 +126,7 @@ async fn e2e_crds_install_and_explain() {
 
 #[tokio::test]
 async fn e2e_run_by_id_completes() {
-    let Some(env) = TestEnv::new("basic-id").await else {
-        return;
-    };
+    let env = TestEnv::new("basic-id").await;
     seed(&env.sim);
     let _op = env.operator("operator.log", env.operator_opts());
     env.apply(&TestEnv::credentials_yaml("acme", "acme-key", 1, KEY))
@@ -207,9 +203,7 @@ async fn e2e_run_by_id_completes() {
 
 #[tokio::test]
 async fn e2e_run_by_name_retries_failed_steps() {
-    let Some(env) = TestEnv::new("basic-name").await else {
-        return;
-    };
+    let env = TestEnv::new("basic-name").await;
     seed(&env.sim);
     let _op = env.operator("operator.log", env.operator_opts());
     env.apply(&TestEnv::credentials_yaml("acme", "acme-key", 1, KEY))
@@ -245,9 +239,7 @@ async fn e2e_run_by_name_retries_failed_steps() {
 
 #[tokio::test]
 async fn e2e_admission_rejects_invalid_specs() {
-    let Some(env) = TestEnv::new("basic-admission").await else {
-        return;
-    };
+    let env = TestEnv::new("basic-admission").await;
     // A valid run (no operator here: only admission matters).
     env.apply(&run_yaml("keep", "    id: 100", ""))
         .expect_ok("apply valid run");
@@ -345,9 +337,7 @@ async fn e2e_admission_rejects_invalid_specs() {
 
 #[tokio::test]
 async fn e2e_stale_status_write_conflicts() {
-    let Some(env) = TestEnv::new("basic-conflict").await else {
-        return;
-    };
+    let env = TestEnv::new("basic-conflict").await;
     env.apply(&run_yaml("guarded", "    id: 100", ""))
         .expect_ok("apply run");
     let api: Api<DbtCloudJobRun> = Api::namespaced(env.client.clone(), &env.ns);

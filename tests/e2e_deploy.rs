@@ -36,17 +36,14 @@ fn run_yaml(name: &str, creds: &str, kind: &str, extra: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn e2e_deploy_kustomize_and_run_as_service_account() {
-    let Some(env) = TestEnv::new("team-analytics").await else {
-        return;
-    };
+    let env = TestEnv::new("team-analytics").await;
     let deploy = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy");
-    if !std::path::Path::new(deploy)
-        .join("kustomization.yaml")
-        .is_file()
-    {
-        say("e2e_deploy: deploy/kustomization.yaml not found — nothing to apply");
-        return;
-    }
+    assert!(
+        std::path::Path::new(deploy)
+            .join("kustomization.yaml")
+            .is_file(),
+        "{deploy}/kustomization.yaml is missing"
+    );
     let kc = &env.cluster.kubeconfig;
     let out = kubectl_with(kc, &["apply", "-k", deploy], None);
     let applied = out.expect_ok("kubectl apply -k deploy/").to_string();

@@ -31,11 +31,11 @@ fn replica(env: &Env, identity: &str) -> Replica {
     let metrics = Arc::new(Metrics::new());
     let (stop, stopped) = oneshot::channel::<()>();
     let client = env.client.clone();
-    let config = test_config(&env.sim);
+    let config = test_config(&env.sim, &env.ns);
     let m = metrics.clone();
     let lease = LeaderConfig {
         lease_name: "dbt-cloud-operator-leader".into(),
-        namespace: "dbt-cloud-operator".into(),
+        namespace: env.ns.clone(),
         identity: identity.into(),
         duration: 15,
         grace: 5,
@@ -60,6 +60,16 @@ fn replica(env: &Env, identity: &str) -> Replica {
     }
 }
 
+/// Holder of the leader Lease, read from the API server.
+async fn lease_holder(env: &Env) -> Option<String> {
+    kube::Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(env.client.clone(), &env.ns)
+        .get("dbt-cloud-operator-leader")
+        .await
+        .expect("lease exists")
+        .spec
+        .and_then(|s| s.holder_identity)
+}
+
 fn leading(r: &Replica) -> bool {
     r.metrics
         .encode()
@@ -75,8 +85,7 @@ async fn only_the_leader_acts_and_a_standby_takes_over() {
     env.wait_until("replica a leads", || leading(&a)).await;
     let b = replica(&env, "replica-b");
     env.wait_until("replica b reads the Lease", || {
-        env.kube
-            .requests()
+        env.requests()
             .iter()
             .filter(|r| r.path.contains("leases") && r.method == "GET")
             .count()
@@ -85,17 +94,11 @@ async fn only_the_leader_acts_and_a_standby_takes_over() {
     .await;
     env.create_run("first", by_id(JOB_OK)).await;
     env.wait_phase("first", RunPhase::Succeeded).await;
+    let holder = lease_holder(&env).await;
     assert!(
         !leading(&b),
-        "only one replica leads: {:#?} {:?}",
-        env.kube.get(
-            "coordination.k8s.io/v1",
-            "leases",
-            Some("dbt-cloud-operator"),
-            "dbt-cloud-operator-leader"
-        ),
-        env.kube
-            .requests()
+        "only one replica leads: {holder:?} {:?}",
+        env.requests()
             .iter()
             .filter(|r| r.path.contains("leases"))
             .map(|r| format!("{} {} {}", r.method, r.query, r.status))
@@ -132,16 +135,7 @@ async fn only_the_leader_acts_and_a_standby_takes_over() {
         .metrics
         .encode()
         .contains("dbt_cloud_operator_runs_triggered_total 1"));
-    let lease = env
-        .kube
-        .get(
-            "coordination.k8s.io/v1",
-            "leases",
-            Some("dbt-cloud-operator"),
-            "dbt-cloud-operator-leader",
-        )
-        .expect("lease exists");
-    assert_eq!(lease["spec"]["holderIdentity"], "replica-b");
+    assert_eq!(lease_holder(&env).await.as_deref(), Some("replica-b"));
 }
 
 #[tokio::test]
@@ -212,6 +206,10 @@ async fn metrics_and_probes_tell_the_truth() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (code, text) = get(&format!("{base}/metrics")).await;
     assert_eq!(code, 200);
+    let creds_ready = format!(
+        "dbt_cloud_operator_credentials_ready{{kind=\"DbtCloudCredentials\",namespace=\"{}\",name=\"creds\"}} 1",
+        env.ns
+    );
     for needle in [
         "dbt_cloud_operator_reconciliations_total{kind=\"DbtCloudJobRun\"}",
         "dbt_cloud_operator_reconcile_duration_seconds_count{kind=\"DbtCloudJobRun\"}",
@@ -223,7 +221,7 @@ async fn metrics_and_probes_tell_the_truth() {
         "dbt_cloud_operator_api_requests_total{endpoint=\"trigger_run\",code=\"200\"} 2",
         "dbt_cloud_operator_api_requests_total{endpoint=\"get_account\",code=\"200\"}",
         "dbt_cloud_operator_api_request_duration_seconds_count{endpoint=\"list_runs\"}",
-        "dbt_cloud_operator_credentials_ready{kind=\"DbtCloudCredentials\",namespace=\"analytics\",name=\"creds\"} 1",
+        creds_ready.as_str(),
         "dbt_cloud_operator_api_throttled_total 0",
         "dbt_cloud_operator_api_rate_limit_waits_total",
         "dbt_cloud_operator_leader 0",

@@ -13,7 +13,8 @@
 //! when the test binary exits for any reason (a reaper process waits for our end of a pipe to
 //! close, then kills them).
 //!
-//! Without the binaries every e2e test prints a loud `SKIPPED (e2e)` line and returns.
+//! The binaries come from `KUBEBUILDER_ASSETS`, `/usr/local/kubebuilder/bin`, or the project's own
+//! build (`hack/control-plane/install`); when none gives them, every test here fails with the reason.
 #![allow(dead_code)]
 
 use std::io::Write;
@@ -28,9 +29,6 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::Client;
 use serde_json::Value;
 
-/// The line printed when the binaries are missing.
-pub const SKIP_LINE: &str = "SKIPPED (e2e): KUBEBUILDER_ASSETS not set and /usr/local/kubebuilder/bin has no kube-apiserver/etcd — real-API-server tier not run";
-
 /// Writes a line to the real stderr, bypassing libtest's capture (which only captures the
 /// `print!` family), so figures and skip notices show in `cargo test` output of passing tests.
 pub fn say(line: impl AsRef<str>) {
@@ -39,12 +37,62 @@ pub fn say(line: impl AsRef<str>) {
     let _ = err.flush();
 }
 
-/// Where the binaries are: `KUBEBUILDER_ASSETS`, else `/usr/local/kubebuilder/bin`.
+/// Where the control-plane binaries are, in this order: `KUBEBUILDER_ASSETS` (envtest's
+/// convention), `/usr/local/kubebuilder/bin` when it holds them, else the project's own build
+/// (`hack/control-plane/install`, which builds them once into a versioned cache and prints the
+/// folder). Panics with the reason when none of these gives them: this tier is never skipped.
 pub fn assets_dir() -> PathBuf {
-    std::env::var_os("KUBEBUILDER_ASSETS")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/usr/local/kubebuilder/bin"))
+    static ASSETS: OnceLock<PathBuf> = OnceLock::new();
+    ASSETS.get_or_init(resolve_assets).clone()
+}
+
+fn has_control_plane(dir: &Path) -> bool {
+    dir.join("kube-apiserver").is_file() && dir.join("etcd").is_file()
+}
+
+fn resolve_assets() -> PathBuf {
+    if let Some(dir) = std::env::var_os("KUBEBUILDER_ASSETS").filter(|v| !v.is_empty()) {
+        let dir = PathBuf::from(dir);
+        assert!(
+            has_control_plane(&dir),
+            "KUBEBUILDER_ASSETS={} has no kube-apiserver and etcd: unset it to let the tests build \
+             them (hack/control-plane/install), or point it at a folder that has them",
+            dir.display()
+        );
+        return dir;
+    }
+    let system = PathBuf::from("/usr/local/kubebuilder/bin");
+    if has_control_plane(&system) {
+        return system;
+    }
+    let script = repo_root().join("hack/control-plane/install");
+    say(format!(
+        "no KUBEBUILDER_ASSETS: getting the control plane with {} (a cold build takes minutes)",
+        script.display()
+    ));
+    // Its progress goes straight to our stderr; only the folder comes back on stdout.
+    let out = Command::new("bash")
+        .arg(&script)
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+    assert!(
+        out.status.success(),
+        "the real-API-server tests need kube-apiserver and etcd, and {} could not provide them \
+         (exit {:?}; its reason is printed above). Fix that, or set KUBEBUILDER_ASSETS to a folder \
+         holding kube-apiserver, kubectl and etcd.",
+        script.display(),
+        out.status.code()
+    );
+    let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    assert!(
+        has_control_plane(&dir),
+        "{} printed {}, which has no kube-apiserver and etcd",
+        script.display(),
+        dir.display()
+    );
+    dir
 }
 
 /// `kubectl`: `KUBECTL` if set, else from the assets directory, else `/usr/bin/kubectl`, else PATH.
@@ -143,24 +191,12 @@ pub struct Cluster {
     _children: Mutex<Vec<Child>>,
 }
 
-static CLUSTER: OnceLock<Option<Cluster>> = OnceLock::new();
+static CLUSTER: OnceLock<Cluster> = OnceLock::new();
 
-/// The shared cluster, started on first use; `None` (after printing [`SKIP_LINE`]) when the
-/// binaries are missing. Panics when they are present but do not start.
-pub fn cluster() -> Option<&'static Cluster> {
-    let c = CLUSTER.get_or_init(|| {
-        let assets = assets_dir();
-        if !assets.join("kube-apiserver").is_file() || !assets.join("etcd").is_file() {
-            return None;
-        }
-        Some(start_cluster(&assets))
-    });
-    if c.is_none() {
-        // Straight to stderr (not captured by libtest), so it shows for passing tests too.
-        let mut err = std::io::stderr().lock();
-        let _ = writeln!(err, "{SKIP_LINE}");
-    }
-    c.as_ref()
+/// The shared cluster of this test binary, started on first use. Panics (failing the test) when
+/// the binaries cannot be had or do not start.
+pub fn cluster() -> &'static Cluster {
+    CLUSTER.get_or_init(|| start_cluster(&assets_dir()))
 }
 
 fn tmp_base() -> PathBuf {
@@ -173,7 +209,8 @@ fn tmp_base() -> PathBuf {
     }
 }
 
-fn random_token() -> String {
+/// A random lowercase alphanumeric token (40 characters).
+pub fn random_token() -> String {
     use rand::Rng;
     let mut rng = rand::rng();
     (0..40)
@@ -455,6 +492,40 @@ pub async fn client_from(kubeconfig: &Path) -> Client {
         .await
         .expect("kube config");
     Client::try_from(config).expect("kube client")
+}
+
+/// The default service stack of a `kube::Client` (kube's `GenericService`, which it does not export).
+pub type KubeStack = tower::util::BoxService<
+    http::Request<kube::client::Body>,
+    http::Response<Box<kube::client::DynBody>>,
+    tower::BoxError,
+>;
+
+/// A `kube::Client` from a kubeconfig file with `layer` around its stack and `namespace` as its
+/// default namespace.
+pub async fn client_with_layer<L, B>(kubeconfig: &Path, namespace: &str, layer: &L) -> Client
+where
+    L: tower::Layer<KubeStack>,
+    L::Service: tower::Service<
+            http::Request<kube::client::Body>,
+            Response = http::Response<B>,
+            Error = tower::BoxError,
+        > + Send
+        + 'static,
+    <L::Service as tower::Service<http::Request<kube::client::Body>>>::Future: Send + 'static,
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<tower::BoxError>,
+{
+    crypto();
+    let kc = Kubeconfig::read_from(kubeconfig).expect("read kubeconfig");
+    let mut config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .expect("kube config");
+    config.default_namespace = namespace.to_string();
+    kube::client::ClientBuilder::try_from(config)
+        .expect("kube client builder")
+        .with_layer(layer)
+        .build()
 }
 
 /// Result of a `kubectl` call.
@@ -750,9 +821,9 @@ pub struct TestEnv {
 }
 
 impl TestEnv {
-    /// Sets up a test; `None` when the tier is skipped.
-    pub async fn new(name: &str) -> Option<TestEnv> {
-        let cluster = cluster()?;
+    /// Sets up a test (a fresh namespace on the shared cluster, a simulator, a temp folder).
+    pub async fn new(name: &str) -> TestEnv {
+        let cluster = cluster();
         let client = client_from(&cluster.kubeconfig).await;
         let ns = format!("{name}-{}", &random_token()[..6]);
         let out = kubectl_with(&cluster.kubeconfig, &["create", "namespace", &ns], None);
@@ -762,7 +833,7 @@ impl TestEnv {
             .prefix(&format!("dco-{name}-"))
             .tempdir()
             .expect("temp dir");
-        Some(TestEnv {
+        TestEnv {
             cluster,
             ns,
             client,
@@ -770,7 +841,7 @@ impl TestEnv {
             sim_rt: Some(sim_rt),
             dir,
             t0: Instant::now(),
-        })
+        }
     }
 
     /// Seconds since setup.

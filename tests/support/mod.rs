@@ -1,6 +1,14 @@
-//! Test harness: the in-memory Kubernetes API (`fake-kube-api`), the dbt Cloud simulator, and the
-//! operator's real controllers running in-process against both.
+//! Test harness of the in-process tier: the operator's real controllers running in the test's
+//! process against the real kube-apiserver (shared by the test binary, see `tests/e2e/harness.rs`;
+//! each test gets a namespace of its own and a client wrapped in [`KubeFaults`]) and the dbt Cloud
+//! simulator.
 #![allow(dead_code)]
+
+#[path = "../e2e/harness.rs"]
+pub mod harness;
+pub mod kube_faults;
+
+pub use kube_faults::{KubeFaults, RecordedRequest};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,15 +18,13 @@ use dbt_cloud_operator::crd::{DbtCloudCredentials, DbtCloudJobRun, RunPhase};
 use dbt_cloud_operator::dbt_cloud::ClientConfig;
 use dbt_cloud_operator::metrics::Metrics;
 use dbt_cloud_simulator::{JobBehavior, JobSpec, Outcome, Simulator};
-use fake_kube_api::FakeApiServer;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, PostParams};
 use serde_json::json;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-/// Namespace every test object lives in.
-pub const NS: &str = "analytics";
 /// dbt Cloud account of the default seed.
 pub const ACCOUNT: i64 = 1;
 /// A valid token for [`ACCOUNT`].
@@ -64,17 +70,26 @@ impl Drop for Operator {
     }
 }
 
-/// The world of one test.
+/// The world of one test: a namespace of its own on the shared real API server, a client that
+/// records (and can fail) its requests, and a simulator.
 pub struct Env {
-    pub kube: FakeApiServer,
+    /// The shared control plane of this test binary.
+    pub cluster: &'static harness::Cluster,
+    /// This test's namespace (the operator instances it starts watch only this one).
+    pub ns: String,
+    /// Admin client through [`KubeFaults`]; operators started by the test use it too.
     pub client: kube::Client,
+    /// Requests sent through `client`, and injected failures.
+    pub faults: KubeFaults,
+    /// The dbt Cloud simulator.
     pub sim: Simulator,
 }
 
 /// Operator configuration for tests: fast ticks, short windows, the simulator as dbt Cloud.
-pub fn test_config(sim: &Simulator) -> Config {
+pub fn test_config(sim: &Simulator, ns: &str) -> Config {
     let mut config = Config {
-        operator_namespace: "dbt-cloud-operator".into(),
+        operator_namespace: ns.into(),
+        watch_namespaces: vec![ns.into()],
         poll_tick: Duration::from_millis(20),
         secret_refresh: Duration::from_millis(300),
         deletion_timeout: Duration::from_secs(5),
@@ -139,9 +154,24 @@ impl Env {
         let mut flaky = behavior(Outcome::FailAtStep(2), 100);
         flaky.retry_outcome = Outcome::Success;
         sim.add_job(ACCOUNT, job(JOB_FLAKY, "flaky", flaky));
-        let kube = FakeApiServer::new();
-        let client = kube.client();
-        Self { kube, client, sim }
+        let cluster = harness::cluster();
+        let ns = format!("t-{}", harness::random_token()[..8].to_lowercase());
+        let faults = KubeFaults::default();
+        let client = harness::client_with_layer(&cluster.kubeconfig, &ns, &faults).await;
+        create_namespace(&client, &ns).await;
+        faults.clear_requests();
+        Self {
+            cluster,
+            ns,
+            client,
+            faults,
+            sim,
+        }
+    }
+
+    /// Requests sent through [`Env::client`] so far (the operators' included).
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        self.faults.requests()
     }
 
     /// Starts an operator instance with `config`.
@@ -167,7 +197,7 @@ impl Env {
 
     /// Starts an operator instance with the test configuration.
     pub fn start_operator(&self) -> Operator {
-        self.start_operator_with(test_config(&self.sim))
+        self.start_operator_with(test_config(&self.sim, &self.ns))
     }
 
     /// Creates the API-key Secret.
@@ -175,13 +205,13 @@ impl Env {
         let secret = Secret {
             metadata: kube::api::ObjectMeta {
                 name: Some(name.into()),
-                namespace: Some(NS.into()),
+                namespace: Some(self.ns.clone()),
                 ..Default::default()
             },
             data: Some(key_data(token)),
             ..Default::default()
         };
-        Api::<Secret>::namespaced(self.client.clone(), NS)
+        Api::<Secret>::namespaced(self.client.clone(), &self.ns)
             .create(&PostParams::default(), &secret)
             .await
             .unwrap();
@@ -189,7 +219,7 @@ impl Env {
 
     /// Replaces the API key in a Secret (rotation).
     pub async fn rotate_secret(&self, name: &str, token: &str) {
-        let api = Api::<Secret>::namespaced(self.client.clone(), NS);
+        let api = Api::<Secret>::namespaced(self.client.clone(), &self.ns);
         let patch = Secret {
             data: Some(key_data(token)),
             ..Default::default()
@@ -207,11 +237,11 @@ impl Env {
     pub async fn create_credentials(&self, secret: &str) {
         let creds: DbtCloudCredentials = serde_json::from_value(json!({
             "apiVersion": "dbtcloud.io/v1alpha1", "kind": "DbtCloudCredentials",
-            "metadata": {"name": "creds", "namespace": NS},
+            "metadata": {"name": "creds", "namespace": self.ns},
             "spec": {"accountId": ACCOUNT, "host": "cloud.getdbt.com", "apiKeySecretRef": {"name": secret}}
         }))
         .unwrap();
-        Api::<DbtCloudCredentials>::namespaced(self.client.clone(), NS)
+        Api::<DbtCloudCredentials>::namespaced(self.client.clone(), &self.ns)
             .create(&PostParams::default(), &creds)
             .await
             .unwrap();
@@ -227,7 +257,7 @@ impl Env {
     pub async fn create_run(&self, name: &str, spec: serde_json::Value) -> DbtCloudJobRun {
         let run: DbtCloudJobRun = serde_json::from_value(json!({
             "apiVersion": "dbtcloud.io/v1alpha1", "kind": "DbtCloudJobRun",
-            "metadata": {"name": name, "namespace": NS},
+            "metadata": {"name": name, "namespace": self.ns},
             "spec": spec
         }))
         .unwrap();
@@ -239,7 +269,7 @@ impl Env {
 
     /// API handle for runs.
     pub fn runs(&self) -> Api<DbtCloudJobRun> {
-        Api::namespaced(self.client.clone(), NS)
+        Api::namespaced(self.client.clone(), &self.ns)
     }
 
     /// Current object (None when gone).
@@ -301,20 +331,49 @@ impl Env {
         panic!("timed out waiting until {what}");
     }
 
-    /// Reasons of the Events recorded for a run.
-    pub fn event_reasons(&self, name: &str) -> Vec<String> {
-        self.kube
-            .events(NS)
-            .iter()
-            .filter(|e| {
-                e.pointer("/regarding/name")
-                    .or_else(|| e.pointer("/involvedObject/name"))
-                    .and_then(|v| v.as_str())
-                    == Some(name)
-            })
-            .filter_map(|e| e.get("reason").and_then(|v| v.as_str()).map(str::to_string))
+    /// Reasons of the Events recorded for a run (read from the API server).
+    pub async fn event_reasons(&self, name: &str) -> Vec<String> {
+        let events: Api<Event> = Api::namespaced(self.client.clone(), &self.ns);
+        let list = events
+            .list(&kube::api::ListParams::default())
+            .await
+            .expect("list events");
+        list.items
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+            .filter_map(|e| e.reason)
             .collect()
     }
+
+    /// Waits (bounded like [`Env::wait_run`]) until the run has Events with every reason in
+    /// `want` (Events are written after the status they report); returns all its reasons.
+    pub async fn wait_events(&self, name: &str, want: &[&str]) -> Vec<String> {
+        let mut reasons = Vec::new();
+        for _ in 0..1500 {
+            reasons = self.event_reasons(name).await;
+            if want.iter().all(|w| reasons.iter().any(|r| r == w)) {
+                return reasons;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("{name} never had Events {want:?}; it has {reasons:?}");
+    }
+}
+
+/// Creates a namespace (the control plane has no controller-manager: it is never finalized, so
+/// tests never delete theirs).
+pub async fn create_namespace(client: &kube::Client, ns: &str) {
+    let namespace = Namespace {
+        metadata: kube::api::ObjectMeta {
+            name: Some(ns.into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &namespace)
+        .await
+        .expect("create namespace");
 }
 
 /// Secret data holding `token` under the default key.
@@ -334,36 +393,4 @@ pub fn condition(run: &DbtCloudJobRun, type_: &str) -> Option<(String, String)> 
         .iter()
         .find(|c| c.type_ == type_)
         .map(|c| (c.status.clone(), c.reason.clone()))
-}
-
-/// Serves the in-memory Kubernetes API over plain HTTP on 127.0.0.1 (so a separate operator
-/// process can use it) and writes a kubeconfig for it. Returns the kubeconfig path.
-pub async fn serve_kube_over_http(
-    kube: &FakeApiServer,
-    dir: &std::path::Path,
-) -> std::path::PathBuf {
-    use tower::ServiceExt;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let kube = kube.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let kube = kube.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req| kube.service().oneshot(req));
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
-    let path = dir.join("kubeconfig");
-    let config = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://{addr}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n    namespace: {NS}\ncurrent-context: fake\nusers:\n- name: fake\n  user: {{}}\n"
-    );
-    std::fs::write(&path, config).unwrap();
-    path
 }
