@@ -5,8 +5,10 @@
 //!
 //! State: accounts, tokens (each limited to some accounts), projects, environments, jobs and runs.
 //! Runs move Queued → Starting → Running → Success/Error/Cancelled over per-job durations, one run
-//! at a time per job (later triggers queue), computed lazily from the clock. Native retry runs only
-//! the failed and skipped steps. Faults on demand: 401/429/5xx, slow responses, runs invisible for a
+//! at a time per job (later triggers queue), computed lazily from the clock. Like dbt Cloud's, every
+//! run's steps are three setup steps (clone, profile, `dbt deps`) and then the job's commands, so
+//! a job's first command is step 4. Native retry runs the setup steps and only the failed and
+//! skipped commands. Faults on demand: 401/429/5xx, slow responses, runs invisible for a
 //! while after their trigger, and a trigger whose run is created but whose response is lost (the
 //! connection is closed without a response).
 //!
@@ -64,7 +66,12 @@ impl Default for JobBehavior {
 pub enum Outcome {
     /// Every step succeeds.
     Success,
-    /// The dbt command at this 1-based index (into [`JobSpec::steps`]) fails.
+    /// The job's own dbt command at this 1-based index fails: an index into [`JobSpec::steps`]
+    /// (or the trigger's `steps_override`), not counting the setup steps every run starts with
+    /// (clone, profile, `dbt deps`), so `FailAtStep(n)` is run step `3 + n` in `run_steps`. For a
+    /// retry's outcome the index still counts the job's commands from its first one, although the
+    /// retry runs only the failed and later ones; an index outside the commands a run executes
+    /// means the run succeeds.
     FailAtStep(usize),
     /// The run ends cancelled.
     Cancelled,

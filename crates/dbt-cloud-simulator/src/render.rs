@@ -141,11 +141,17 @@ fn hms(d: std::time::Duration) -> String {
     format!("{:02}:{:02}:{:02}", s / 3600, (s / 60) % 60, s % 60)
 }
 
-/// Step names of a run: setup steps, then one per dbt command.
+/// How many setup steps precede a run's dbt commands: dbt Cloud clones the repository, creates
+/// the profile and runs `dbt deps` before every run (including retries), so a run's first own
+/// command is step `SETUP_STEPS + 1`.
+pub const SETUP_STEPS: usize = 3;
+
+/// Step names of a run: the [`SETUP_STEPS`] setup steps, then one per dbt command.
 pub fn step_names(run: &RunState) -> Vec<String> {
     let mut names = vec![
         "Clone git repository".to_string(),
         "Create profile from connection Snowflake".to_string(),
+        "Invoke dbt with `dbt deps`".to_string(),
     ];
     names.extend(
         run.commands
@@ -175,7 +181,7 @@ fn steps(run: &RunState, now: Instant) -> Vec<Value> {
                 RUNNING,
             )
         }
-        ERROR => (2 + failing_command(run).unwrap_or(0) + 1, ERROR),
+        ERROR => (SETUP_STEPS + failing_command(run).unwrap_or(0) + 1, ERROR),
         CANCELLED => {
             let frac = run
                 .finish_at
@@ -198,6 +204,8 @@ fn steps(run: &RunState, now: Instant) -> Vec<Value> {
             let end = if code == SUCCESS || code == ERROR || code == CANCELLED { Some(if is_last { run.finish_at } else { begin + step_len }) } else { None };
             let logs = if code == ERROR {
                 "Running with dbt=1.9.1\nFound 3 models, 4 tests\n\nDatabase Error in model orders (models/orders.sql)\n  relation \"raw.orders\" does not exist\n\nDone. PASS=2 WARN=0 ERROR=1 SKIP=1 TOTAL=4".to_string()
+            } else if i + 1 == SETUP_STEPS {
+                "Running with dbt=1.9.1\nInstalling dbt-labs/dbt_utils\nInstalled from version 1.3.0".to_string()
             } else {
                 format!("{} finished", names[i])
             };
@@ -466,7 +474,7 @@ pub fn run_results(run: &RunState, now: Instant, step: Option<usize>) -> Option<
     if code < SUCCESS || code == CANCELLED {
         return None;
     }
-    let setup = 2;
+    let setup = SETUP_STEPS;
     let last_dbt = setup
         + failing_command(run)
             .map(|c| c + 1)

@@ -667,7 +667,7 @@ fn account_route(
                             json_response(
                                 200,
                                 &envelope(
-                                    json!({"failed_step": names[2 + i], "skipped_steps": names[3 + i..].to_vec()}),
+                                    json!({"failed_step": names[render::SETUP_STEPS + i], "skipped_steps": names[render::SETUP_STEPS + 1 + i..].to_vec()}),
                                     None,
                                 ),
                             )

@@ -364,6 +364,7 @@ async fn trigger_validates_cause_and_stores_overrides() {
         [
             "Clone git repository",
             "Create profile from connection Snowflake",
+            "Invoke dbt with `dbt deps`",
             "Invoke dbt with `dbt build -s orders`"
         ]
     );
@@ -425,6 +426,7 @@ async fn a_run_goes_through_its_lifecycle_and_succeeds() {
         [
             "Clone git repository",
             "Create profile from connection Snowflake",
+            "Invoke dbt with `dbt deps`",
             "Invoke dbt with `dbt seed`",
             "Invoke dbt with `dbt build`"
         ]
@@ -484,15 +486,17 @@ async fn failure_at_a_chosen_step_and_native_retry() {
     assert_eq!(failed["status_humanized"], "Error");
     assert_eq!(failed["can_retry"], true);
     let steps = failed["run_steps"].as_array().unwrap();
-    assert_eq!(steps.len(), 4, "later steps do not run: {steps:?}");
-    assert_eq!(steps[3]["name"], "Invoke dbt with `dbt run`");
-    assert_eq!(steps[3]["status"], 20);
-    assert_eq!(steps[3]["status_humanized"], "Error");
-    assert!(steps[3]["logs"]
+    // Clone, profile, `dbt deps`, then the job's commands: FailAtStep(2) is step 3 + 2.
+    assert_eq!(steps.len(), 5, "later steps do not run: {steps:?}");
+    assert_eq!(steps[4]["index"], 5);
+    assert_eq!(steps[4]["name"], "Invoke dbt with `dbt run`");
+    assert_eq!(steps[4]["status"], 20);
+    assert_eq!(steps[4]["status_humanized"], "Error");
+    assert!(steps[4]["logs"]
         .as_str()
         .unwrap()
         .contains("Database Error in model orders"));
-    assert_eq!(steps[2]["status"], 10);
+    assert_eq!(steps[3]["status"], 10);
 
     let (s, b) = api
         .get(&format!("/api/v2/accounts/1/runs/{id}/retry/"))
@@ -514,7 +518,7 @@ async fn failure_at_a_chosen_step_and_native_retry() {
     assert_eq!(done["status"], 10, "retry_outcome defaults to success");
     assert_eq!(done["retrying_run_id"], id);
     assert_eq!(
-        step_names(&done)[2..],
+        step_names(&done)[3..],
         ["Invoke dbt with `dbt run`", "Invoke dbt with `dbt test`"]
     );
     assert_eq!(sim.trigger_count(1, 101), 1, "retries are not triggers");
@@ -565,10 +569,10 @@ async fn rerun_retries_the_failed_run_or_triggers_a_new_one() {
     assert_eq!(done["retrying_run_id"], id);
     assert_eq!(done["status"], 20, "the configured retry outcome");
     assert_eq!(
-        step_names(&done)[2..],
+        step_names(&done)[3..],
         ["Invoke dbt with `dbt run`", "Invoke dbt with `dbt test`"]
     );
-    assert_eq!(done["run_steps"][3]["status"], 20, "fails at `dbt test`");
+    assert_eq!(done["run_steps"][4]["status"], 20, "fails at `dbt test`");
     // After a success, rerun triggers the whole job.
     let ok = api.trigger(100, "fine").await;
     api.wait_complete(ok).await;
@@ -577,7 +581,7 @@ async fn rerun_retries_the_failed_run_or_triggers_a_new_one() {
         .await;
     assert_eq!(s, 200);
     let full = api.wait_complete(b["data"]["id"].as_i64().unwrap()).await;
-    assert_eq!(full["run_steps"].as_array().unwrap().len(), 4);
+    assert_eq!(full["run_steps"].as_array().unwrap().len(), 5);
     let (s, b) = api
         .post("/api/v2/accounts/1/jobs/999/rerun/", json!({}))
         .await;
@@ -789,10 +793,10 @@ async fn artifacts_per_step() {
         assert!(r["unique_id"].is_string() && r["execution_time"].is_number());
         assert!(r.get("message").is_some());
     }
-    // Step 3 (`dbt seed`) succeeded.
+    // Step 4 (`dbt seed`) succeeded.
     let (s, rr) = api
         .get(&format!(
-            "/api/v2/accounts/1/runs/{id}/artifacts/run_results.json?step=3"
+            "/api/v2/accounts/1/runs/{id}/artifacts/run_results.json?step=4"
         ))
         .await;
     assert_eq!(s, 200);
@@ -801,8 +805,8 @@ async fn artifacts_per_step() {
         .unwrap()
         .iter()
         .all(|r| r["status"] != "error"));
-    // Setup steps and steps that never ran have no artifacts.
-    for step in [1, 5] {
+    // Setup steps (`dbt deps` included) and steps that never ran have no artifacts.
+    for step in [1, 3, 6] {
         let (s, _) = api
             .get(&format!(
                 "/api/v2/accounts/1/runs/{id}/artifacts/run_results.json?step={step}"
@@ -812,7 +816,7 @@ async fn artifacts_per_step() {
     }
     let (s, m) = api
         .get(&format!(
-            "/api/v2/accounts/1/runs/{id}/artifacts/manifest.json?step=3"
+            "/api/v2/accounts/1/runs/{id}/artifacts/manifest.json?step=4"
         ))
         .await;
     assert_eq!(s, 200);

@@ -863,6 +863,100 @@ fn the_validator_handles_json_schema_keywords() {
     );
 }
 
+/// Every run starts with dbt Cloud's three setup steps (clone, profile, `dbt deps`), so a job's own
+/// command `k` is run step `3 + k`; `FailAtStep(k)` counts the job's own commands.
+#[tokio::test]
+async fn runs_start_with_the_three_setup_steps() {
+    let f = fixture().await;
+    let (_, failed) = f
+        .send(
+            "GET",
+            &format!("/api/v2/accounts/1/runs/{}/?include_related=run_steps", f.failed_id),
+            None,
+            TOKEN,
+        )
+        .await;
+    let steps = failed["data"]["run_steps"].as_array().unwrap();
+    let names: Vec<&str> = steps.iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        [
+            "Clone git repository",
+            "Create profile from connection Snowflake",
+            "Invoke dbt with `dbt deps`",
+            "Invoke dbt with `dbt seed`",
+            "Invoke dbt with `dbt build`",
+        ]
+    );
+    let indexes: Vec<i64> = steps.iter().map(|s| s["index"].as_i64().unwrap()).collect();
+    assert_eq!(indexes, [1, 2, 3, 4, 5]);
+    // FailAtStep(2): the job's second command, run step 3 + 2.
+    let statuses: Vec<i64> = steps.iter().map(|s| s["status"].as_i64().unwrap()).collect();
+    assert_eq!(statuses, [10, 10, 10, 10, 20]);
+    let (_, retry) = f
+        .send(
+            "GET",
+            &format!("/api/v2/accounts/1/runs/{}/retry/", f.failed_id),
+            None,
+            TOKEN,
+        )
+        .await;
+    assert_eq!(retry["data"]["failed_step"], "Invoke dbt with `dbt build`");
+    assert_eq!(retry["data"]["skipped_steps"], serde_json::json!([]));
+    // `dbt deps` writes no run_results.json; the job's commands do.
+    for (step, expected) in [(3, 404), (4, 200), (5, 200), (6, 404)] {
+        let (status, _) = f
+            .send(
+                "GET",
+                &format!(
+                    "/api/v2/accounts/1/runs/{}/artifacts/run_results.json?step={step}",
+                    f.failed_id
+                ),
+                None,
+                TOKEN,
+            )
+            .await;
+        assert_eq!(status, expected, "step {step}");
+    }
+    // A native retry runs the setup steps again, then the failed command.
+    let (_, retried) = f
+        .send(
+            "POST",
+            &format!("/api/v2/accounts/1/runs/{}/retry/", f.failed_id),
+            None,
+            TOKEN,
+        )
+        .await;
+    let id = retried["data"]["id"].as_i64().unwrap();
+    let done = async {
+        loop {
+            let run = f.sim.run(1, id).unwrap();
+            if run["is_complete"] == true {
+                return run;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    let run = tokio::time::timeout(Duration::from_secs(20), done)
+        .await
+        .expect("retry finishes");
+    let names: Vec<&str> = run["run_steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "Clone git repository",
+            "Create profile from connection Snowflake",
+            "Invoke dbt with `dbt deps`",
+            "Invoke dbt with `dbt build`",
+        ]
+    );
+}
+
 /// A plain-http client. In a workspace build reqwest is compiled with the operator's
 /// `rustls-no-provider` feature, which needs a process-wide crypto provider even for http.
 fn http_client() -> reqwest::Client {
