@@ -1,7 +1,8 @@
 //! A stateful, fault-injecting simulator of the dbt Cloud Administrative API (v2/v3) and a sliver of
 //! the Discovery API, served on 127.0.0.1. Request and response shapes follow dbt Labs' OpenAPI
 //! descriptions (`shared/dbt-cloud-api/`): the `{status, data, extra}` envelope, run objects with
-//! their status codes and flags, `run_steps` only with `include_related=run_steps`, raw artifacts.
+//! their status codes and flags, steps only with `include_related=run_steps`, raw artifacts shaped
+//! by dbt's published schemas (manifest v12, run_results v6).
 //!
 //! State: accounts, tokens (each limited to some accounts), projects, environments, jobs and runs.
 //! Runs move Queued → Starting → Running → Success/Error/Cancelled over per-job durations, one run
@@ -12,8 +13,10 @@
 //! while after their trigger, and a trigger whose run is created but whose response is lost (the
 //! connection is closed without a response).
 //!
-//! Absent values (a running run's `finished_at`, …) are omitted, because the OpenAPI schemas declare
-//! no property nullable; [`Simulator::set_live_nulls`] sends them as `null` like the live service.
+//! Absent values (a running run's `finished_at`, unrequested `trigger`/`job`, …) are sent as `null`
+//! and unrequested `run_steps` as `[]`, as the live service does, although the OpenAPI schemas
+//! declare no property nullable; `set_live_nulls(false)` ([`Simulator::set_live_nulls`]) switches
+//! to the sparse form that omits them.
 //! The Discovery API sliver parses the GraphQL selection and answers unknown fields with the usual
 //! `Cannot query field …` error (HTTP 200). Every request is logged ([`Simulator::requests`]) with
 //! its `Authorization` header redacted.
@@ -374,7 +377,8 @@ pub(crate) struct State {
     pub faults: VecDeque<Fault>,
     pub random: Option<(RandomFaults, StdRng)>,
     pub hide_new_runs: Option<Duration>,
-    /// Render absent run fields as `null` (as the live service does) instead of omitting them.
+    /// Render absent run fields as `null` and unrequested `run_steps` as `[]` (as the live
+    /// service does) instead of omitting them. On unless the sparse form is asked for.
     pub live_nulls: bool,
 }
 
@@ -473,7 +477,10 @@ impl Simulator {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let inner = Arc::new(Inner {
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                live_nulls: true,
+                ..State::default()
+            }),
             addr,
             shutdown: Notify::new(),
         });
@@ -612,10 +619,11 @@ impl Simulator {
         state.hide_new_runs = None;
     }
 
-    /// Renders absent run fields (`finished_at` of a running run, `retrying_run_id`, unrequested
-    /// `trigger`/`job`, …) as JSON `null`, as the live service does, instead of omitting them.
-    /// The OpenAPI files declare none of these properties nullable, so the default (`false`)
-    /// omits them; clients must cope with both.
+    /// `true` (the default): renders absent run fields (`finished_at` of a running run,
+    /// `retrying_run_id`, unrequested `trigger`/`job`, …) as JSON `null` and unrequested
+    /// `run_steps` as `[]`, as the live service does. `false`: the sparse form, which omits them
+    /// (what the OpenAPI files, which declare none of these properties nullable, describe).
+    /// Clients must cope with both.
     pub fn set_live_nulls(&self, on: bool) {
         self.state().live_nulls = on;
     }

@@ -1,5 +1,6 @@
-//! JSON rendering of simulator state, shaped like dbt Cloud's responses. Fields with no value are
-//! omitted rather than sent as `null` (the OpenAPI schemas declare none of them nullable).
+//! JSON rendering of simulator state, shaped like dbt Cloud's responses. Run fields with no value
+//! are sent as `null` like the live service does, or omitted in the sparse form
+//! (`State::live_nulls` off; the OpenAPI schemas declare none of them nullable).
 
 use serde_json::{json, Map, Value};
 use tokio::time::Instant;

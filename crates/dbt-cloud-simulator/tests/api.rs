@@ -439,10 +439,10 @@ async fn a_run_goes_through_its_lifecycle_and_succeeds() {
         assert_eq!(s["status_humanized"], "Success");
         assert!(s["logs"].is_string() && s["finished_at"].is_string());
     }
-    // run_steps only when asked for.
+    // Steps and trigger only when asked for: `[]` and `null` otherwise, as dbt Cloud answers.
     let (_, b) = api.get(&format!("/api/v2/accounts/1/runs/{id}/")).await;
-    assert!(b["data"].get("run_steps").is_none());
-    assert!(b["data"].get("trigger").is_none());
+    assert_eq!(b["data"]["run_steps"], json!([]));
+    assert!(b["data"].get("trigger").is_some_and(Value::is_null));
     let (_, b) = api
         .get(&format!(
             "/api/v2/accounts/1/runs/{id}/?include_related=job"
@@ -462,7 +462,7 @@ async fn a_job_runs_one_run_at_a_time() {
     api.wait_for(first, |r| r["status"] == 3).await;
     let (_, b) = api.get(&format!("/api/v2/accounts/1/runs/{second}/")).await;
     assert_eq!(b["data"]["status"], 1, "queued behind the running run");
-    assert!(b["data"].get("dequeued_at").is_none());
+    assert!(b["data"]["dequeued_at"].is_null());
     // Another job is not blocked.
     let other = api.trigger(100, "other job").await;
     assert_eq!(api.wait_complete(other).await["status"], 10);
@@ -656,7 +656,7 @@ async fn run_list_filters_ordering_and_pagination() {
     assert_eq!(b["extra"]["pagination"]["count"], 100);
     assert_eq!(b["extra"]["pagination"]["total_count"], 131);
     assert!(b["extra"]["filters"].is_object() && b["extra"]["order_by"].is_string());
-    assert!(b["data"][0].get("run_steps").is_none());
+    assert_eq!(b["data"][0]["run_steps"], json!([]), "lists embed no steps");
     let (_, b) = api.get("/api/v2/accounts/1/runs/?offset=100").await;
     assert_eq!(b["data"].as_array().unwrap().len(), 31);
     assert_eq!(b["data"][0]["id"], ids[100]);
@@ -1189,11 +1189,13 @@ async fn discovery_graphql() {
 }
 
 #[tokio::test]
-async fn live_nulls_render_absent_values_as_null() {
+async fn live_nulls_by_default_and_the_sparse_form_on_request() {
     let (sim, api) = setup().await;
     let id = api.trigger(102, "nulls").await;
+    sim.set_live_nulls(false);
     let (_, b) = api.get(&format!("/api/v2/accounts/1/runs/{id}/")).await;
     assert!(b["data"].get("finished_at").is_none());
+    assert!(b["data"].get("run_steps").is_none());
     sim.set_live_nulls(true);
     let (_, b) = api
         .get(&format!(

@@ -689,7 +689,6 @@ async fn error_answers_use_the_documented_envelope() {
 async fn live_nulls_violate_the_schema_only_by_undeclared_nullability() {
     let v2 = spec("v2");
     let f = fixture().await;
-    f.sim.set_live_nulls(true); // TEMP
     let schema = documented(&v2, "GET", "/api/v2/accounts/{account_id}/runs/{id}/");
     let (_, body) = f
         .send(
@@ -955,6 +954,39 @@ async fn runs_start_with_the_three_setup_steps() {
             "Invoke dbt with `dbt build`",
         ]
     );
+}
+
+/// By default the simulator answers like the live service: relations that `include_related` does
+/// not ask for are `null`, and `run_steps` is `[]`; the sparse form omits them.
+#[tokio::test]
+async fn unrequested_relations_are_null_and_run_steps_empty_by_default() {
+    let f = fixture().await;
+    let one = format!("/api/v2/accounts/1/runs/{}/", f.success_id);
+    let list = "/api/v2/accounts/1/runs/?include_related=trigger,run_steps".to_string();
+    let (_, body) = f.send("GET", &one, None, TOKEN).await;
+    let run = &body["data"];
+    assert_eq!(run["run_steps"], serde_json::json!([]), "{run}");
+    for key in ["trigger", "job", "environment"] {
+        assert!(run.get(key).is_some_and(Value::is_null), "{key}: {run}");
+    }
+    // Lists never embed steps, even when asked.
+    let (_, body) = f.send("GET", &list, None, TOKEN).await;
+    for run in body["data"].as_array().unwrap() {
+        assert_eq!(run["run_steps"], serde_json::json!([]), "{run}");
+        assert!(run["trigger"].is_object(), "{run}");
+    }
+    let (_, body) = f
+        .send("GET", &format!("{one}?include_related=run_steps"), None, TOKEN)
+        .await;
+    assert_eq!(body["data"]["run_steps"].as_array().unwrap().len(), 4);
+
+    f.sim.set_live_nulls(false);
+    let (_, body) = f.send("GET", &one, None, TOKEN).await;
+    for key in ["run_steps", "trigger", "job", "environment", "retrying_run_id"] {
+        assert!(body["data"].get(key).is_none(), "sparse form: {key}");
+    }
+    let (_, body) = f.send("GET", &list, None, TOKEN).await;
+    assert!(body["data"][0].get("run_steps").is_none());
 }
 
 /// A plain-http client. In a workspace build reqwest is compiled with the operator's
