@@ -1051,7 +1051,11 @@ mod sim {
                 seen,
                 [
                     (1, "Clone git repository", RunStatus::Success),
-                    (2, "Create profile from connection Snowflake", RunStatus::Success),
+                    (
+                        2,
+                        "Create profile from connection Snowflake",
+                        RunStatus::Success
+                    ),
                     (3, "Invoke dbt with `dbt deps`", RunStatus::Success),
                     (4, "Invoke dbt with `dbt seed`", RunStatus::Success),
                     (5, "Invoke dbt with `dbt build`", RunStatus::Error),
@@ -1065,7 +1069,10 @@ mod sim {
                 .as_deref()
                 .is_some_and(|l| l.contains("Database Error in model orders")));
             let details = c.get_run_failure_details(run.id).await.unwrap();
-            assert_eq!(details.failed_step, Some(json!("Invoke dbt with `dbt build`")));
+            assert_eq!(
+                details.failed_step,
+                Some(json!("Invoke dbt with `dbt build`"))
+            );
             // The default artifact is the failing command's; step 4 is `dbt seed`; `dbt deps`
             // (step 3) writes none.
             let rr = c

@@ -23,6 +23,7 @@
 
 #![warn(missing_docs)]
 
+mod artifacts;
 mod discovery;
 mod render;
 mod server;

@@ -127,7 +127,8 @@ pub fn status(run: &RunState, now: Instant) -> i64 {
     }
 }
 
-fn wall(run: &RunState, at: Instant) -> jiff::Timestamp {
+/// The wall-clock time of instant `at` in `run`'s life.
+pub(crate) fn wall(run: &RunState, at: Instant) -> jiff::Timestamp {
     let offset = at.saturating_duration_since(run.created);
     run.created_wall + jiff::SignedDuration::try_from(offset).unwrap_or_default()
 }
@@ -466,59 +467,5 @@ pub fn job_json(account: i64, job: &crate::JobSpec) -> Value {
         "schedule": {"cron": "0 * * * *", "date": {"type": "every_day"}, "time": {"type": "every_hour", "interval": 1}},
         "created_at": "2026-01-01 00:00:00.000000+00:00",
         "updated_at": "2026-01-01 00:00:00.000000+00:00",
-    })
-}
-
-/// `run_results.json` of a finished run, for the step with 1-based `index` (the last dbt step by default).
-pub fn run_results(run: &RunState, now: Instant, step: Option<usize>) -> Option<Value> {
-    let code = status(run, now);
-    if code < SUCCESS || code == CANCELLED {
-        return None;
-    }
-    let setup = SETUP_STEPS;
-    let last_dbt = setup
-        + failing_command(run)
-            .map(|c| c + 1)
-            .unwrap_or(run.commands.len());
-    let index = step.unwrap_or(last_dbt);
-    if index <= setup || index > last_dbt {
-        return None;
-    }
-    let failing = failing_command(run).is_some_and(|c| c + setup + 1 == index);
-    let nodes: Vec<(&str, &str)> = if failing {
-        vec![
-            ("model.analytics.stg_orders", "success"),
-            ("model.analytics.orders", "error"),
-            ("test.analytics.not_null_orders_id", "skipped"),
-            ("model.analytics.customers", "success"),
-        ]
-    } else {
-        vec![
-            ("model.analytics.stg_orders", "success"),
-            ("model.analytics.orders", "success"),
-            ("test.analytics.not_null_orders_id", "pass"),
-            ("model.analytics.customers", "success"),
-        ]
-    };
-    Some(json!({
-        "metadata": {"dbt_schema_version": "https://schemas.getdbt.com/dbt/run-results/v6.json", "dbt_version": "1.9.1", "generated_at": ts(wall(run, run.finish_at)), "invocation_id": format!("{:08x}-0000-4000-8000-{:012x}", run.id, index)},
-        "results": nodes.iter().map(|(id, status)| json!({
-            "unique_id": id, "status": status, "execution_time": 1.25, "thread_id": "Thread-1",
-            "message": if *status == "error" { "Database Error in model orders (models/orders.sql)" } else { "OK" },
-            "failures": if *status == "error" { json!(null) } else { json!(0) },
-            "timing": [], "adapter_response": {}
-        })).collect::<Vec<_>>(),
-        "elapsed_time": run.behavior.running.as_secs_f64(),
-        "args": {"which": "build"}
-    }))
-}
-
-/// `manifest.json` (small) of a finished run.
-pub fn manifest(run: &RunState) -> Value {
-    json!({
-        "metadata": {"dbt_schema_version": "https://schemas.getdbt.com/dbt/manifest/v12.json", "dbt_version": "1.9.1", "project_name": "analytics"},
-        "nodes": {"model.analytics.orders": {"resource_type": "model", "name": "orders"}, "model.analytics.customers": {"resource_type": "model", "name": "customers"}},
-        "sources": {}, "macros": {}, "docs": {}, "exposures": {}, "metrics": {},
-        "run_id": run.id
     })
 }

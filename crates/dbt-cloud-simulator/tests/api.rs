@@ -779,16 +779,28 @@ async fn artifacts_per_step() {
         .unwrap()
         .contains("run-results"));
     assert!(rr["elapsed_time"].is_number());
-    let statuses: Vec<&str> = rr["results"]
+    // `dbt run` runs the models: `orders` errors, what reads it is skipped.
+    let statuses: Vec<(&str, &str)> = rr["results"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|r| r["status"].as_str().unwrap())
+        .map(|r| {
+            (
+                r["unique_id"].as_str().unwrap(),
+                r["status"].as_str().unwrap(),
+            )
+        })
         .collect();
-    assert!(
-        statuses.contains(&"error") && statuses.contains(&"skipped"),
-        "{statuses:?}"
+    assert_eq!(
+        statuses,
+        [
+            ("model.analytics.stg_orders", "success"),
+            ("model.analytics.orders", "error"),
+            ("model.analytics.customers", "skipped"),
+        ]
     );
+    assert_eq!(rr["args"]["which"], "run");
+    assert_eq!(rr["args"]["invocation_command"], "dbt run");
     for r in rr["results"].as_array().unwrap() {
         assert!(r["unique_id"].is_string() && r["execution_time"].is_number());
         assert!(r.get("message").is_some());
@@ -800,11 +812,19 @@ async fn artifacts_per_step() {
         ))
         .await;
     assert_eq!(s, 200);
-    assert!(rr["results"]
+    assert_eq!(rr["args"]["which"], "seed");
+    let seeded: Vec<(&str, &str)> = rr["results"]
         .as_array()
         .unwrap()
         .iter()
-        .all(|r| r["status"] != "error"));
+        .map(|r| {
+            (
+                r["unique_id"].as_str().unwrap(),
+                r["status"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(seeded, [("seed.analytics.raw_customers", "success")]);
     // Setup steps (`dbt deps` included) and steps that never ran have no artifacts.
     for step in [1, 3, 6] {
         let (s, _) = api

@@ -804,7 +804,12 @@ fn keywords(schema: &Value, out: &mut std::collections::BTreeSet<String>) {
                     .flat_map(|m| m.values())
                     .for_each(|s| keywords(s, out));
             }
-            "items" | "additionalProperties" | "propertyNames" | "anyOf" | "allOf" | "oneOf"
+            "items"
+            | "additionalProperties"
+            | "propertyNames"
+            | "anyOf"
+            | "allOf"
+            | "oneOf"
             | "prefixItems" => keywords(v, out),
             _ => {}
         }
@@ -820,7 +825,10 @@ fn the_artifact_schemas_use_only_keywords_the_validator_knows() {
             .iter()
             .filter(|k| !KNOWN_KEYWORDS.contains(&k.as_str()))
             .collect();
-        assert!(unknown.is_empty(), "{file}: unsupported keywords {unknown:?}");
+        assert!(
+            unknown.is_empty(),
+            "{file}: unsupported keywords {unknown:?}"
+        );
     }
 }
 
@@ -835,9 +843,17 @@ fn the_validator_handles_json_schema_keywords() {
     let nullable = serde_json::json!({"anyOf": [{"type": "string"}, {"type": "null"}]});
     assert!(check(nullable.clone(), Value::Null).is_empty());
     assert_eq!(check(nullable, serde_json::json!(1)).len(), 1);
-    assert!(check(serde_json::json!({"const": "model"}), serde_json::json!("model")).is_empty());
+    assert!(check(
+        serde_json::json!({"const": "model"}),
+        serde_json::json!("model")
+    )
+    .is_empty());
     assert_eq!(
-        check(serde_json::json!({"const": "model"}), serde_json::json!("seed")).len(),
+        check(
+            serde_json::json!({"const": "model"}),
+            serde_json::json!("seed")
+        )
+        .len(),
         1
     );
     let pair = serde_json::json!({"type": "array", "prefixItems": [{"type": "string"}, {"type": "integer"}], "minItems": 2, "maxItems": 2});
@@ -857,7 +873,9 @@ fn the_validator_handles_json_schema_keywords() {
         serde_json::json!({"metadata": {}, "nodes": {}}),
     );
     assert!(
-        errors.iter().any(|e| e.contains("missing required property parent_map")),
+        errors
+            .iter()
+            .any(|e| e.contains("missing required property parent_map")),
         "{errors:?}"
     );
 }
@@ -870,7 +888,10 @@ async fn runs_start_with_the_three_setup_steps() {
     let (_, failed) = f
         .send(
             "GET",
-            &format!("/api/v2/accounts/1/runs/{}/?include_related=run_steps", f.failed_id),
+            &format!(
+                "/api/v2/accounts/1/runs/{}/?include_related=run_steps",
+                f.failed_id
+            ),
             None,
             TOKEN,
         )
@@ -890,7 +911,10 @@ async fn runs_start_with_the_three_setup_steps() {
     let indexes: Vec<i64> = steps.iter().map(|s| s["index"].as_i64().unwrap()).collect();
     assert_eq!(indexes, [1, 2, 3, 4, 5]);
     // FailAtStep(2): the job's second command, run step 3 + 2.
-    let statuses: Vec<i64> = steps.iter().map(|s| s["status"].as_i64().unwrap()).collect();
+    let statuses: Vec<i64> = steps
+        .iter()
+        .map(|s| s["status"].as_i64().unwrap())
+        .collect();
     assert_eq!(statuses, [10, 10, 10, 10, 20]);
     let (_, retry) = f
         .send(
@@ -976,17 +1000,145 @@ async fn unrequested_relations_are_null_and_run_steps_empty_by_default() {
         assert!(run["trigger"].is_object(), "{run}");
     }
     let (_, body) = f
-        .send("GET", &format!("{one}?include_related=run_steps"), None, TOKEN)
+        .send(
+            "GET",
+            &format!("{one}?include_related=run_steps"),
+            None,
+            TOKEN,
+        )
         .await;
     assert_eq!(body["data"]["run_steps"].as_array().unwrap().len(), 4);
 
     f.sim.set_live_nulls(false);
     let (_, body) = f.send("GET", &one, None, TOKEN).await;
-    for key in ["run_steps", "trigger", "job", "environment", "retrying_run_id"] {
+    for key in [
+        "run_steps",
+        "trigger",
+        "job",
+        "environment",
+        "retrying_run_id",
+    ] {
         assert!(body["data"].get(key).is_none(), "sparse form: {key}");
     }
     let (_, body) = f.send("GET", &list, None, TOKEN).await;
     assert!(body["data"][0].get("run_steps").is_none());
+}
+
+/// `manifest.json` and `run_results.json` validate against dbt's published schemas (manifest v12,
+/// run_results v6) and agree with each other: every result is a manifest node, and `parent_map` /
+/// `child_map` mirror the nodes' `depends_on`.
+#[tokio::test]
+async fn artifacts_match_dbts_published_schemas() {
+    let manifest_schema = artifact_schema("manifest-v12.json");
+    let results_schema = artifact_schema("run-results-v6.json");
+    let f = fixture().await;
+    let run_path = |id: i64, file: &str| format!("/api/v2/accounts/1/runs/{id}/artifacts/{file}");
+    let documents = [
+        (f.failed_id, "run_results.json", None),
+        (f.failed_id, "run_results.json", Some(4)),
+        (f.failed_id, "run_results.json", Some(5)),
+        (f.success_id, "run_results.json", None),
+        (f.failed_id, "manifest.json", None),
+        (f.success_id, "manifest.json", Some(4)),
+    ];
+    let mut failures = Vec::new();
+    let mut manifest = Value::Null;
+    let mut results = Vec::new();
+    for (id, file, step) in documents {
+        let path = match step {
+            Some(s) => format!("{}?step={s}", run_path(id, file)),
+            None => run_path(id, file),
+        };
+        let (status, doc) = f.send("GET", &path, None, TOKEN).await;
+        assert_eq!(status, 200, "{path}: {doc}");
+        let schema = if file == "manifest.json" {
+            manifest = doc.clone();
+            &manifest_schema
+        } else {
+            results.push(doc.clone());
+            &results_schema
+        };
+        assert_eq!(
+            doc["metadata"]["dbt_schema_version"], schema["$id"],
+            "{path}"
+        );
+        let mut errors = Vec::new();
+        validate(schema, schema, &doc, "$", &mut errors);
+        if !errors.is_empty() {
+            failures.push(format!("{path}:\n  {}", errors.join("\n  ")));
+        }
+    }
+    let job_path = "/api/v2/accounts/1/jobs/102/artifacts/manifest.json";
+    let (status, job_doc) = f.send("GET", job_path, None, TOKEN).await;
+    assert_eq!(status, 200, "{job_path}: {job_doc}");
+    let mut errors = Vec::new();
+    validate(
+        &manifest_schema,
+        &manifest_schema,
+        &job_doc,
+        "$",
+        &mut errors,
+    );
+    if !errors.is_empty() {
+        failures.push(format!("{job_path}:\n  {}", errors.join("\n  ")));
+    }
+    assert!(
+        failures.is_empty(),
+        "artifacts that do not match dbt's schemas:\n{}",
+        failures.join("\n")
+    );
+
+    // What lineage-aware clients read.
+    assert_eq!(manifest["metadata"]["adapter_type"], "snowflake");
+    assert_eq!(manifest["metadata"]["project_name"], "analytics");
+    let nodes = manifest["nodes"].as_object().unwrap();
+    let sources = manifest["sources"].as_object().unwrap();
+    for doc in &results {
+        assert!(doc["elapsed_time"].is_number() && doc["args"]["which"].is_string());
+        for r in doc["results"].as_array().unwrap() {
+            let id = r["unique_id"].as_str().unwrap();
+            assert!(nodes.contains_key(id), "{id} is not a manifest node");
+            if r["status"] != "skipped" {
+                assert!(!r["timing"].as_array().unwrap().is_empty(), "{r}");
+            }
+        }
+    }
+    let parent_map = manifest["parent_map"].as_object().unwrap();
+    let child_map = manifest["child_map"].as_object().unwrap();
+    for (id, node) in nodes {
+        // Seeds depend on macros only (`depends_on` without `nodes`).
+        let parents = node["depends_on"]["nodes"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        // dbt sorts the maps' lists.
+        let mut sorted = parents.clone();
+        sorted.sort_by_key(|p| p.as_str().unwrap().to_string());
+        assert_eq!(&parent_map[id], &Value::from(sorted), "{id}");
+        for parent in &parents {
+            let parent = parent.as_str().unwrap();
+            assert!(
+                nodes.contains_key(parent) || sources.contains_key(parent),
+                "{parent}"
+            );
+            assert!(
+                child_map[parent]
+                    .as_array()
+                    .unwrap()
+                    .contains(&Value::from(id.as_str())),
+                "{parent} → {id}"
+            );
+        }
+    }
+    for id in sources.keys() {
+        assert_eq!(parent_map[id], serde_json::json!([]), "{id}");
+    }
+    assert!(
+        nodes.values().any(|n| n["depends_on"]["nodes"]
+            .as_array()
+            .is_some_and(|p| p.iter().any(|p| sources.contains_key(p.as_str().unwrap())))),
+        "some model reads a source"
+    );
 }
 
 /// A plain-http client. In a workspace build reqwest is compiled with the operator's
