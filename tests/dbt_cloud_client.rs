@@ -946,11 +946,12 @@ mod sim {
             .unwrap();
         let rr: Value = serde_json::from_slice(&rr).unwrap();
         assert!(rr.get("results").is_some(), "{rr}");
-        let step3 = c
-            .get_run_artifact(run.id, "run_results.json", Some(3))
+        // Step 4: `dbt seed`, after clone, profile and `dbt deps`.
+        let seed = c
+            .get_run_artifact(run.id, "run_results.json", Some(4))
             .await
             .unwrap();
-        assert!(serde_json::from_slice::<Value>(&step3).is_ok());
+        assert!(serde_json::from_slice::<Value>(&seed).is_ok());
         let manifest = c.get_job_artifact(JOB_OK, "manifest.json").await.unwrap();
         assert!(serde_json::from_slice::<Value>(&manifest).is_ok());
         let e = c
@@ -1022,6 +1023,76 @@ mod sim {
         let cancelled = c.cancel_run(long.id).await.unwrap();
         assert_eq!(cancelled.status, RunStatus::Cancelled);
         assert!(cancelled.status.is_terminal());
+    }
+
+    /// What the operator reads of a failed run (`status.steps`, the failing step's name and log,
+    /// the failing command's `run_results.json`) names the job's failing command behind dbt
+    /// Cloud's three setup steps (clone, profile, `dbt deps`), in the simulator's default (live)
+    /// form and in its sparse form alike.
+    #[tokio::test]
+    async fn failed_run_names_the_failing_command_after_the_setup_steps() {
+        use dbt_cloud_operator::controller::job_run::summarize_run_results;
+        for live in [true, false] {
+            let sim = setup().await;
+            sim.set_live_nulls(live);
+            let c = client(&sim, KEY, ACCOUNT);
+            let run = c
+                .trigger_run(JOB_FAILS, &TriggerRunRequest::new("numbering").unwrap())
+                .await
+                .unwrap();
+            let failed = wait_terminal(&c, run.id).await;
+            assert_eq!(failed.status, RunStatus::Error);
+            let steps = failed.run_steps.clone().unwrap_or_default();
+            let seen: Vec<(i64, &str, RunStatus)> = steps
+                .iter()
+                .map(|s| (s.index.unwrap(), s.name.as_deref().unwrap(), s.status))
+                .collect();
+            assert_eq!(
+                seen,
+                [
+                    (1, "Clone git repository", RunStatus::Success),
+                    (
+                        2,
+                        "Create profile from connection Snowflake",
+                        RunStatus::Success
+                    ),
+                    (3, "Invoke dbt with `dbt deps`", RunStatus::Success),
+                    (4, "Invoke dbt with `dbt seed`", RunStatus::Success),
+                    (5, "Invoke dbt with `dbt build`", RunStatus::Error),
+                ],
+                "live form: {live}"
+            );
+            // The operator reports the first step in error, with its log.
+            let error = steps.iter().find(|s| s.status == RunStatus::Error).unwrap();
+            assert!(error
+                .logs
+                .as_deref()
+                .is_some_and(|l| l.contains("Database Error in model orders")));
+            let details = c.get_run_failure_details(run.id).await.unwrap();
+            assert_eq!(
+                details.failed_step,
+                Some(json!("Invoke dbt with `dbt build`"))
+            );
+            // The default artifact is the failing command's; step 4 is `dbt seed`; `dbt deps`
+            // (step 3) writes none.
+            let rr = c
+                .get_run_artifact(run.id, "run_results.json", None)
+                .await
+                .unwrap();
+            let summary = summarize_run_results(&rr).unwrap();
+            assert_eq!(summary.failed_nodes, ["model.analytics.orders"]);
+            let seed = c
+                .get_run_artifact(run.id, "run_results.json", Some(4))
+                .await
+                .unwrap();
+            let summary = summarize_run_results(&seed).unwrap();
+            assert_eq!((summary.error, summary.fail), (0, 0));
+            let deps = c
+                .get_run_artifact(run.id, "run_results.json", Some(3))
+                .await
+                .unwrap_err();
+            assert_eq!(deps.reason(), "NotFound");
+        }
     }
 
     #[tokio::test]
@@ -1283,33 +1354,53 @@ mod sim {
         assert_eq!(runs.len(), 120);
     }
 
+    /// The client decodes the live service's form (the simulator's default: absent values and
+    /// unrequested relations as `null`, `run_steps: []`) and the sparse form (absent values
+    /// omitted, as the OpenAPI files describe) alike.
     #[tokio::test]
-    async fn tolerant_decoding_with_live_nulls() {
-        let sim = setup().await;
-        sim.set_live_nulls(true);
-        sim.set_job_behavior(
-            ACCOUNT,
-            JOB_OK,
-            JobBehavior {
-                running: Duration::from_secs(600),
-                ..fast(Outcome::Success)
-            },
-        );
-        let c = client(&sim, KEY, ACCOUNT);
-        let run = c
-            .trigger_run(JOB_OK, &TriggerRunRequest::new("nulls").unwrap())
-            .await
-            .unwrap();
-        let got = c.get_run(run.id, &[]).await.unwrap();
-        assert_eq!(got.finished_at, None);
-        assert!(!got.status.is_terminal());
-        let listed = c.list_all_runs(&ListRunsParams::default()).await.unwrap();
-        assert_eq!(listed.len(), 1);
-        assert!(c.get_job(JOB_OK).await.is_ok());
-        assert!(c.list_accounts().await.is_ok());
-        sim.finish_run(ACCOUNT, run.id, Outcome::FailAtStep(1));
-        let got = c.get_run(run.id, &["run_steps"]).await.unwrap();
-        assert_eq!(got.status, RunStatus::Error);
+    async fn tolerant_decoding_of_the_live_and_the_sparse_form() {
+        for live in [true, false] {
+            let sim = setup().await;
+            if !live {
+                sim.set_live_nulls(false);
+            }
+            sim.set_job_behavior(
+                ACCOUNT,
+                JOB_OK,
+                JobBehavior {
+                    running: Duration::from_secs(600),
+                    ..fast(Outcome::Success)
+                },
+            );
+            let c = client(&sim, KEY, ACCOUNT);
+            let run = c
+                .trigger_run(JOB_OK, &TriggerRunRequest::new("nulls").unwrap())
+                .await
+                .unwrap();
+            let raw = sim.runs(ACCOUNT)[0].clone();
+            assert_eq!(
+                raw.get("finished_at").is_some(),
+                live,
+                "live form: {live}: {raw}"
+            );
+            let got = c.get_run(run.id, &[]).await.unwrap();
+            assert_eq!(got.finished_at, None);
+            assert!(!got.status.is_terminal());
+            // Not asked for: `[]` in the live form, absent in the sparse one.
+            assert!(got.run_steps.unwrap_or_default().is_empty());
+            assert!(got.trigger.is_none());
+            let listed = c.list_all_runs(&ListRunsParams::default()).await.unwrap();
+            assert_eq!(listed.len(), 1);
+            assert!(c.get_job(JOB_OK).await.is_ok());
+            assert!(c.list_accounts().await.is_ok());
+            sim.finish_run(ACCOUNT, run.id, Outcome::FailAtStep(1));
+            let got = c.get_run(run.id, &["run_steps"]).await.unwrap();
+            assert_eq!(got.status, RunStatus::Error);
+            assert!(got.finished_at.is_some());
+            assert!(got
+                .run_steps
+                .is_some_and(|s| s.iter().any(|s| s.status == RunStatus::Error)));
+        }
     }
 
     #[tokio::test]

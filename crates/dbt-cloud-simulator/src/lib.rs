@@ -1,23 +1,29 @@
 //! A stateful, fault-injecting simulator of the dbt Cloud Administrative API (v2/v3) and a sliver of
 //! the Discovery API, served on 127.0.0.1. Request and response shapes follow dbt Labs' OpenAPI
 //! descriptions (`shared/dbt-cloud-api/`): the `{status, data, extra}` envelope, run objects with
-//! their status codes and flags, `run_steps` only with `include_related=run_steps`, raw artifacts.
+//! their status codes and flags, steps only with `include_related=run_steps`, raw artifacts shaped
+//! by dbt's published schemas (manifest v12, run_results v6).
 //!
 //! State: accounts, tokens (each limited to some accounts), projects, environments, jobs and runs.
 //! Runs move Queued → Starting → Running → Success/Error/Cancelled over per-job durations, one run
-//! at a time per job (later triggers queue), computed lazily from the clock. Native retry runs only
-//! the failed and skipped steps. Faults on demand: 401/429/5xx, slow responses, runs invisible for a
+//! at a time per job (later triggers queue), computed lazily from the clock. Like dbt Cloud's, every
+//! run's steps are three setup steps (clone, profile, `dbt deps`) and then the job's commands, so
+//! a job's first command is step 4. Native retry runs the setup steps and only the failed and
+//! skipped commands. Faults on demand: 401/429/5xx, slow responses, runs invisible for a
 //! while after their trigger, and a trigger whose run is created but whose response is lost (the
 //! connection is closed without a response).
 //!
-//! Absent values (a running run's `finished_at`, …) are omitted, because the OpenAPI schemas declare
-//! no property nullable; [`Simulator::set_live_nulls`] sends them as `null` like the live service.
+//! Absent values (a running run's `finished_at`, unrequested `trigger`/`job`, …) are sent as `null`
+//! and unrequested `run_steps` as `[]`, as the live service does, although the OpenAPI schemas
+//! declare no property nullable; `set_live_nulls(false)` ([`Simulator::set_live_nulls`]) switches
+//! to the sparse form that omits them.
 //! The Discovery API sliver parses the GraphQL selection and answers unknown fields with the usual
 //! `Cannot query field …` error (HTTP 200). Every request is logged ([`Simulator::requests`]) with
 //! its `Authorization` header redacted.
 
 #![warn(missing_docs)]
 
+mod artifacts;
 mod discovery;
 mod render;
 mod server;
@@ -64,7 +70,12 @@ impl Default for JobBehavior {
 pub enum Outcome {
     /// Every step succeeds.
     Success,
-    /// The dbt command at this 1-based index (into [`JobSpec::steps`]) fails.
+    /// The job's own dbt command at this 1-based index fails: an index into [`JobSpec::steps`]
+    /// (or the trigger's `steps_override`), not counting the setup steps every run starts with
+    /// (clone, profile, `dbt deps`), so `FailAtStep(n)` is run step `3 + n` in `run_steps`. For a
+    /// retry's outcome the index still counts the job's commands from its first one, although the
+    /// retry runs only the failed and later ones; an index outside the commands a run executes
+    /// means the run succeeds.
     FailAtStep(usize),
     /// The run ends cancelled.
     Cancelled,
@@ -367,7 +378,8 @@ pub(crate) struct State {
     pub faults: VecDeque<Fault>,
     pub random: Option<(RandomFaults, StdRng)>,
     pub hide_new_runs: Option<Duration>,
-    /// Render absent run fields as `null` (as the live service does) instead of omitting them.
+    /// Render absent run fields as `null` and unrequested `run_steps` as `[]` (as the live
+    /// service does) instead of omitting them. On unless the sparse form is asked for.
     pub live_nulls: bool,
 }
 
@@ -466,7 +478,10 @@ impl Simulator {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let inner = Arc::new(Inner {
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                live_nulls: true,
+                ..State::default()
+            }),
             addr,
             shutdown: Notify::new(),
         });
@@ -605,10 +620,11 @@ impl Simulator {
         state.hide_new_runs = None;
     }
 
-    /// Renders absent run fields (`finished_at` of a running run, `retrying_run_id`, unrequested
-    /// `trigger`/`job`, …) as JSON `null`, as the live service does, instead of omitting them.
-    /// The OpenAPI files declare none of these properties nullable, so the default (`false`)
-    /// omits them; clients must cope with both.
+    /// `true` (the default): renders absent run fields (`finished_at` of a running run,
+    /// `retrying_run_id`, unrequested `trigger`/`job`, …) as JSON `null` and unrequested
+    /// `run_steps` as `[]`, as the live service does. `false`: the sparse form, which omits them
+    /// (what the OpenAPI files, which declare none of these properties nullable, describe).
+    /// Clients must cope with both.
     pub fn set_live_nulls(&self, on: bool) {
         self.state().live_nulls = on;
     }

@@ -1,4 +1,5 @@
-//! `dbt-cloud-simulator --listen 127.0.0.1:8089`: serves the demo data for local experiments.
+//! `dbt-cloud-simulator --listen 127.0.0.1:8089 [--sparse]`: serves the demo data for local
+//! experiments.
 
 use std::net::SocketAddr;
 
@@ -7,6 +8,7 @@ use dbt_cloud_simulator::{Seed, Simulator};
 #[tokio::main]
 async fn main() {
     let mut listen: SocketAddr = "127.0.0.1:8089".parse().expect("valid default");
+    let mut sparse = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -17,8 +19,9 @@ async fn main() {
                     std::process::exit(2);
                 }
             },
+            "--sparse" => sparse = true,
             "-h" | "--help" => {
-                println!("dbt-cloud-simulator [--listen ADDR]\n\nA dbt Cloud API simulator for local demos (default 127.0.0.1:8089).");
+                println!("dbt-cloud-simulator [--listen ADDR] [--sparse]\n\nA dbt Cloud API simulator for local demos (default 127.0.0.1:8089).\n--sparse omits absent run fields instead of sending null like dbt Cloud.");
                 return;
             }
             other => {
@@ -34,6 +37,7 @@ async fn main() {
             std::process::exit(1);
         }
     };
+    sim.set_live_nulls(!sparse);
     println!("dbt Cloud simulator at {}", sim.base_url());
     println!("  account 1 \"Demo account\", token dbtc_demo_token");
     println!(

@@ -1,5 +1,6 @@
-//! JSON rendering of simulator state, shaped like dbt Cloud's responses. Fields with no value are
-//! omitted rather than sent as `null` (the OpenAPI schemas declare none of them nullable).
+//! JSON rendering of simulator state, shaped like dbt Cloud's responses. Run fields with no value
+//! are sent as `null` like the live service does, or omitted in the sparse form
+//! (`State::live_nulls` off; the OpenAPI schemas declare none of them nullable).
 
 use serde_json::{json, Map, Value};
 use tokio::time::Instant;
@@ -126,7 +127,8 @@ pub fn status(run: &RunState, now: Instant) -> i64 {
     }
 }
 
-fn wall(run: &RunState, at: Instant) -> jiff::Timestamp {
+/// The wall-clock time of instant `at` in `run`'s life.
+pub(crate) fn wall(run: &RunState, at: Instant) -> jiff::Timestamp {
     let offset = at.saturating_duration_since(run.created);
     run.created_wall + jiff::SignedDuration::try_from(offset).unwrap_or_default()
 }
@@ -141,11 +143,17 @@ fn hms(d: std::time::Duration) -> String {
     format!("{:02}:{:02}:{:02}", s / 3600, (s / 60) % 60, s % 60)
 }
 
-/// Step names of a run: setup steps, then one per dbt command.
+/// How many setup steps precede a run's dbt commands: dbt Cloud clones the repository, creates
+/// the profile and runs `dbt deps` before every run (including retries), so a run's first own
+/// command is step `SETUP_STEPS + 1`.
+pub const SETUP_STEPS: usize = 3;
+
+/// Step names of a run: the [`SETUP_STEPS`] setup steps, then one per dbt command.
 pub fn step_names(run: &RunState) -> Vec<String> {
     let mut names = vec![
         "Clone git repository".to_string(),
         "Create profile from connection Snowflake".to_string(),
+        "Invoke dbt with `dbt deps`".to_string(),
     ];
     names.extend(
         run.commands
@@ -175,7 +183,7 @@ fn steps(run: &RunState, now: Instant) -> Vec<Value> {
                 RUNNING,
             )
         }
-        ERROR => (2 + failing_command(run).unwrap_or(0) + 1, ERROR),
+        ERROR => (SETUP_STEPS + failing_command(run).unwrap_or(0) + 1, ERROR),
         CANCELLED => {
             let frac = run
                 .finish_at
@@ -198,6 +206,8 @@ fn steps(run: &RunState, now: Instant) -> Vec<Value> {
             let end = if code == SUCCESS || code == ERROR || code == CANCELLED { Some(if is_last { run.finish_at } else { begin + step_len }) } else { None };
             let logs = if code == ERROR {
                 "Running with dbt=1.9.1\nFound 3 models, 4 tests\n\nDatabase Error in model orders (models/orders.sql)\n  relation \"raw.orders\" does not exist\n\nDone. PASS=2 WARN=0 ERROR=1 SKIP=1 TOTAL=4".to_string()
+            } else if i + 1 == SETUP_STEPS {
+                "Running with dbt=1.9.1\nInstalling dbt-labs/dbt_utils\nInstalled from version 1.3.0".to_string()
             } else {
                 format!("{} finished", names[i])
             };
@@ -457,59 +467,5 @@ pub fn job_json(account: i64, job: &crate::JobSpec) -> Value {
         "schedule": {"cron": "0 * * * *", "date": {"type": "every_day"}, "time": {"type": "every_hour", "interval": 1}},
         "created_at": "2026-01-01 00:00:00.000000+00:00",
         "updated_at": "2026-01-01 00:00:00.000000+00:00",
-    })
-}
-
-/// `run_results.json` of a finished run, for the step with 1-based `index` (the last dbt step by default).
-pub fn run_results(run: &RunState, now: Instant, step: Option<usize>) -> Option<Value> {
-    let code = status(run, now);
-    if code < SUCCESS || code == CANCELLED {
-        return None;
-    }
-    let setup = 2;
-    let last_dbt = setup
-        + failing_command(run)
-            .map(|c| c + 1)
-            .unwrap_or(run.commands.len());
-    let index = step.unwrap_or(last_dbt);
-    if index <= setup || index > last_dbt {
-        return None;
-    }
-    let failing = failing_command(run).is_some_and(|c| c + setup + 1 == index);
-    let nodes: Vec<(&str, &str)> = if failing {
-        vec![
-            ("model.analytics.stg_orders", "success"),
-            ("model.analytics.orders", "error"),
-            ("test.analytics.not_null_orders_id", "skipped"),
-            ("model.analytics.customers", "success"),
-        ]
-    } else {
-        vec![
-            ("model.analytics.stg_orders", "success"),
-            ("model.analytics.orders", "success"),
-            ("test.analytics.not_null_orders_id", "pass"),
-            ("model.analytics.customers", "success"),
-        ]
-    };
-    Some(json!({
-        "metadata": {"dbt_schema_version": "https://schemas.getdbt.com/dbt/run-results/v6.json", "dbt_version": "1.9.1", "generated_at": ts(wall(run, run.finish_at)), "invocation_id": format!("{:08x}-0000-4000-8000-{:012x}", run.id, index)},
-        "results": nodes.iter().map(|(id, status)| json!({
-            "unique_id": id, "status": status, "execution_time": 1.25, "thread_id": "Thread-1",
-            "message": if *status == "error" { "Database Error in model orders (models/orders.sql)" } else { "OK" },
-            "failures": if *status == "error" { json!(null) } else { json!(0) },
-            "timing": [], "adapter_response": {}
-        })).collect::<Vec<_>>(),
-        "elapsed_time": run.behavior.running.as_secs_f64(),
-        "args": {"which": "build"}
-    }))
-}
-
-/// `manifest.json` (small) of a finished run.
-pub fn manifest(run: &RunState) -> Value {
-    json!({
-        "metadata": {"dbt_schema_version": "https://schemas.getdbt.com/dbt/manifest/v12.json", "dbt_version": "1.9.1", "project_name": "analytics"},
-        "nodes": {"model.analytics.orders": {"resource_type": "model", "name": "orders"}, "model.analytics.customers": {"resource_type": "model", "name": "customers"}},
-        "sources": {}, "macros": {}, "docs": {}, "exposures": {}, "metrics": {},
-        "run_id": run.id
     })
 }

@@ -17,6 +17,7 @@ use rand::Rng;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
+use crate::artifacts;
 use crate::render::{self, envelope, error_envelope, list_extra};
 use crate::{Fault, FaultScope, Inner, Outcome, RequestRecord, State, TriggerRecord};
 
@@ -667,7 +668,7 @@ fn account_route(
                             json_response(
                                 200,
                                 &envelope(
-                                    json!({"failed_step": names[2 + i], "skipped_steps": names[3 + i..].to_vec()}),
+                                    json!({"failed_step": names[render::SETUP_STEPS + i], "skipped_steps": names[render::SETUP_STEPS + 1 + i..].to_vec()}),
                                     None,
                                 ),
                             )
@@ -677,7 +678,7 @@ fn account_route(
                 }
                 ["artifacts"] if get => {
                     let run = &state.runs[&run_id];
-                    if render::run_results(run, now, None).is_none() {
+                    if artifacts::run_results(run, now, None).is_none() {
                         return json_response(200, &envelope(json!([]), None));
                     }
                     json_response(
@@ -908,8 +909,8 @@ fn artifact(
         Err(e) => return e,
     };
     let doc = match path {
-        "run_results.json" => render::run_results(run, now, step),
-        "manifest.json" => render::run_results(run, now, step).map(|_| render::manifest(run)),
+        "run_results.json" => artifacts::run_results(run, now, step),
+        "manifest.json" => artifacts::manifest(run, now, step),
         _ => None,
     };
     match doc {
@@ -951,7 +952,7 @@ fn discovery(state: &State, allowed: &[i64], body: &[u8]) -> Response<Full<Bytes
                     })
                     .last();
                 let Some(run) = run else { return Value::Null };
-                let results = render::run_results(run, now, None)
+                let results = artifacts::run_results(run, now, None)
                     .and_then(|rr| rr.get("results").and_then(Value::as_array).cloned())
                     .unwrap_or_default();
                 gql::render(f.selection(), &|jf| match jf.name() {

@@ -364,6 +364,7 @@ async fn trigger_validates_cause_and_stores_overrides() {
         [
             "Clone git repository",
             "Create profile from connection Snowflake",
+            "Invoke dbt with `dbt deps`",
             "Invoke dbt with `dbt build -s orders`"
         ]
     );
@@ -425,6 +426,7 @@ async fn a_run_goes_through_its_lifecycle_and_succeeds() {
         [
             "Clone git repository",
             "Create profile from connection Snowflake",
+            "Invoke dbt with `dbt deps`",
             "Invoke dbt with `dbt seed`",
             "Invoke dbt with `dbt build`"
         ]
@@ -437,10 +439,10 @@ async fn a_run_goes_through_its_lifecycle_and_succeeds() {
         assert_eq!(s["status_humanized"], "Success");
         assert!(s["logs"].is_string() && s["finished_at"].is_string());
     }
-    // run_steps only when asked for.
+    // Steps and trigger only when asked for: `[]` and `null` otherwise, as dbt Cloud answers.
     let (_, b) = api.get(&format!("/api/v2/accounts/1/runs/{id}/")).await;
-    assert!(b["data"].get("run_steps").is_none());
-    assert!(b["data"].get("trigger").is_none());
+    assert_eq!(b["data"]["run_steps"], json!([]));
+    assert!(b["data"].get("trigger").is_some_and(Value::is_null));
     let (_, b) = api
         .get(&format!(
             "/api/v2/accounts/1/runs/{id}/?include_related=job"
@@ -460,7 +462,7 @@ async fn a_job_runs_one_run_at_a_time() {
     api.wait_for(first, |r| r["status"] == 3).await;
     let (_, b) = api.get(&format!("/api/v2/accounts/1/runs/{second}/")).await;
     assert_eq!(b["data"]["status"], 1, "queued behind the running run");
-    assert!(b["data"].get("dequeued_at").is_none());
+    assert!(b["data"]["dequeued_at"].is_null());
     // Another job is not blocked.
     let other = api.trigger(100, "other job").await;
     assert_eq!(api.wait_complete(other).await["status"], 10);
@@ -484,15 +486,17 @@ async fn failure_at_a_chosen_step_and_native_retry() {
     assert_eq!(failed["status_humanized"], "Error");
     assert_eq!(failed["can_retry"], true);
     let steps = failed["run_steps"].as_array().unwrap();
-    assert_eq!(steps.len(), 4, "later steps do not run: {steps:?}");
-    assert_eq!(steps[3]["name"], "Invoke dbt with `dbt run`");
-    assert_eq!(steps[3]["status"], 20);
-    assert_eq!(steps[3]["status_humanized"], "Error");
-    assert!(steps[3]["logs"]
+    // Clone, profile, `dbt deps`, then the job's commands: FailAtStep(2) is step 3 + 2.
+    assert_eq!(steps.len(), 5, "later steps do not run: {steps:?}");
+    assert_eq!(steps[4]["index"], 5);
+    assert_eq!(steps[4]["name"], "Invoke dbt with `dbt run`");
+    assert_eq!(steps[4]["status"], 20);
+    assert_eq!(steps[4]["status_humanized"], "Error");
+    assert!(steps[4]["logs"]
         .as_str()
         .unwrap()
         .contains("Database Error in model orders"));
-    assert_eq!(steps[2]["status"], 10);
+    assert_eq!(steps[3]["status"], 10);
 
     let (s, b) = api
         .get(&format!("/api/v2/accounts/1/runs/{id}/retry/"))
@@ -514,7 +518,7 @@ async fn failure_at_a_chosen_step_and_native_retry() {
     assert_eq!(done["status"], 10, "retry_outcome defaults to success");
     assert_eq!(done["retrying_run_id"], id);
     assert_eq!(
-        step_names(&done)[2..],
+        step_names(&done)[3..],
         ["Invoke dbt with `dbt run`", "Invoke dbt with `dbt test`"]
     );
     assert_eq!(sim.trigger_count(1, 101), 1, "retries are not triggers");
@@ -565,10 +569,10 @@ async fn rerun_retries_the_failed_run_or_triggers_a_new_one() {
     assert_eq!(done["retrying_run_id"], id);
     assert_eq!(done["status"], 20, "the configured retry outcome");
     assert_eq!(
-        step_names(&done)[2..],
+        step_names(&done)[3..],
         ["Invoke dbt with `dbt run`", "Invoke dbt with `dbt test`"]
     );
-    assert_eq!(done["run_steps"][3]["status"], 20, "fails at `dbt test`");
+    assert_eq!(done["run_steps"][4]["status"], 20, "fails at `dbt test`");
     // After a success, rerun triggers the whole job.
     let ok = api.trigger(100, "fine").await;
     api.wait_complete(ok).await;
@@ -577,7 +581,7 @@ async fn rerun_retries_the_failed_run_or_triggers_a_new_one() {
         .await;
     assert_eq!(s, 200);
     let full = api.wait_complete(b["data"]["id"].as_i64().unwrap()).await;
-    assert_eq!(full["run_steps"].as_array().unwrap().len(), 4);
+    assert_eq!(full["run_steps"].as_array().unwrap().len(), 5);
     let (s, b) = api
         .post("/api/v2/accounts/1/jobs/999/rerun/", json!({}))
         .await;
@@ -652,7 +656,7 @@ async fn run_list_filters_ordering_and_pagination() {
     assert_eq!(b["extra"]["pagination"]["count"], 100);
     assert_eq!(b["extra"]["pagination"]["total_count"], 131);
     assert!(b["extra"]["filters"].is_object() && b["extra"]["order_by"].is_string());
-    assert!(b["data"][0].get("run_steps").is_none());
+    assert_eq!(b["data"][0]["run_steps"], json!([]), "lists embed no steps");
     let (_, b) = api.get("/api/v2/accounts/1/runs/?offset=100").await;
     assert_eq!(b["data"].as_array().unwrap().len(), 31);
     assert_eq!(b["data"][0]["id"], ids[100]);
@@ -775,34 +779,54 @@ async fn artifacts_per_step() {
         .unwrap()
         .contains("run-results"));
     assert!(rr["elapsed_time"].is_number());
-    let statuses: Vec<&str> = rr["results"]
+    // `dbt run` runs the models: `orders` errors, what reads it is skipped.
+    let statuses: Vec<(&str, &str)> = rr["results"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|r| r["status"].as_str().unwrap())
+        .map(|r| {
+            (
+                r["unique_id"].as_str().unwrap(),
+                r["status"].as_str().unwrap(),
+            )
+        })
         .collect();
-    assert!(
-        statuses.contains(&"error") && statuses.contains(&"skipped"),
-        "{statuses:?}"
+    assert_eq!(
+        statuses,
+        [
+            ("model.analytics.stg_orders", "success"),
+            ("model.analytics.orders", "error"),
+            ("model.analytics.customers", "skipped"),
+        ]
     );
+    assert_eq!(rr["args"]["which"], "run");
+    assert_eq!(rr["args"]["invocation_command"], "dbt run");
     for r in rr["results"].as_array().unwrap() {
         assert!(r["unique_id"].is_string() && r["execution_time"].is_number());
         assert!(r.get("message").is_some());
     }
-    // Step 3 (`dbt seed`) succeeded.
+    // Step 4 (`dbt seed`) succeeded.
     let (s, rr) = api
         .get(&format!(
-            "/api/v2/accounts/1/runs/{id}/artifacts/run_results.json?step=3"
+            "/api/v2/accounts/1/runs/{id}/artifacts/run_results.json?step=4"
         ))
         .await;
     assert_eq!(s, 200);
-    assert!(rr["results"]
+    assert_eq!(rr["args"]["which"], "seed");
+    let seeded: Vec<(&str, &str)> = rr["results"]
         .as_array()
         .unwrap()
         .iter()
-        .all(|r| r["status"] != "error"));
-    // Setup steps and steps that never ran have no artifacts.
-    for step in [1, 5] {
+        .map(|r| {
+            (
+                r["unique_id"].as_str().unwrap(),
+                r["status"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(seeded, [("seed.analytics.raw_customers", "success")]);
+    // Setup steps (`dbt deps` included) and steps that never ran have no artifacts.
+    for step in [1, 3, 6] {
         let (s, _) = api
             .get(&format!(
                 "/api/v2/accounts/1/runs/{id}/artifacts/run_results.json?step={step}"
@@ -812,7 +836,7 @@ async fn artifacts_per_step() {
     }
     let (s, m) = api
         .get(&format!(
-            "/api/v2/accounts/1/runs/{id}/artifacts/manifest.json?step=3"
+            "/api/v2/accounts/1/runs/{id}/artifacts/manifest.json?step=4"
         ))
         .await;
     assert_eq!(s, 200);
@@ -1185,11 +1209,13 @@ async fn discovery_graphql() {
 }
 
 #[tokio::test]
-async fn live_nulls_render_absent_values_as_null() {
+async fn live_nulls_by_default_and_the_sparse_form_on_request() {
     let (sim, api) = setup().await;
     let id = api.trigger(102, "nulls").await;
+    sim.set_live_nulls(false);
     let (_, b) = api.get(&format!("/api/v2/accounts/1/runs/{id}/")).await;
     assert!(b["data"].get("finished_at").is_none());
+    assert!(b["data"].get("run_steps").is_none());
     sim.set_live_nulls(true);
     let (_, b) = api
         .get(&format!(

@@ -1,7 +1,13 @@
 //! Every operation the simulator serves answers with a body that validates against the response
 //! schema dbt Labs documents for it (`shared/dbt-cloud-api/openapi-v{2,3}.yaml`), so the simulator
-//! cannot drift from the real API. The validator covers the OpenAPI 3.0 subset these files use:
-//! `$ref`, `type`, `nullable`, `properties`, `required`, `items`, `enum`, `allOf`/`oneOf`/`anyOf`.
+//! cannot drift from the real API. The artifacts, which the OpenAPI files leave without a schema,
+//! validate against dbt's published JSON schemas (`tests/schemas/`, see its README).
+//!
+//! The validator covers the OpenAPI 3.0 subset these files use (`$ref`, `type`, `nullable`,
+//! `properties`, `required`, `items`, `enum`, `allOf`/`oneOf`/`anyOf`, `additionalProperties`) and
+//! the JSON Schema 2020-12 keywords of dbt's artifact schemas (`type: "null"`, `const`,
+//! `propertyNames`, `prefixItems`, `minItems`/`maxItems`, `pattern`);
+//! `the_artifact_schemas_use_only_keywords_the_validator_knows` keeps it that way.
 
 use std::time::Duration;
 
@@ -60,7 +66,10 @@ fn validate(root: &Value, schema: &Value, value: &Value, path: &str, errors: &mu
     };
     if let Some(options) = schema.get("anyOf").and_then(Value::as_array) {
         if matching(options) == 0 {
-            errors.push(format!("{path}: {value} matches none of anyOf"));
+            errors.push(format!(
+                "{path}: matches none of anyOf; closest: {}",
+                closest(root, options, value, path)
+            ));
         }
     }
     if let Some(options) = schema.get("oneOf").and_then(Value::as_array) {
@@ -76,27 +85,46 @@ fn validate(root: &Value, schema: &Value, value: &Value, path: &str, errors: &mu
             errors.push(format!("{path}: {value} not in enum {values:?}"));
         }
     }
-    let Some(ty) = schema.get("type").and_then(Value::as_str) else {
-        return;
-    };
-    let ok = match ty {
+    if let Some(expected) = schema.get("const") {
+        if value != expected {
+            errors.push(format!("{path}: {value} is not the constant {expected}"));
+        }
+    }
+    if let Some(ty) = schema.get("type").and_then(Value::as_str) {
+        if !type_matches(ty, value, path) {
+            let what = if value.is_null() {
+                "null but not nullable".to_string()
+            } else {
+                format!("expected {ty}, got {value}")
+            };
+            errors.push(format!("{path}: {what}"));
+            return;
+        }
+    }
+    validate_children(root, schema, value, path, errors);
+}
+
+fn type_matches(ty: &str, value: &Value, path: &str) -> bool {
+    match ty {
         "object" => value.is_object(),
         "array" => value.is_array(),
         "string" => value.is_string(),
         "integer" => value.is_i64() || value.is_u64(),
         "number" => value.is_number(),
         "boolean" => value.is_boolean(),
-        _ => true,
-    };
-    if !ok {
-        let what = if value.is_null() {
-            "null but not nullable".to_string()
-        } else {
-            format!("expected {ty}, got {value}")
-        };
-        errors.push(format!("{path}: {what}"));
-        return;
+        "null" => value.is_null(),
+        other => panic!("{path}: unknown type {other} in the schema"),
     }
+}
+
+/// The keywords about an object's properties, an array's items and a string's pattern.
+fn validate_children(
+    root: &Value,
+    schema: &Value,
+    value: &Value,
+    path: &str,
+    errors: &mut Vec<String>,
+) {
     if let Some(obj) = value.as_object() {
         for req in schema
             .get("required")
@@ -123,14 +151,89 @@ fn validate(root: &Value, schema: &Value, value: &Value, path: &str, errors: &mu
                 (None, Some(extra @ Value::Object(_))) => validate(root, extra, v, &child, errors),
                 (None, _) => {}
             }
+            if let Some(names) = schema.get("propertyNames") {
+                validate(root, names, &Value::from(k.as_str()), &child, errors);
+            }
         }
     }
-    if let (Some(items), Some(s)) = (value.as_array(), schema.get("items")) {
+    if let Some(items) = value.as_array() {
+        let prefix = schema
+            .get("prefixItems")
+            .and_then(Value::as_array)
+            .map_or(&[][..], Vec::as_slice);
         for (i, item) in items.iter().enumerate() {
-            validate(root, s, item, &format!("{path}[{i}]"), errors);
+            let item_path = format!("{path}[{i}]");
+            match (prefix.get(i), schema.get("items")) {
+                (Some(s), _) | (None, Some(s)) => validate(root, s, item, &item_path, errors),
+                (None, None) => {}
+            }
+        }
+        let len = items.len() as u64;
+        if let Some(min) = schema.get("minItems").and_then(Value::as_u64) {
+            if len < min {
+                errors.push(format!("{path}: {len} items, at least {min} wanted"));
+            }
+        }
+        if let Some(max) = schema.get("maxItems").and_then(Value::as_u64) {
+            if len > max {
+                errors.push(format!("{path}: {len} items, at most {max} wanted"));
+            }
+        }
+    }
+    if let (Some(text), Some(pattern)) = (
+        value.as_str(),
+        schema.get("pattern").and_then(Value::as_str),
+    ) {
+        let re = regex::Regex::new(pattern).expect("valid pattern in the schema");
+        if !re.is_match(text) {
+            errors.push(format!("{path}: {value} does not match {pattern}"));
         }
     }
 }
+
+/// The violations of the option of `options` that `value` comes closest to (fewest violations), for
+/// a readable message when none matches (e.g. which property a manifest node lacks).
+fn closest(root: &Value, options: &[Value], value: &Value, path: &str) -> String {
+    options
+        .iter()
+        .map(|s| {
+            let mut e = Vec::new();
+            validate(root, s, value, path, &mut e);
+            e
+        })
+        .min_by_key(Vec::len)
+        .map(|e| e.join("; "))
+        .unwrap_or_default()
+}
+
+/// Keywords `validate` checks, and annotations it may ignore.
+const KNOWN_KEYWORDS: [&str; 24] = [
+    "$ref",
+    "type",
+    "nullable",
+    "properties",
+    "required",
+    "items",
+    "enum",
+    "allOf",
+    "oneOf",
+    "anyOf",
+    "additionalProperties",
+    "const",
+    "propertyNames",
+    "prefixItems",
+    "minItems",
+    "maxItems",
+    "pattern",
+    // Annotations: no effect on validity.
+    "$schema",
+    "$id",
+    "title",
+    "description",
+    "default",
+    "format",
+    "examples",
+];
 
 /// The documented schema of an operation's 200 answer.
 fn documented<'a>(root: &'a Value, method: &str, template: &str) -> &'a Value {
@@ -288,6 +391,9 @@ async fn every_served_operation_matches_its_documented_response_schema() {
     let v2 = spec("v2");
     let v3 = spec("v3");
     let f = fixture().await;
+    // The sparse form (absent values omitted) is what the OpenAPI files describe; the default live
+    // form sends undeclared `null`s (see `live_nulls_violate_the_schema_only_by_undeclared_nullability`).
+    f.sim.set_live_nulls(false);
     let (failed, slow, queued, success) = (f.failed_id, f.slow_id, f.queued_id, f.success_id);
     // (method, documented path, request path, body). Order matters: the retry and cancel come last.
     let cases: Vec<(&str, &str, String, Option<Value>)> = vec![
@@ -465,7 +571,7 @@ async fn every_served_operation_matches_its_documented_response_schema() {
     for (template, path) in [
         (
             "/api/v2/accounts/{account_id}/runs/{run_id}/artifacts/{remainder}",
-            format!("/api/v2/accounts/1/runs/{failed}/artifacts/run_results.json?step=3"),
+            format!("/api/v2/accounts/1/runs/{failed}/artifacts/run_results.json?step=4"),
         ),
         (
             "/api/v2/accounts/{account_id}/runs/{run_id}/artifacts/{remainder}",
@@ -577,12 +683,12 @@ async fn error_answers_use_the_documented_envelope() {
 }
 
 /// The live service sends `null` for absent values (`finished_at` of a running run, …), which the
-/// OpenAPI files do not declare nullable: with `set_live_nulls(true)` the only violations are those.
+/// OpenAPI files do not declare nullable: in the simulator's default (live) form the only
+/// violations are those.
 #[tokio::test]
 async fn live_nulls_violate_the_schema_only_by_undeclared_nullability() {
     let v2 = spec("v2");
     let f = fixture().await;
-    f.sim.set_live_nulls(true);
     let schema = documented(&v2, "GET", "/api/v2/accounts/{account_id}/runs/{id}/");
     let (_, body) = f
         .send(
@@ -672,6 +778,367 @@ fn the_validator_handles_additional_properties_and_one_of() {
     let mut errors = Vec::new();
     validate(&root, &nullable, &Value::Null, "$", &mut errors);
     assert!(errors.is_empty());
+}
+
+/// One of dbt's published artifact schemas in `tests/schemas/`.
+fn artifact_schema(file: &str) -> Value {
+    let path = format!("{}/tests/schemas/{file}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    serde_json::from_str(&text).expect("schema JSON parses")
+}
+
+/// Every keyword used in schema position anywhere in `schema` (property names excluded).
+fn keywords(schema: &Value, out: &mut std::collections::BTreeSet<String>) {
+    let Some(obj) = schema.as_object() else {
+        if let Some(list) = schema.as_array() {
+            list.iter().for_each(|s| keywords(s, out));
+        }
+        return;
+    };
+    for (k, v) in obj {
+        out.insert(k.clone());
+        match k.as_str() {
+            "properties" | "$defs" | "definitions" => {
+                v.as_object()
+                    .into_iter()
+                    .flat_map(|m| m.values())
+                    .for_each(|s| keywords(s, out));
+            }
+            "items"
+            | "additionalProperties"
+            | "propertyNames"
+            | "anyOf"
+            | "allOf"
+            | "oneOf"
+            | "prefixItems" => keywords(v, out),
+            _ => {}
+        }
+    }
+}
+
+#[test]
+fn the_artifact_schemas_use_only_keywords_the_validator_knows() {
+    for file in ["manifest-v12.json", "run-results-v6.json"] {
+        let mut used = std::collections::BTreeSet::new();
+        keywords(&artifact_schema(file), &mut used);
+        let unknown: Vec<_> = used
+            .iter()
+            .filter(|k| !KNOWN_KEYWORDS.contains(&k.as_str()))
+            .collect();
+        assert!(
+            unknown.is_empty(),
+            "{file}: unsupported keywords {unknown:?}"
+        );
+    }
+}
+
+#[test]
+fn the_validator_handles_json_schema_keywords() {
+    let root = Value::Null;
+    let check = |schema: Value, value: Value| {
+        let mut errors = Vec::new();
+        validate(&root, &schema, &value, "$", &mut errors);
+        errors
+    };
+    let nullable = serde_json::json!({"anyOf": [{"type": "string"}, {"type": "null"}]});
+    assert!(check(nullable.clone(), Value::Null).is_empty());
+    assert_eq!(check(nullable, serde_json::json!(1)).len(), 1);
+    assert!(check(
+        serde_json::json!({"const": "model"}),
+        serde_json::json!("model")
+    )
+    .is_empty());
+    assert_eq!(
+        check(
+            serde_json::json!({"const": "model"}),
+            serde_json::json!("seed")
+        )
+        .len(),
+        1
+    );
+    let pair = serde_json::json!({"type": "array", "prefixItems": [{"type": "string"}, {"type": "integer"}], "minItems": 2, "maxItems": 2});
+    assert!(check(pair.clone(), serde_json::json!(["a", 1])).is_empty());
+    assert_eq!(check(pair.clone(), serde_json::json!(["a", "b"])).len(), 1);
+    assert_eq!(check(pair.clone(), serde_json::json!(["a"])).len(), 1);
+    assert_eq!(check(pair, serde_json::json!(["a", 1, 2])).len(), 1);
+    let keys = serde_json::json!({"type": "object", "propertyNames": {"pattern": "^[a-z]+$"}});
+    assert!(check(keys.clone(), serde_json::json!({"ok": 1})).is_empty());
+    assert_eq!(check(keys, serde_json::json!({"Not OK": 1})).len(), 1);
+    let severity = serde_json::json!({"type": "string", "pattern": "^([Ww][Aa][Rr][Nn]|[Ee][Rr][Rr][Oo][Rr])$"});
+    assert!(check(severity.clone(), serde_json::json!("ERROR")).is_empty());
+    assert_eq!(check(severity, serde_json::json!("fatal")).len(), 1);
+    // A manifest missing a required top-level key fails, and says which.
+    let errors = check(
+        artifact_schema("manifest-v12.json"),
+        serde_json::json!({"metadata": {}, "nodes": {}}),
+    );
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("missing required property parent_map")),
+        "{errors:?}"
+    );
+}
+
+/// Every run starts with dbt Cloud's three setup steps (clone, profile, `dbt deps`), so a job's own
+/// command `k` is run step `3 + k`; `FailAtStep(k)` counts the job's own commands.
+#[tokio::test]
+async fn runs_start_with_the_three_setup_steps() {
+    let f = fixture().await;
+    let (_, failed) = f
+        .send(
+            "GET",
+            &format!(
+                "/api/v2/accounts/1/runs/{}/?include_related=run_steps",
+                f.failed_id
+            ),
+            None,
+            TOKEN,
+        )
+        .await;
+    let steps = failed["data"]["run_steps"].as_array().unwrap();
+    let names: Vec<&str> = steps.iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        [
+            "Clone git repository",
+            "Create profile from connection Snowflake",
+            "Invoke dbt with `dbt deps`",
+            "Invoke dbt with `dbt seed`",
+            "Invoke dbt with `dbt build`",
+        ]
+    );
+    let indexes: Vec<i64> = steps.iter().map(|s| s["index"].as_i64().unwrap()).collect();
+    assert_eq!(indexes, [1, 2, 3, 4, 5]);
+    // FailAtStep(2): the job's second command, run step 3 + 2.
+    let statuses: Vec<i64> = steps
+        .iter()
+        .map(|s| s["status"].as_i64().unwrap())
+        .collect();
+    assert_eq!(statuses, [10, 10, 10, 10, 20]);
+    let (_, retry) = f
+        .send(
+            "GET",
+            &format!("/api/v2/accounts/1/runs/{}/retry/", f.failed_id),
+            None,
+            TOKEN,
+        )
+        .await;
+    assert_eq!(retry["data"]["failed_step"], "Invoke dbt with `dbt build`");
+    assert_eq!(retry["data"]["skipped_steps"], serde_json::json!([]));
+    // `dbt deps` writes no run_results.json; the job's commands do.
+    for (step, expected) in [(3, 404), (4, 200), (5, 200), (6, 404)] {
+        let (status, _) = f
+            .send(
+                "GET",
+                &format!(
+                    "/api/v2/accounts/1/runs/{}/artifacts/run_results.json?step={step}",
+                    f.failed_id
+                ),
+                None,
+                TOKEN,
+            )
+            .await;
+        assert_eq!(status, expected, "step {step}");
+    }
+    // A native retry runs the setup steps again, then the failed command.
+    let (_, retried) = f
+        .send(
+            "POST",
+            &format!("/api/v2/accounts/1/runs/{}/retry/", f.failed_id),
+            None,
+            TOKEN,
+        )
+        .await;
+    let id = retried["data"]["id"].as_i64().unwrap();
+    let done = async {
+        loop {
+            let run = f.sim.run(1, id).unwrap();
+            if run["is_complete"] == true {
+                return run;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    let run = tokio::time::timeout(Duration::from_secs(20), done)
+        .await
+        .expect("retry finishes");
+    let names: Vec<&str> = run["run_steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "Clone git repository",
+            "Create profile from connection Snowflake",
+            "Invoke dbt with `dbt deps`",
+            "Invoke dbt with `dbt build`",
+        ]
+    );
+}
+
+/// By default the simulator answers like the live service: relations that `include_related` does
+/// not ask for are `null`, and `run_steps` is `[]`; the sparse form omits them.
+#[tokio::test]
+async fn unrequested_relations_are_null_and_run_steps_empty_by_default() {
+    let f = fixture().await;
+    let one = format!("/api/v2/accounts/1/runs/{}/", f.success_id);
+    let list = "/api/v2/accounts/1/runs/?include_related=trigger,run_steps".to_string();
+    let (_, body) = f.send("GET", &one, None, TOKEN).await;
+    let run = &body["data"];
+    assert_eq!(run["run_steps"], serde_json::json!([]), "{run}");
+    for key in ["trigger", "job", "environment"] {
+        assert!(run.get(key).is_some_and(Value::is_null), "{key}: {run}");
+    }
+    // Lists never embed steps, even when asked.
+    let (_, body) = f.send("GET", &list, None, TOKEN).await;
+    for run in body["data"].as_array().unwrap() {
+        assert_eq!(run["run_steps"], serde_json::json!([]), "{run}");
+        assert!(run["trigger"].is_object(), "{run}");
+    }
+    let (_, body) = f
+        .send(
+            "GET",
+            &format!("{one}?include_related=run_steps"),
+            None,
+            TOKEN,
+        )
+        .await;
+    assert_eq!(body["data"]["run_steps"].as_array().unwrap().len(), 4);
+
+    f.sim.set_live_nulls(false);
+    let (_, body) = f.send("GET", &one, None, TOKEN).await;
+    for key in [
+        "run_steps",
+        "trigger",
+        "job",
+        "environment",
+        "retrying_run_id",
+    ] {
+        assert!(body["data"].get(key).is_none(), "sparse form: {key}");
+    }
+    let (_, body) = f.send("GET", &list, None, TOKEN).await;
+    assert!(body["data"][0].get("run_steps").is_none());
+}
+
+/// `manifest.json` and `run_results.json` validate against dbt's published schemas (manifest v12,
+/// run_results v6) and agree with each other: every result is a manifest node, and `parent_map` /
+/// `child_map` mirror the nodes' `depends_on`.
+#[tokio::test]
+async fn artifacts_match_dbts_published_schemas() {
+    let manifest_schema = artifact_schema("manifest-v12.json");
+    let results_schema = artifact_schema("run-results-v6.json");
+    let f = fixture().await;
+    let run_path = |id: i64, file: &str| format!("/api/v2/accounts/1/runs/{id}/artifacts/{file}");
+    let documents = [
+        (f.failed_id, "run_results.json", None),
+        (f.failed_id, "run_results.json", Some(4)),
+        (f.failed_id, "run_results.json", Some(5)),
+        (f.success_id, "run_results.json", None),
+        (f.failed_id, "manifest.json", None),
+        (f.success_id, "manifest.json", Some(4)),
+    ];
+    let mut failures = Vec::new();
+    let mut manifest = Value::Null;
+    let mut results = Vec::new();
+    for (id, file, step) in documents {
+        let path = match step {
+            Some(s) => format!("{}?step={s}", run_path(id, file)),
+            None => run_path(id, file),
+        };
+        let (status, doc) = f.send("GET", &path, None, TOKEN).await;
+        assert_eq!(status, 200, "{path}: {doc}");
+        let schema = if file == "manifest.json" {
+            manifest = doc.clone();
+            &manifest_schema
+        } else {
+            results.push(doc.clone());
+            &results_schema
+        };
+        assert_eq!(
+            doc["metadata"]["dbt_schema_version"], schema["$id"],
+            "{path}"
+        );
+        let mut errors = Vec::new();
+        validate(schema, schema, &doc, "$", &mut errors);
+        if !errors.is_empty() {
+            failures.push(format!("{path}:\n  {}", errors.join("\n  ")));
+        }
+    }
+    let job_path = "/api/v2/accounts/1/jobs/102/artifacts/manifest.json";
+    let (status, job_doc) = f.send("GET", job_path, None, TOKEN).await;
+    assert_eq!(status, 200, "{job_path}: {job_doc}");
+    let mut errors = Vec::new();
+    validate(
+        &manifest_schema,
+        &manifest_schema,
+        &job_doc,
+        "$",
+        &mut errors,
+    );
+    if !errors.is_empty() {
+        failures.push(format!("{job_path}:\n  {}", errors.join("\n  ")));
+    }
+    assert!(
+        failures.is_empty(),
+        "artifacts that do not match dbt's schemas:\n{}",
+        failures.join("\n")
+    );
+
+    // What lineage-aware clients read.
+    assert_eq!(manifest["metadata"]["adapter_type"], "snowflake");
+    assert_eq!(manifest["metadata"]["project_name"], "analytics");
+    let nodes = manifest["nodes"].as_object().unwrap();
+    let sources = manifest["sources"].as_object().unwrap();
+    for doc in &results {
+        assert!(doc["elapsed_time"].is_number() && doc["args"]["which"].is_string());
+        for r in doc["results"].as_array().unwrap() {
+            let id = r["unique_id"].as_str().unwrap();
+            assert!(nodes.contains_key(id), "{id} is not a manifest node");
+            if r["status"] != "skipped" {
+                assert!(!r["timing"].as_array().unwrap().is_empty(), "{r}");
+            }
+        }
+    }
+    let parent_map = manifest["parent_map"].as_object().unwrap();
+    let child_map = manifest["child_map"].as_object().unwrap();
+    for (id, node) in nodes {
+        // Seeds depend on macros only (`depends_on` without `nodes`).
+        let parents = node["depends_on"]["nodes"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        // dbt sorts the maps' lists.
+        let mut sorted = parents.clone();
+        sorted.sort_by_key(|p| p.as_str().unwrap().to_string());
+        assert_eq!(&parent_map[id], &Value::from(sorted), "{id}");
+        for parent in &parents {
+            let parent = parent.as_str().unwrap();
+            assert!(
+                nodes.contains_key(parent) || sources.contains_key(parent),
+                "{parent}"
+            );
+            assert!(
+                child_map[parent]
+                    .as_array()
+                    .unwrap()
+                    .contains(&Value::from(id.as_str())),
+                "{parent} → {id}"
+            );
+        }
+    }
+    for id in sources.keys() {
+        assert_eq!(parent_map[id], serde_json::json!([]), "{id}");
+    }
+    assert!(
+        nodes.values().any(|n| n["depends_on"]["nodes"]
+            .as_array()
+            .is_some_and(|p| p.iter().any(|p| sources.contains_key(p.as_str().unwrap())))),
+        "some model reads a source"
+    );
 }
 
 /// A plain-http client. In a workspace build reqwest is compiled with the operator's
