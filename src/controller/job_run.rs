@@ -36,8 +36,6 @@ use crate::dbt_cloud::{
 use crate::{Error, Result};
 
 const KIND: &str = "DbtCloudJobRun";
-/// Most failing nodes listed in status.
-const MAX_FAILED_NODES: usize = 20;
 /// Longest step log tail kept for Events and status.
 const LOG_TAIL: usize = 300;
 
@@ -790,9 +788,16 @@ pub fn summarize_run_results(bytes: &[u8]) -> Option<ResultsSummary> {
             }
             _ => false,
         };
-        if failed && s.failed_nodes.len() < MAX_FAILED_NODES {
-            if let Some(id) = r.get("unique_id").and_then(|v| v.as_str()) {
-                s.failed_nodes.push(id.to_string());
+        if failed {
+            if s.failed_nodes.len() < lifecycle::MAX_FAILED_NODES {
+                if let Some(id) = r.get("unique_id").and_then(|v| v.as_str()) {
+                    s.failed_nodes.push(crate::crd::conditions::truncate_str(
+                        id,
+                        lifecycle::MAX_NAME_LEN,
+                    ));
+                }
+            } else {
+                s.failed_nodes_omitted = Some(s.failed_nodes_omitted.unwrap_or(0) + 1);
             }
         }
     }
@@ -891,6 +896,18 @@ mod tests {
         assert_eq!((s.pass, s.error, s.fail, s.skip, s.warn), (2, 1, 1, 1, 1));
         assert_eq!(s.failed_nodes, vec!["model.c", "test.d"]);
         assert!(summarize_run_results(b"not json").is_none());
+    }
+
+    #[test]
+    fn run_results_list_at_most_20_failing_nodes_and_count_the_rest() {
+        let results: Vec<_> = (0..30)
+            .map(|i| serde_json::json!({"unique_id": format!("model.m{i}"), "status": "error"}))
+            .collect();
+        let doc = serde_json::json!({ "results": results });
+        let s = summarize_run_results(doc.to_string().as_bytes()).unwrap();
+        assert_eq!(s.error, 30);
+        assert_eq!(s.failed_nodes.len(), 20);
+        assert_eq!(s.failed_nodes_omitted, Some(10));
     }
 
     #[test]
