@@ -1469,4 +1469,59 @@ mod sim {
             "Unauthorized"
         );
     }
+
+    #[tokio::test]
+    async fn thousands_of_steps_and_huge_logs_stay_bounded_in_status() {
+        use dbt_cloud_operator::controller::job_run::run_details;
+        use dbt_cloud_operator::controller::lifecycle::{bound_status, MAX_STATUS_STEPS};
+        use dbt_cloud_operator::crd::DbtCloudJobRunStatus;
+
+        let sim = setup().await;
+        let steps: Vec<String> = (0..3_000)
+            .map(|i| format!("dbt run -s model_{i}"))
+            .collect();
+        sim.add_job(
+            ACCOUNT,
+            JobSpec {
+                id: 2000,
+                project_id: 10,
+                environment_id: 100,
+                name: "Huge".into(),
+                steps,
+                behavior: fast(Outcome::FailAtStep(3_000)),
+            },
+        );
+        sim.set_step_log_bytes(2_000);
+        let c = client(&sim, KEY, ACCOUNT);
+        let run = c
+            .trigger_run(2000, &TriggerRunRequest::new("huge").unwrap())
+            .await
+            .unwrap();
+        wait_terminal(&c, run.id).await;
+        // ~7 MB of steps: under the response limit, decoded, then bounded for status.
+        let full = c.get_run(run.id, &["run_steps"]).await.unwrap();
+        let details = run_details(&full);
+        assert_eq!(details.steps.len(), 3_002);
+        let (name, log) = details.failed_step.clone().expect("the failing step");
+        assert!(name.contains("model_2999"), "{name}");
+        assert!(
+            log.ends_with("TOTAL=4") && log.len() < 400,
+            "only the tail: {log}"
+        );
+        let mut status = DbtCloudJobRunStatus {
+            steps: details.steps,
+            ..Default::default()
+        };
+        bound_status(&mut status);
+        assert_eq!(status.steps.len(), MAX_STATUS_STEPS);
+        assert_eq!(status.steps_omitted, Some(3_002 - 50));
+        assert_eq!(status.steps.last().unwrap().status, "Error");
+        assert!(serde_json::to_vec(&status).unwrap().len() < 64 * 1024);
+
+        // ~30 MB of logs: over the limit, refused with a clear error (the shell keeps no steps).
+        sim.set_step_log_bytes(10_000);
+        let e = c.get_run(run.id, &["run_steps"]).await.unwrap_err();
+        assert_eq!(e.reason(), "ResponseTooLarge", "{e}");
+        assert!(e.to_string().contains("get_run"), "{e}");
+    }
 }
