@@ -269,6 +269,30 @@ async fn login_creates_the_secret_and_credentials() {
     assert_eq!(creds["metadata"]["labels"], managed());
     assert!(!creds.to_string().contains(KEY));
 
+    // New objects are created (never applied over something that appeared meanwhile).
+    let creates: Vec<_> = w
+        .faults
+        .requests()
+        .into_iter()
+        .filter(|r| r.method != Method::GET)
+        .collect();
+    assert_eq!(creates.len(), 2, "{creates:?}");
+    for r in creates {
+        assert_eq!(r.method, Method::POST, "{r:?}");
+        assert!(
+            r.query.contains("fieldManager=dbt-cloud-operator-cli"),
+            "{}",
+            r.query
+        );
+    }
+    // Logging in again with --force updates them by server-side apply.
+    w.run(
+        &["login", "--key", KEY, "-n", w.ns.as_str(), "--force"],
+        false,
+        &[],
+    )
+    .await
+    .ok();
     let applies: Vec<_> = w
         .faults
         .requests()
@@ -600,7 +624,7 @@ async fn an_unmanaged_secret_of_the_same_name_counts_as_existing() {
 #[tokio::test]
 async fn interactive_login_prompts_for_key_account_and_replacement() {
     let w = World::new().await;
-    w.put_credentials("dbt-cloud", 7, json!({})).await;
+    w.put_credentials("dbt-cloud", 7, managed()).await;
 
     // Declining leaves everything as it was.
     let o = w
@@ -910,6 +934,170 @@ async fn status_runs_and_open() {
         .run(&["open", "missing", "-n", w.ns.as_str()], false, &[])
         .await;
     assert!(o.failed().contains("not found"), "{o:?}");
+}
+
+#[tokio::test]
+async fn force_never_overwrites_what_login_did_not_create() {
+    let w = World::new().await;
+    w.put_object(json!({"apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "dbt-cloud-api-key", "namespace": w.ns.as_str()},
+            "data": {"apiKey": b64("dbtc_someone_elses")}}))
+        .await;
+    let o = w
+        .run(
+            &["login", "--key", KEY, "-n", w.ns.as_str(), "--force"],
+            false,
+            &[],
+        )
+        .await;
+    assert!(o.failed().contains("not created by this CLI"), "{o:?}");
+    assert_eq!(
+        w.secret("dbt-cloud-api-key").await.unwrap()["data"]["apiKey"],
+        b64("dbtc_someone_elses")
+    );
+    assert!(w.credentials("dbt-cloud").await.is_none());
+    assert!(w.writes().is_empty(), "{:?}", w.writes());
+
+    // Hand-made credentials of the same name: not replaced, with --force or when confirmed.
+    w.put_credentials("handmade", 7, json!({})).await;
+    let o = w
+        .run(
+            &[
+                "login",
+                "--key",
+                KEY,
+                "-n",
+                w.ns.as_str(),
+                "--name",
+                "handmade",
+                "--force",
+            ],
+            false,
+            &[],
+        )
+        .await;
+    assert!(o.failed().contains("not created by this CLI"), "{o:?}");
+    let o = w
+        .run(
+            &["login", "-n", w.ns.as_str(), "--name", "handmade"],
+            true,
+            &[KEY, "y"],
+        )
+        .await;
+    assert!(o.failed().contains("not created by this CLI"), "{o:?}");
+    assert!(!o.prompts.iter().any(|p| p.contains("Replace")), "{o:?}");
+    assert_eq!(
+        w.credentials("handmade").await.unwrap()["spec"]["accountId"],
+        7
+    );
+    assert!(w.writes().is_empty(), "{:?}", w.writes());
+}
+
+#[tokio::test]
+async fn logout_keeps_secret_keys_it_did_not_write() {
+    let w = World::new().await;
+    w.run(&["login", "--key", KEY, "-n", w.ns.as_str()], false, &[])
+        .await
+        .ok();
+    // Someone adds their own key to the Secret login created.
+    Api::<k8s_openapi::api::core::v1::Secret>::namespaced(w.admin.clone(), &w.ns)
+        .patch(
+            "dbt-cloud-api-key",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"data": {"theirs": b64("keep me")}})),
+        )
+        .await
+        .unwrap();
+
+    let o = w
+        .run(&["logout", "-n", w.ns.as_str(), "--yes"], false, &[])
+        .await;
+    o.ok();
+    assert!(w.credentials("dbt-cloud").await.is_none());
+    let secret = w
+        .secret("dbt-cloud-api-key")
+        .await
+        .expect("the Secret is kept");
+    assert_eq!(secret["data"]["theirs"], b64("keep me"));
+    assert!(secret["data"].get("apiKey").is_none(), "{secret}");
+    assert!(o.err.contains("Removed key apiKey"), "{}", o.err);
+}
+
+static LAUNCHED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+fn record_launch(_url: &str) -> std::io::Result<()> {
+    LAUNCHED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    Ok(())
+}
+
+#[tokio::test]
+async fn open_launches_only_https_urls_on_dbt_cloud_hosts() {
+    let w = World::new().await;
+    let open = |name: &str| {
+        let cli = <Cli as clap::Parser>::try_parse_from([
+            "dbt-cloud-operator",
+            "open",
+            name,
+            "-n",
+            w.ns.as_str(),
+        ])
+        .unwrap();
+        let Command::Open(args) = cli.command else {
+            unreachable!()
+        };
+        let client = w.client.clone();
+        async move {
+            let (mut out, mut err) = (Vec::new(), Vec::new());
+            let mut prompt = ScriptedPrompt::default();
+            let mut ctx = Ctx {
+                out: &mut out,
+                err: &mut err,
+                prompt: &mut prompt,
+                interactive: false,
+            };
+            let r = inspect::open(args, client, Some(record_launch), &mut ctx).await;
+            (
+                r.err().map(|e| e.to_string()),
+                String::from_utf8(out).unwrap(),
+            )
+        }
+    };
+    let bad = [
+        "https://evil.example.com/deploy/1/projects/1/runs/1/",
+        "http://cloud.getdbt.com/deploy/1/projects/1/runs/1/",
+        "https://cloud.getdbt.com.evil.example.com/",
+        "https://user:pw@cloud.getdbt.com/",
+        "https://cloud.getdbt.com:8443/",
+        "https://127.0.0.1/",
+        "javascript:alert(1)",
+        "file:///etc/passwd",
+        "\u{1b}]8;;https://evil.example.com\u{7}x",
+    ];
+    let good = "https://ab123.us1.dbt.com/deploy/1/projects/1/runs/1/";
+    for (i, url) in bad.iter().chain([&good]).enumerate() {
+        w.put_object(json!({"apiVersion": CRD, "kind": "DbtCloudJobRun",
+                "metadata": {"name": format!("r{i}"), "namespace": w.ns.as_str()},
+                "spec": {"credentialsRef": {"name": "creds"}, "job": {"id": 100}},
+                "status": {"phase": "Running", "runId": 1, "runUrl": url}}))
+            .await;
+    }
+    for (i, url) in bad.iter().enumerate() {
+        let (error, out) = open(&format!("r{i}")).await;
+        let e = error.unwrap_or_else(|| panic!("{url:?} was accepted"));
+        assert!(
+            e.contains("not an https URL on a dbt Cloud host"),
+            "{url:?}: {e}"
+        );
+        assert!(
+            !out.contains(url) && !e.contains('\u{1b}'),
+            "{url:?}: {out} {e}"
+        );
+    }
+    assert_eq!(LAUNCHED.load(std::sync::atomic::Ordering::SeqCst), 0);
+    let (error, out) = open(&format!("r{}", bad.len())).await;
+    assert_eq!(error, None);
+    assert_eq!(out.trim(), good);
+    assert_eq!(LAUNCHED.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
 
 #[test]

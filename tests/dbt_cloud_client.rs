@@ -395,7 +395,8 @@ async fn long_retry_after_is_returned_not_slept() {
     c429.headers.push(("retry-after", "3600".into()));
     s.push(c429);
     let e = c.get_job(3).await.unwrap_err();
-    assert_eq!(e.retry_after(), Some(Duration::from_secs(3600)));
+    // Returned at once, clamped to `retry_after_ceiling` (10 minutes by default).
+    assert_eq!(e.retry_after(), Some(Duration::from_secs(600)));
     assert!(e.is_retryable());
     assert_eq!(s.requests().len(), 1);
 }
@@ -1447,5 +1448,171 @@ mod sim {
         // Burst 1: every request after the first had to wait for a token.
         assert!(stats.waits >= 3, "{stats:?}");
         assert_eq!(obs.waits.load(Ordering::Relaxed), stats.waits);
+    }
+
+    // ------------------------------------------------------------ hostile responses
+
+    /// The default `ClientConfig::retry_after_ceiling`.
+    const CEILING: Duration = Duration::from_secs(600);
+
+    async fn rate_limited_by(
+        sim: &Simulator,
+        c: &DbtCloudClient,
+        retry_after: &str,
+    ) -> DbtCloudError {
+        sim.clear_requests();
+        sim.clear_faults();
+        sim.inject(Fault::RateLimitRaw {
+            count: 5,
+            retry_after: retry_after.into(),
+            scope: FaultScope::Accounts,
+        });
+        let e = c.get_account().await.unwrap_err();
+        assert_eq!(e.reason(), "RateLimited", "{retry_after}: {e}");
+        assert_error_redacted(&e);
+        e
+    }
+
+    #[tokio::test]
+    async fn hostile_retry_after_values_never_panic_nor_stall() {
+        let sim = setup().await;
+        let c = client(&sim, KEY, ACCOUNT);
+        // Huge numbers (beyond u64, and u64::MAX) are clamped to the ceiling and returned at once.
+        for huge in [
+            "100000000000000000000",
+            "18446744073709551615",
+            "99999999999",
+        ] {
+            let e = rate_limited_by(&sim, &c, huge).await;
+            assert_eq!(e.retry_after(), Some(CEILING), "{huge}");
+            assert_eq!(
+                count(&sim, "GET", "/accounts/1/"),
+                1,
+                "{huge}: not slept in-line"
+            );
+        }
+        // HTTP-dates (RFC 9110): five minutes ahead, and far in the future.
+        let soon = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(300));
+        let e = rate_limited_by(&sim, &c, &soon).await;
+        let ra = e.retry_after().expect("an HTTP-date is understood");
+        assert!(
+            ra > Duration::from_secs(200) && ra <= Duration::from_secs(300),
+            "{soon}: {ra:?}"
+        );
+        let e = rate_limited_by(&sim, &c, "Fri, 31 Dec 9999 23:59:59 GMT").await;
+        assert_eq!(e.retry_after(), Some(CEILING));
+        // Negative, fractional and garbage values are ignored: ordinary backoff, bounded attempts.
+        for bad in ["-5", "1.5", "soon", "Tue, 99 Foo 2025 99:99:99 GMT", "0x10"] {
+            let e = rate_limited_by(&sim, &c, bad).await;
+            assert_eq!(e.retry_after(), None, "{bad}");
+            assert_eq!(count(&sim, "GET", "/accounts/1/"), 3, "{bad}: max_attempts");
+        }
+        // A date in the past means "now": retried in-line, then it works.
+        sim.clear_faults();
+        sim.inject(Fault::RateLimitRaw {
+            count: 1,
+            retry_after: "Sun, 06 Nov 1994 08:49:37 GMT".into(),
+            scope: FaultScope::Accounts,
+        });
+        assert!(c.get_account().await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn oversized_bodies_are_refused_while_streaming() {
+        let sim = setup().await;
+        let c = client(&sim, KEY, ACCOUNT);
+        // 20 MiB of valid JSON (the envelope, then whitespace) against the default 16 MiB limit,
+        // with and without a Content-Length.
+        for chunked in [true, false] {
+            sim.clear_requests();
+            sim.inject(Fault::OversizedBody {
+                count: 1,
+                bytes: 20 * 1024 * 1024,
+                chunked,
+                scope: FaultScope::Accounts,
+            });
+            let e = c.get_account().await.unwrap_err();
+            assert_eq!(e.reason(), "ResponseTooLarge", "chunked={chunked}: {e}");
+            assert!(e.to_string().contains("16777216-byte limit"), "{e}");
+            assert!(!e.is_retryable());
+            assert!(e.is_ambiguous_for_trigger(), "a trigger's run may exist");
+            assert_eq!(count(&sim, "GET", "/accounts/1/"), 1, "not retried");
+            assert_error_redacted(&e);
+        }
+        // Under the limit, padding is harmless.
+        sim.inject(Fault::OversizedBody {
+            count: 1,
+            bytes: 1024 * 1024,
+            chunked: true,
+            scope: FaultScope::Accounts,
+        });
+        assert_eq!(c.get_account().await.unwrap().id, ACCOUNT);
+        // A huge error body only loses its message: the status still decides.
+        sim.inject(Fault::OversizedBody {
+            count: 1,
+            bytes: 20 * 1024 * 1024,
+            chunked: true,
+            scope: FaultScope::Accounts,
+        });
+        let wrong = client(&sim, "dbtc_wrong_key_000", ACCOUNT);
+        assert_eq!(
+            wrong.get_account().await.unwrap_err().reason(),
+            "Unauthorized"
+        );
+    }
+
+    #[tokio::test]
+    async fn thousands_of_steps_and_huge_logs_stay_bounded_in_status() {
+        use dbt_cloud_operator::controller::job_run::run_details;
+        use dbt_cloud_operator::controller::lifecycle::{bound_status, MAX_STATUS_STEPS};
+        use dbt_cloud_operator::crd::DbtCloudJobRunStatus;
+
+        let sim = setup().await;
+        let steps: Vec<String> = (0..3_000)
+            .map(|i| format!("dbt run -s model_{i}"))
+            .collect();
+        sim.add_job(
+            ACCOUNT,
+            JobSpec {
+                id: 2000,
+                project_id: 10,
+                environment_id: 100,
+                name: "Huge".into(),
+                steps,
+                behavior: fast(Outcome::FailAtStep(3_000)),
+            },
+        );
+        sim.set_step_log_bytes(2_000);
+        let c = client(&sim, KEY, ACCOUNT);
+        let run = c
+            .trigger_run(2000, &TriggerRunRequest::new("huge").unwrap())
+            .await
+            .unwrap();
+        wait_terminal(&c, run.id).await;
+        // ~7 MB of steps: under the response limit, decoded, then bounded for status.
+        let full = c.get_run(run.id, &["run_steps"]).await.unwrap();
+        let details = run_details(&full);
+        assert_eq!(details.steps.len(), 3_002);
+        let (name, log) = details.failed_step.clone().expect("the failing step");
+        assert!(name.contains("model_2999"), "{name}");
+        assert!(
+            log.ends_with("TOTAL=4") && log.len() < 400,
+            "only the tail: {log}"
+        );
+        let mut status = DbtCloudJobRunStatus {
+            steps: details.steps,
+            ..Default::default()
+        };
+        bound_status(&mut status);
+        assert_eq!(status.steps.len(), MAX_STATUS_STEPS);
+        assert_eq!(status.steps_omitted, Some(3_002 - 50));
+        assert_eq!(status.steps.last().unwrap().status, "Error");
+        assert!(serde_json::to_vec(&status).unwrap().len() < 64 * 1024);
+
+        // ~30 MB of logs: over the limit, refused with a clear error (the shell keeps no steps).
+        sim.set_step_log_bytes(10_000);
+        let e = c.get_run(run.id, &["run_steps"]).await.unwrap_err();
+        assert_eq!(e.reason(), "ResponseTooLarge", "{e}");
+        assert!(e.to_string().contains("get_run"), "{e}");
     }
 }

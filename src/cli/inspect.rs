@@ -1,4 +1,5 @@
-//! Read-only commands: `status` (credentials), `runs` (job runs), `open` (a run's dbt Cloud page).
+//! Read-only commands: `status` (credentials), `runs` (job runs), `open` (a run's dbt Cloud page;
+//! only an https URL on an allowed dbt Cloud host is printed or opened).
 
 use clap::Args;
 use kube::api::{Api, ListParams};
@@ -8,6 +9,7 @@ use crate::crd::conditions::READY;
 use crate::crd::{
     ClusterDbtCloudCredentials, CredentialsStatus, DbtCloudCredentials, DbtCloudJobRun,
 };
+use crate::dbt_cloud::{allowed_suffixes_with, AccessHost};
 
 /// Namespace selection of the listing commands.
 #[derive(Debug, Clone, Args)]
@@ -51,6 +53,35 @@ pub struct OpenArgs {
     /// Only print the URL; do not start a browser.
     #[arg(long)]
     pub print: bool,
+    /// Extra host suffixes (single-tenant dbt Cloud) the URL may point to, besides getdbt.com and
+    /// dbt.com. Repeat or comma-separate.
+    #[arg(long, value_delimiter = ',')]
+    pub allowed_host_suffix: Vec<String>,
+}
+
+/// `url` parsed, if it is an https URL on an allowed dbt Cloud host (no user info, no port).
+/// A run's URL comes from dbt Cloud through the object's status, so anything else is refused
+/// before it reaches the terminal or a browser.
+pub fn check_run_url(url: &str, allowed_suffixes: &[String]) -> CliResult<url::Url> {
+    let refuse = || {
+        CliError::new(format!(
+            "the run's URL {} is not an https URL on a dbt Cloud host (allowed host suffixes: \
+             {}); not opening it. For a single-tenant host, pass --allowed-host-suffix",
+            ellipsize(&format!("{url:?}"), 120),
+            allowed_suffixes.join(", ")
+        ))
+    };
+    let parsed = url::Url::parse(url).map_err(|_| refuse())?;
+    if parsed.scheme() != "https"
+        || !parsed.username().is_empty()
+        || parsed.password().is_some()
+        || parsed.port().is_some()
+    {
+        return Err(refuse());
+    }
+    let host = parsed.host_str().ok_or_else(refuse)?;
+    AccessHost::parse(host, allowed_suffixes).map_err(|_| refuse())?;
+    Ok(parsed)
 }
 
 fn ready_cells(status: Option<&CredentialsStatus>) -> [String; 3] {
@@ -173,7 +204,8 @@ pub async fn runs(args: ScopeArgs, client: kube::Client, ctx: &mut Ctx<'_>) -> C
     Ok(())
 }
 
-/// Runs `open`: prints the run's dbt Cloud URL, and opens it with `launch` when given.
+/// Runs `open`: prints the run's dbt Cloud URL, and opens it with `launch` when given; a URL that is
+/// not https on an allowed dbt Cloud host is refused ([`check_run_url`]) and nothing is launched.
 pub async fn open(
     args: OpenArgs,
     client: kube::Client,
@@ -208,9 +240,10 @@ pub async fn open(
                 .unwrap_or_default()
         )));
     };
+    let url = check_run_url(&url, &allowed_suffixes_with(&args.allowed_host_suffix))?;
     writeln!(ctx.out, "{url}")?;
     if let (false, Some(launch)) = (args.print, launch) {
-        if let Err(e) = launch(&url) {
+        if let Err(e) = launch(url.as_str()) {
             ctx.note(format!(
                 "note: could not open a browser ({e}); open the URL above."
             ))?;

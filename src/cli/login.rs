@@ -1,5 +1,11 @@
 //! `login`: validate a dbt Cloud API key, pick the account, and store the key as a Secret plus a
 //! `DbtCloudCredentials` (or `ClusterDbtCloudCredentials`) the operator uses.
+//!
+//! `login` only touches what it created: both objects carry the label
+//! `app.kubernetes.io/managed-by: dbt-cloud-operator-cli`; an object of the same name without it is
+//! never overwritten (not even with `--force`); a missing object is created (so one that appears
+//! meanwhile is not overwritten), and the CLI's own objects are updated with their
+//! `resourceVersion` as precondition.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -7,7 +13,7 @@ use std::time::Duration;
 use clap::Args;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::ByteString;
-use kube::api::{Api, ListParams, ObjectMeta, Patch, PatchParams};
+use kube::api::{Api, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use secrecy::{ExposeSecret, SecretString};
 
 use super::common::{
@@ -167,6 +173,7 @@ pub async fn login(
     let plan = build(&args, account, host, &namespace, &secret_name, &key);
 
     // Existing credentials for this account?
+    let mut found = Existing::default();
     match &kube {
         Ok(client) if args.dry_run => {
             let check = tokio::time::timeout(
@@ -175,7 +182,9 @@ pub async fn login(
             )
             .await;
             match check {
-                Ok(Ok(found)) => confirm_replace(&found, &args, ctx)?,
+                Ok(Ok(found)) => {
+                    confirm_replace(&found, &args, ctx)?;
+                }
                 Ok(Err(e)) => ctx.note(format!(
                     "note: could not check the cluster for existing credentials: {e}"
                 ))?,
@@ -185,7 +194,7 @@ pub async fn login(
             }
         }
         Ok(client) => {
-            let found = existing(client, &args, &plan, &namespace).await?;
+            found = existing(client, &args, &plan, &namespace).await?;
             confirm_replace(&found, &args, ctx)?;
         }
         Err(_) => {}
@@ -197,7 +206,7 @@ pub async fn login(
         return Ok(());
     }
     let client = kube.expect("checked above");
-    apply(&client, &plan, &args, &namespace).await?;
+    apply(&client, &plan, &namespace, &found).await?;
     ctx.note(format!(
         "Stored the API key in Secret {}/{} and applied {} for account {} on {}.",
         plan.secret
@@ -356,29 +365,57 @@ fn build(
     }
 }
 
-/// Descriptions of existing objects that `login` would replace or duplicate.
+/// What `login` found where it is about to write.
+#[derive(Debug, Default)]
+struct Existing {
+    /// Objects it would replace or duplicate (replacing needs `--force` or a yes).
+    replaced: Vec<String>,
+    /// Objects of the same name it did not create: never overwritten, whatever the flags.
+    foreign: Vec<String>,
+    /// `resourceVersion` of the CLI's own Secret, when it exists (the update's precondition);
+    /// `None`: the Secret does not exist and is created.
+    secret_version: Option<String>,
+    /// Likewise for the CLI's own credentials object of the same name.
+    credentials_version: Option<String>,
+}
+
+/// Existing objects that `login` would replace, duplicate, or must not touch.
 async fn existing(
     client: &kube::Client,
     args: &LoginArgs,
     plan: &Plan,
     namespace: &str,
-) -> CliResult<Vec<String>> {
-    let mut found = Vec::new();
+) -> CliResult<Existing> {
+    let mut found = Existing::default();
     let account = plan.account.id;
     let host = plan.host.as_str();
+    let mut same_name = |meta: &ObjectMeta, what: String, account_id: i64, on_host: &str| {
+        let described = format!("{what} (account {account_id}, host {on_host})");
+        if is_managed(meta) {
+            found.replaced.push(format!("{described} already exists"));
+            found.credentials_version = meta.resource_version.clone();
+        } else {
+            found.foreign.push(format!(
+                "{described} exists and was not created by this CLI"
+            ));
+        }
+    };
+    let mut others = Vec::new();
     match &plan.credentials {
         Credentials::Namespaced(_) => {
             let api: Api<DbtCloudCredentials> = Api::namespaced(client.clone(), namespace);
             if let Some(c) = api.get_opt(&args.name).await? {
-                found.push(format!(
-                    "DbtCloudCredentials {namespace}/{} (account {}, host {}) already exists",
-                    args.name, c.spec.account_id, c.spec.host
-                ));
+                same_name(
+                    &c.metadata,
+                    format!("DbtCloudCredentials {namespace}/{}", args.name),
+                    c.spec.account_id,
+                    &c.spec.host,
+                );
             }
             for c in api.list(&ListParams::default()).await?.items {
                 let name = c.metadata.name.clone().unwrap_or_default();
                 if name != args.name && c.spec.account_id == account && c.spec.host == host {
-                    found.push(format!(
+                    others.push(format!(
                         "DbtCloudCredentials {namespace}/{name} already holds credentials for \
                          account {account} on {host}"
                     ));
@@ -388,15 +425,17 @@ async fn existing(
         Credentials::Cluster(_) => {
             let api: Api<ClusterDbtCloudCredentials> = Api::all(client.clone());
             if let Some(c) = api.get_opt(&args.name).await? {
-                found.push(format!(
-                    "ClusterDbtCloudCredentials {} (account {}, host {}) already exists",
-                    args.name, c.spec.account_id, c.spec.host
-                ));
+                same_name(
+                    &c.metadata,
+                    format!("ClusterDbtCloudCredentials {}", args.name),
+                    c.spec.account_id,
+                    &c.spec.host,
+                );
             }
             for c in api.list(&ListParams::default()).await?.items {
                 let name = c.metadata.name.clone().unwrap_or_default();
                 if name != args.name && c.spec.account_id == account && c.spec.host == host {
-                    found.push(format!(
+                    others.push(format!(
                         "ClusterDbtCloudCredentials {name} already holds credentials for \
                          account {account} on {host}"
                     ));
@@ -404,26 +443,38 @@ async fn existing(
             }
         }
     }
+    found.replaced.extend(others);
     let secret_ns = plan.secret.metadata.namespace.clone().unwrap_or_default();
     let secret_name = plan.secret.metadata.name.clone().unwrap_or_default();
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &secret_ns);
     match secrets.get_metadata_opt(&secret_name).await {
-        Ok(Some(s)) if !is_managed(&s.metadata) => found.push(format!(
+        Ok(Some(s)) if is_managed(&s.metadata) => {
+            found.secret_version = s.metadata.resource_version.clone();
+        }
+        Ok(Some(_)) => found.foreign.push(format!(
             "Secret {secret_ns}/{secret_name} already exists and was not created by this CLI"
         )),
-        Ok(_) => {}
+        Ok(None) => {}
         Err(e) if is_not_found(&e) => {}
         Err(e) => return Err(e.into()),
     }
     Ok(found)
 }
 
-fn confirm_replace(found: &[String], args: &LoginArgs, ctx: &mut Ctx<'_>) -> CliResult {
-    if found.is_empty() {
-        return Ok(());
-    }
-    for f in found {
+fn confirm_replace(found: &Existing, args: &LoginArgs, ctx: &mut Ctx<'_>) -> CliResult {
+    for f in found.foreign.iter().chain(&found.replaced) {
         ctx.note(format!("{f}."))?;
+    }
+    if !found.foreign.is_empty() {
+        return Err(CliError::new(format!(
+            "login never overwrites objects not created by this CLI (without the label \
+             {MANAGED_BY_LABEL}: {MANAGED_BY_VALUE}), not even with --force: choose another \
+             --name or --secret-name, or delete them with kubectl first if they are yours to \
+             replace. Nothing was changed."
+        )));
+    }
+    if found.replaced.is_empty() {
+        return Ok(());
     }
     if args.force {
         ctx.note("--force: replacing.")?;
@@ -456,39 +507,85 @@ fn write_yaml(plan: &Plan, ctx: &mut Ctx<'_>) -> CliResult {
     Ok(())
 }
 
-async fn apply(client: &kube::Client, plan: &Plan, args: &LoginArgs, ns: &str) -> CliResult {
-    // The user confirmed (or passed --force): take over fields other managers own.
-    let params = PatchParams::apply(FIELD_MANAGER).force();
+/// Writes one object: created when `version` is `None` (so an object someone else created in the
+/// meantime is never overwritten: 409), else updated by server-side apply with `version` as
+/// precondition (so it is still the CLI's own object checked above).
+async fn write<K>(api: &Api<K>, obj: &K, version: Option<&str>) -> Result<(), kube::Error>
+where
+    K: kube::Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let name = obj.meta().name.clone().unwrap_or_default();
+    match version {
+        None => {
+            let params = PostParams {
+                field_manager: Some(FIELD_MANAGER.to_string()),
+                ..PostParams::default()
+            };
+            api.create(&params, obj).await.map(|_| ())
+        }
+        Some(rv) => {
+            let mut obj = obj.clone();
+            obj.meta_mut().resource_version = Some(rv.to_string());
+            // The user confirmed (or passed --force): take over fields other managers own.
+            let params = PatchParams::apply(FIELD_MANAGER).force();
+            api.patch(&name, &params, &Patch::Apply(&obj))
+                .await
+                .map(|_| ())
+        }
+    }
+}
+
+/// The message of a failed write; a conflict means someone changed the cluster meanwhile.
+fn write_error(what: &str, e: kube::Error) -> CliError {
+    match &e {
+        kube::Error::Api(s) if s.code == 409 => CliError::new(format!(
+            "{what} was created or changed by someone else while login ran; it was not \
+             overwritten. Run login again"
+        )),
+        _ => CliError::new(format!("cannot write {what}: {}", CliError::from(e))),
+    }
+}
+
+async fn apply(client: &kube::Client, plan: &Plan, ns: &str, found: &Existing) -> CliResult {
     let secret_ns = plan.secret.metadata.namespace.clone().unwrap_or_default();
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &secret_ns);
-    secrets
-        .patch(
-            plan.secret.metadata.name.as_deref().unwrap_or_default(),
-            &params,
-            &Patch::Apply(&plan.secret),
-        )
+    write(&secrets, &plan.secret, found.secret_version.as_deref())
         .await
-        .map_err(|e| CliError::new(format!("cannot write the Secret: {}", CliError::from(e))))?;
+        .map_err(|e| {
+            write_error(
+                &format!(
+                    "the Secret {secret_ns}/{}",
+                    plan.secret.metadata.name.as_deref().unwrap_or_default()
+                ),
+                e,
+            )
+        })?;
+    let version = found.credentials_version.as_deref();
     let result = match &plan.credentials {
         Credentials::Namespaced(c) => {
-            let api: Api<DbtCloudCredentials> = Api::namespaced(client.clone(), ns);
-            api.patch(&args.name, &params, &Patch::Apply(c))
-                .await
-                .map(|_| ())
+            write(
+                &Api::<DbtCloudCredentials>::namespaced(client.clone(), ns),
+                c,
+                version,
+            )
+            .await
         }
         Credentials::Cluster(c) => {
-            let api: Api<ClusterDbtCloudCredentials> = Api::all(client.clone());
-            api.patch(&args.name, &params, &Patch::Apply(c))
-                .await
-                .map(|_| ())
+            write(
+                &Api::<ClusterDbtCloudCredentials>::all(client.clone()),
+                c,
+                version,
+            )
+            .await
         }
     };
-    result.map_err(|e| {
-        CliError::new(format!(
+    result.map_err(|e| match &e {
+        kube::Error::Api(s) if s.code == 409 => write_error(&plan.credentials.describe(), e),
+        _ => CliError::new(format!(
             "cannot write {}: {} (is the CRD installed? `dbt-cloud-operator crds | kubectl apply -f -`)",
             plan.credentials.describe(),
             CliError::from(e)
-        ))
+        )),
     })
 }
 

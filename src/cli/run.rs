@@ -68,6 +68,12 @@ pub struct RunArgs {
     /// Timeout of one dbt Cloud request.
     #[arg(long, env = "REQUEST_TIMEOUT_SECONDS", default_value_t = 30)]
     pub request_timeout_seconds: u64,
+    /// Largest dbt Cloud API response read, in bytes (a larger one is an error, never buffered).
+    #[arg(long, env = "MAX_RESPONSE_BYTES", default_value_t = crate::dbt_cloud::DEFAULT_MAX_RESPONSE_BYTES)]
+    pub max_response_bytes: u64,
+    /// Largest dbt Cloud artifact (`run_results.json`) read, in bytes.
+    #[arg(long, env = "MAX_ARTIFACT_BYTES", default_value_t = crate::dbt_cloud::DEFAULT_MAX_ARTIFACT_BYTES)]
+    pub max_artifact_bytes: u64,
     /// Requests per minute allowed per dbt Cloud account (Administrative API; dbt Cloud allows 5,000).
     #[arg(long, env = "RATE_LIMIT_PER_MINUTE", default_value_t = 5000)]
     pub rate_limit_per_minute: u32,
@@ -99,6 +105,8 @@ impl RunArgs {
         let allowed = allowed_suffixes_with(&self.allowed_host_suffix);
         let client = ClientConfig {
             request_timeout: Duration::from_secs(self.request_timeout_seconds),
+            max_response_bytes: self.max_response_bytes,
+            max_artifact_bytes: self.max_artifact_bytes,
             allowed_host_suffixes: allowed,
             insecure_base_url_override: self.dev_dbt_cloud_base_url.clone(),
             ..ClientConfig::default()

@@ -36,8 +36,6 @@ use crate::dbt_cloud::{
 use crate::{Error, Result};
 
 const KIND: &str = "DbtCloudJobRun";
-/// Most failing nodes listed in status.
-const MAX_FAILED_NODES: usize = 20;
 /// Longest step log tail kept for Events and status.
 const LOG_TAIL: usize = 300;
 
@@ -704,46 +702,54 @@ async fn search_pending(
 
 /// Steps and `run_results.json` of a finished run. Failures leave parts empty (never fatal).
 async fn fetch_details(client: &DbtCloudClient, run_id: i64) -> RunDetails {
-    let mut details = RunDetails::default();
-    match client.get_run(run_id, &["run_steps"]).await {
-        Ok(run) => {
-            for step in run.run_steps.unwrap_or_default() {
-                let duration = match (
-                    step.started_at.as_deref().and_then(parse_timestamp),
-                    step.finished_at.as_deref().and_then(parse_timestamp),
-                ) {
-                    (Some(s), Some(f)) => Some((f.as_second() - s.as_second()).max(0)),
-                    _ => None,
-                };
-                let name = step.name.clone().unwrap_or_default();
-                let status = step
-                    .status_humanized
-                    .clone()
-                    .unwrap_or_else(|| step.status.humanized().to_string());
-                if step.status == RunStatus::Error && details.failed_step.is_none() {
-                    let log = step
-                        .logs
-                        .clone()
-                        .or(step.truncated_debug_logs.clone())
-                        .unwrap_or_default();
-                    details.failed_step = Some((name.clone(), tail(&log, LOG_TAIL)));
-                }
-                details.steps.push(StepSummary {
-                    index: step.index.unwrap_or_default(),
-                    name,
-                    status,
-                    duration_seconds: duration,
-                });
-            }
+    let mut details = match client.get_run(run_id, &["run_steps"]).await {
+        Ok(run) => run_details(&run),
+        Err(e) => {
+            warn!(run_id, error = %e, "could not fetch run steps");
+            RunDetails::default()
         }
-        Err(e) => warn!(run_id, error = %e, "could not fetch run steps"),
-    }
+    };
     match client
         .get_run_artifact(run_id, "run_results.json", None)
         .await
     {
         Ok(bytes) => details.results = summarize_run_results(&bytes),
         Err(e) => debug!(run_id, error = %e, "no run_results.json"),
+    }
+    details
+}
+
+/// Steps of a run fetched with `include_related=run_steps`, and the failing step with the tail of
+/// its log. Pure; the lifecycle bounds what reaches status.
+pub fn run_details(run: &crate::dbt_cloud::Run) -> RunDetails {
+    let mut details = RunDetails::default();
+    for step in run.run_steps.as_deref().unwrap_or_default() {
+        let duration = match (
+            step.started_at.as_deref().and_then(parse_timestamp),
+            step.finished_at.as_deref().and_then(parse_timestamp),
+        ) {
+            (Some(s), Some(f)) => Some((f.as_second() - s.as_second()).max(0)),
+            _ => None,
+        };
+        let name = step.name.clone().unwrap_or_default();
+        let status = step
+            .status_humanized
+            .clone()
+            .unwrap_or_else(|| step.status.humanized().to_string());
+        if step.status == RunStatus::Error && details.failed_step.is_none() {
+            let log = step
+                .logs
+                .as_deref()
+                .or(step.truncated_debug_logs.as_deref())
+                .unwrap_or_default();
+            details.failed_step = Some((name.clone(), tail(log, LOG_TAIL)));
+        }
+        details.steps.push(StepSummary {
+            index: step.index.unwrap_or_default(),
+            name,
+            status,
+            duration_seconds: duration,
+        });
     }
     details
 }
@@ -790,9 +796,16 @@ pub fn summarize_run_results(bytes: &[u8]) -> Option<ResultsSummary> {
             }
             _ => false,
         };
-        if failed && s.failed_nodes.len() < MAX_FAILED_NODES {
-            if let Some(id) = r.get("unique_id").and_then(|v| v.as_str()) {
-                s.failed_nodes.push(id.to_string());
+        if failed {
+            if s.failed_nodes.len() < lifecycle::MAX_FAILED_NODES {
+                if let Some(id) = r.get("unique_id").and_then(|v| v.as_str()) {
+                    s.failed_nodes.push(crate::crd::conditions::truncate_str(
+                        id,
+                        lifecycle::MAX_NAME_LEN,
+                    ));
+                }
+            } else {
+                s.failed_nodes_omitted = Some(s.failed_nodes_omitted.unwrap_or(0) + 1);
             }
         }
     }
@@ -891,6 +904,18 @@ mod tests {
         assert_eq!((s.pass, s.error, s.fail, s.skip, s.warn), (2, 1, 1, 1, 1));
         assert_eq!(s.failed_nodes, vec!["model.c", "test.d"]);
         assert!(summarize_run_results(b"not json").is_none());
+    }
+
+    #[test]
+    fn run_results_list_at_most_20_failing_nodes_and_count_the_rest() {
+        let results: Vec<_> = (0..30)
+            .map(|i| serde_json::json!({"unique_id": format!("model.m{i}"), "status": "error"}))
+            .collect();
+        let doc = serde_json::json!({ "results": results });
+        let s = summarize_run_results(doc.to_string().as_bytes()).unwrap();
+        assert_eq!(s.error, 30);
+        assert_eq!(s.failed_nodes.len(), 20);
+        assert_eq!(s.failed_nodes_omitted, Some(10));
     }
 
     #[test]

@@ -29,6 +29,20 @@ pub const CREDENTIALS_READY: &str = "CredentialsReady";
 /// Condition type set while `spec.suspend` holds the run.
 pub const SUSPENDED: &str = "Suspended";
 
+/// Most steps kept in status: the first [`STATUS_STEPS_HEAD`] and the last ones.
+pub const MAX_STATUS_STEPS: usize = 50;
+/// Steps kept from the start of a run that has more than [`MAX_STATUS_STEPS`].
+pub const STATUS_STEPS_HEAD: usize = 10;
+/// Most attempts kept in status: every failed one (the retry budget counts them), the latest, then
+/// the most recent others.
+pub const MAX_STATUS_ATTEMPTS: usize = 20;
+/// Most failing nodes listed in status.
+pub const MAX_FAILED_NODES: usize = 20;
+/// Longest name kept in status (step names and statuses, node ids, attempt statuses), in bytes.
+pub const MAX_NAME_LEN: usize = 256;
+/// Longest URL kept in status, in bytes.
+pub const MAX_URL_LEN: usize = 2048;
+
 /// Tunables of the lifecycle (from the operator's configuration).
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -332,6 +346,7 @@ pub fn after_start(
         .map(|p| (p.attempt, p.kind))
         .unwrap_or((status.attempt_count + 1, AttemptKind::Full));
     record_attempt(&mut status, attempt, kind, started, now);
+    bound_status(&mut status);
     let note = EventNote::normal(
         "Triggered",
         format!(
@@ -373,6 +388,7 @@ pub fn after_start_rejected(
     } else {
         set_unfinished(&mut status.conditions, reason, &message, false, gen, now);
     }
+    bound_status(&mut status);
     (status, EventNote::warning("TriggerRejected", message))
 }
 
@@ -421,6 +437,95 @@ fn set_unfinished(
     set_condition(c, conditions::STALLED, stalled, reason, message, gen, now);
 }
 
+/// Keeps status far below etcd's 1.5 MiB object limit whatever dbt Cloud reports and however long
+/// the object lives: lists are bounded ([`MAX_STATUS_STEPS`], [`MAX_STATUS_ATTEMPTS`],
+/// [`MAX_FAILED_NODES`]) with what was left out counted in `stepsOmitted`, `attemptsOmitted` and
+/// `results.failedNodesOmitted`; strings are bounded ([`MAX_NAME_LEN`], [`MAX_URL_LEN`],
+/// [`conditions::MAX_MESSAGE_LEN`]) and end with `…` when cut. Idempotent. Every status the
+/// lifecycle returns has been through it.
+pub fn bound_status(status: &mut DbtCloudJobRunStatus) {
+    let n = status.steps.len();
+    if n > MAX_STATUS_STEPS {
+        let tail = MAX_STATUS_STEPS - STATUS_STEPS_HEAD;
+        status.steps.drain(STATUS_STEPS_HEAD..n - tail);
+        let dropped = u32::try_from(n - MAX_STATUS_STEPS).unwrap_or(u32::MAX);
+        status.steps_omitted = Some(status.steps_omitted.unwrap_or(0).saturating_add(dropped));
+    }
+    for step in &mut status.steps {
+        cap(&mut step.name, MAX_NAME_LEN);
+        cap(&mut step.status, MAX_NAME_LEN);
+    }
+
+    let n = status.attempts.len();
+    status.attempt_count = status
+        .attempt_count
+        .max(u32::try_from(n).unwrap_or(u32::MAX));
+    if n > MAX_STATUS_ATTEMPTS {
+        let failed = RunStatus::Error.humanized();
+        let mut keep = vec![false; n];
+        keep[n - 1] = true;
+        let mut kept = 1;
+        // Failed attempts first (the retry budget counts them), then the most recent others.
+        for only_failed in [true, false] {
+            for i in (0..n).rev() {
+                if kept == MAX_STATUS_ATTEMPTS {
+                    break;
+                }
+                if !keep[i] && (!only_failed || status.attempts[i].status == failed) {
+                    keep[i] = true;
+                    kept += 1;
+                }
+            }
+        }
+        let mut flags = keep.into_iter();
+        status.attempts.retain(|_| flags.next().unwrap_or(false));
+    }
+    let omitted = status
+        .attempt_count
+        .saturating_sub(u32::try_from(status.attempts.len()).unwrap_or(u32::MAX));
+    status.attempts_omitted = (omitted > 0).then_some(omitted);
+    for a in &mut status.attempts {
+        cap(&mut a.status, MAX_NAME_LEN);
+        if let Some(url) = &mut a.url {
+            cap(url, MAX_URL_LEN);
+        }
+    }
+
+    if let Some(results) = &mut status.results {
+        let n = results.failed_nodes.len();
+        if n > MAX_FAILED_NODES {
+            results.failed_nodes.truncate(MAX_FAILED_NODES);
+            let dropped = u32::try_from(n - MAX_FAILED_NODES).unwrap_or(u32::MAX);
+            results.failed_nodes_omitted = Some(
+                results
+                    .failed_nodes_omitted
+                    .unwrap_or(0)
+                    .saturating_add(dropped),
+            );
+        }
+        for node in &mut results.failed_nodes {
+            cap(node, MAX_NAME_LEN);
+        }
+    }
+    if let Some(url) = &mut status.run_url {
+        cap(url, MAX_URL_LEN);
+    }
+    if let Some(m) = &mut status.status_message {
+        cap(m, conditions::MAX_MESSAGE_LEN);
+    }
+    for c in &mut status.conditions {
+        cap(&mut c.message, conditions::MAX_MESSAGE_LEN);
+        cap(&mut c.reason, MAX_NAME_LEN);
+    }
+}
+
+/// Cuts a string to `max` bytes (marked with `…`), only when it is longer.
+fn cap(value: &mut String, max: usize) {
+    if value.len() > max {
+        *value = conditions::truncate_str(value, max);
+    }
+}
+
 fn record_attempt(
     status: &mut DbtCloudJobRunStatus,
     attempt: u32,
@@ -429,6 +534,11 @@ fn record_attempt(
     now: Timestamp,
 ) {
     if !status.attempts.iter().any(|a| a.run_id == run.id) {
+        // Count from before any bounding: `attempts` may list fewer than were made.
+        status.attempt_count = status
+            .attempt_count
+            .max(u32::try_from(status.attempts.len()).unwrap_or(u32::MAX))
+            .saturating_add(1);
         status.attempts.push(RunAttempt {
             attempt,
             run_id: run.id,
@@ -440,10 +550,10 @@ fn record_attempt(
             finished_at: time(run.finished_at),
         });
     }
-    status.attempt_count = status.attempts.len() as u32;
     status.run_id = Some(run.id);
     status.run_url = run.href.clone();
     status.steps.clear();
+    status.steps_omitted = None;
     status.results = None;
     if status.started_at.is_none() {
         status.started_at = Some(Time(run.created_at.unwrap_or(now)));
@@ -546,6 +656,7 @@ impl<'a> Decider<'a> {
                 return Action::FetchDetails { run_id };
             };
             self.status.steps = details.steps.clone();
+            self.status.steps_omitted = None;
             self.status.results = details.results.clone();
             return self.after_finished_run(&current, &details);
         }
@@ -878,7 +989,10 @@ impl<'a> Decider<'a> {
                 let step = details
                     .failed_step
                     .as_ref()
-                    .map(|(name, log)| format!(" at step {name}: {log}"))
+                    .map(|(name, log)| {
+                        let name = conditions::truncate_str(name, MAX_NAME_LEN);
+                        format!(" at step {name}: {log}")
+                    })
                     .unwrap_or_else(|| {
                         run.status_message
                             .as_ref()
@@ -963,6 +1077,7 @@ impl<'a> Decider<'a> {
     fn finish(mut self, action: Action) -> Decision {
         // A finished run's status is final: re-deciding it changes nothing (no writes for old runs).
         if self.old_phase.is_terminal() {
+            bound_status(&mut self.status);
             return Decision {
                 action,
                 status: self.status,
@@ -1070,6 +1185,7 @@ impl<'a> Decider<'a> {
                 set_unfinished(c, &reason, &message, stalled, gen, now);
             }
         }
+        bound_status(&mut self.status);
         Decision {
             action,
             status: self.status,

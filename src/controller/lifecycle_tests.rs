@@ -895,3 +895,217 @@ fn rejected_start_voids_the_intent() {
     let d2 = decide(&object(spec(), Some(s)), &ready(2), &settings());
     assert_eq!(d2.status.pending_trigger.as_ref().unwrap().attempt, 1);
 }
+
+// ----- status stays small whatever dbt Cloud reports -----
+
+/// Budget of a serialized status: etcd refuses objects over 1.5 MiB, and status is cached for
+/// every object, so it must stay far below.
+const STATUS_BUDGET: usize = 256 * 1024;
+
+fn long(prefix: &str, len: usize) -> String {
+    format!("{prefix}{}", "x".repeat(len))
+}
+
+fn serialized_len(status: &DbtCloudJobRunStatus) -> usize {
+    serde_json::to_vec(status).unwrap().len()
+}
+
+/// A status grown by thousands of suspend/resume cycles and written by an older version that
+/// bounded nothing: 5,000 attempts with huge URLs, huge messages everywhere, 10,000 steps.
+fn hostile_status() -> DbtCloudJobRunStatus {
+    let mut st = running_status();
+    st.attempts = (1..=5_000)
+        .map(|i| RunAttempt {
+            attempt: i,
+            run_id: if i == 5_000 {
+                100
+            } else {
+                10_000 + i64::from(i)
+            },
+            url: Some(long("https://cloud.getdbt.com/", 4_096)),
+            kind: AttemptKind::Full,
+            status: if i == 5_000 { "Running" } else { "Cancelled" }.into(),
+            created_at: Some(Time(ts(0))),
+            started_at: Some(Time(ts(0))),
+            finished_at: None,
+        })
+        .collect();
+    st.attempt_count = 5_000;
+    st.run_url = Some(long("https://cloud.getdbt.com/", 100_000));
+    st.status_message = Some(long("message ", 1_000_000));
+    for c in &mut st.conditions {
+        c.message = long("condition ", 1_000_000);
+    }
+    st.steps = hostile_details().steps;
+    st
+}
+
+/// What a hostile dbt Cloud could report for a finished run.
+fn hostile_details() -> RunDetails {
+    RunDetails {
+        steps: (1..=10_000)
+            .map(|i| StepSummary {
+                index: i,
+                name: long("Invoke dbt with `dbt run -s ", 1_024),
+                status: long("Error", 1_024),
+                duration_seconds: Some(1),
+            })
+            .collect(),
+        results: Some(ResultsSummary {
+            error: 10_000,
+            failed_nodes: (0..10_000)
+                .map(|i| long(&format!("model.p.m{i}_"), 1_024))
+                .collect(),
+            ..Default::default()
+        }),
+        failed_step: Some((long("step ", 65_536), long("log ", 1_000_000))),
+    }
+}
+
+fn hostile_run(status: RunStatus) -> ObservedRun {
+    let mut r = run(100, status);
+    r.href = Some(long(
+        "https://cloud.getdbt.com/deploy/7/projects/1/runs/100/",
+        100_000,
+    ));
+    r.status_message = Some(long("dbt Cloud says ", 1_000_000));
+    r
+}
+
+#[test]
+fn worst_case_status_stays_under_budget() {
+    let obj = object(spec(), Some(hostile_status()));
+    // Still running: the old status is written back.
+    let mut obs = ready(40);
+    obs.current_run = Some(hostile_run(RunStatus::Running));
+    let running = decide(&obj, &obs, &settings());
+    // Finished with an error and a flood of details.
+    obs.current_run = Some(hostile_run(RunStatus::Error));
+    obs.details = Some(hostile_details());
+    let failed = decide(&obj, &obs, &settings());
+    assert_eq!(failed.status.phase, RunPhase::Failed);
+    // Retried: a new attempt recorded on top of it all.
+    let retried = decide(
+        &object(with_retry(RetryStrategy::Full), Some(hostile_status())),
+        &obs,
+        &settings(),
+    );
+    assert!(
+        matches!(retried.action, Action::StartAttempt(_)),
+        "{:?}",
+        retried.action
+    );
+    let mut next = hostile_run(RunStatus::Queued);
+    next.id = 101;
+    let (after, _) = after_start(&retried.status, &next, ts(50));
+    // An old finished object is re-decided without changes, except the bounding.
+    let mut done = hostile_status();
+    done.phase = RunPhase::Failed;
+    let old = decide(&object(spec(), Some(done)), &ready(60), &settings());
+    let (rejected, _) = after_start_rejected(
+        &obj,
+        &hostile_status(),
+        "ServerError",
+        &long("dbt Cloud refused ", 1_000_000),
+        false,
+        ts(50),
+    );
+    for (what, st) in [
+        ("running", &running.status),
+        ("failed", &failed.status),
+        ("after start", &after),
+        ("rejected start", &rejected),
+        ("old finished", &old.status),
+    ] {
+        let len = serialized_len(st);
+        assert!(len < STATUS_BUDGET, "{what}: status is {len} bytes");
+    }
+}
+
+#[test]
+fn bounded_status_marks_what_it_left_out() {
+    let obj = object(spec(), Some(hostile_status()));
+    let mut obs = ready(40);
+    obs.current_run = Some(hostile_run(RunStatus::Error));
+    obs.details = Some(hostile_details());
+    let st = decide(&obj, &obs, &settings()).status;
+    // Steps: the first 10 and the last 40 of 10,000.
+    let idx: Vec<i64> = st.steps.iter().map(|s| s.index).collect();
+    assert_eq!(idx.len(), MAX_STATUS_STEPS);
+    assert_eq!(idx[..10], (1..=10).collect::<Vec<_>>()[..]);
+    assert_eq!(idx[10], 10_000 - 39);
+    assert_eq!(st.steps_omitted, Some(10_000 - 50));
+    assert!(st.steps[0].name.len() <= MAX_NAME_LEN && st.steps[0].name.ends_with('…'));
+    // Attempts: 20 listed, the current one last, the count still right.
+    assert_eq!(st.attempt_count, 5_000);
+    assert_eq!(st.attempts.len(), MAX_STATUS_ATTEMPTS);
+    assert_eq!(st.attempts_omitted, Some(5_000 - 20));
+    assert_eq!(st.attempts.last().unwrap().run_id, 100);
+    assert!(st
+        .attempts
+        .iter()
+        .all(|a| a.url.as_ref().unwrap().len() <= MAX_URL_LEN));
+    // Failing nodes, URL and messages.
+    let r = st.results.as_ref().unwrap();
+    assert_eq!(r.failed_nodes.len(), MAX_FAILED_NODES);
+    assert_eq!(r.failed_nodes_omitted, Some(10_000 - 20));
+    assert!(r.failed_nodes.iter().all(|n| n.len() <= MAX_NAME_LEN));
+    assert!(st.run_url.as_ref().unwrap().ends_with('…'));
+    let msg = st.status_message.as_ref().unwrap();
+    assert!(
+        msg.len() <= conditions::MAX_MESSAGE_LEN && msg.ends_with('…'),
+        "{msg}"
+    );
+    assert!(st
+        .conditions
+        .iter()
+        .all(|c| c.message.len() <= conditions::MAX_MESSAGE_LEN));
+    // Idempotent: bounding again changes nothing, and a new attempt starts a fresh step list.
+    let mut again = st.clone();
+    bound_status(&mut again);
+    assert_eq!(again, st);
+    let mut next = hostile_run(RunStatus::Queued);
+    next.id = 101;
+    let (after, _) = after_start(&st, &next, ts(60));
+    assert_eq!((after.steps.len(), after.steps_omitted), (0, None));
+    assert_eq!(after.attempt_count, 5_001);
+    assert_eq!(after.attempts_omitted, Some(5_001 - 20));
+}
+
+#[test]
+fn bounding_keeps_every_failed_attempt_so_retries_stay_within_budget() {
+    // Attempt 1 failed, then 40 suspend/resume cycles, then attempt 42 failed; 43 is running.
+    let mut st = running_status();
+    st.attempts = (1..=43)
+        .map(|i| RunAttempt {
+            attempt: i,
+            run_id: if i == 43 { 100 } else { 1_000 + i64::from(i) },
+            url: None,
+            kind: AttemptKind::Full,
+            status: match i {
+                1 | 42 => "Error",
+                43 => "Running",
+                _ => "Cancelled",
+            }
+            .into(),
+            created_at: None,
+            started_at: None,
+            finished_at: None,
+        })
+        .collect();
+    st.attempt_count = 43;
+    let mut s = with_retry(RetryStrategy::Full);
+    s.retry.max_attempts = 3;
+    let mut obs = ready(40);
+    obs.current_run = Some(run(100, RunStatus::Running));
+    let bounded = decide(&object(s.clone(), Some(st)), &obs, &settings()).status;
+    assert_eq!(bounded.attempts.len(), MAX_STATUS_ATTEMPTS);
+    let failed =
+        |st: &DbtCloudJobRunStatus| st.attempts.iter().filter(|a| a.status == "Error").count();
+    assert_eq!(failed(&bounded), 2, "both failed attempts are kept");
+    // The third failure exhausts maxAttempts: no fourth attempt.
+    obs.current_run = Some(run(100, RunStatus::Error));
+    obs.details = Some(details_failed());
+    let d = decide(&object(s, Some(bounded)), &obs, &settings());
+    assert_eq!(d.status.phase, RunPhase::Failed, "{:?}", d.action);
+}

@@ -171,13 +171,19 @@ impl Context {
     }
 }
 
-/// Adds up to 10% jitter to a requeue delay, so many objects do not requeue in lockstep.
+/// Longest requeue delay ever asked for (a little over `ttlSecondsAfterFinished`'s maximum of one
+/// year): a larger delay, from a hostile `Retry-After` say, would overflow the scheduler's clock.
+pub const MAX_REQUEUE_DELAY: Duration = Duration::from_secs(366 * 24 * 3600);
+
+/// Adds up to 10% jitter to a requeue delay, so many objects do not requeue in lockstep. The
+/// delay is first capped at [`MAX_REQUEUE_DELAY`]; any input is safe.
 pub fn jittered(delay: Duration) -> Duration {
-    let extra = delay.as_millis() as u64 / 10;
+    let delay = delay.min(MAX_REQUEUE_DELAY);
+    let extra = u64::try_from(delay.as_millis() / 10).unwrap_or(u64::MAX);
     if extra == 0 {
         return delay;
     }
-    delay + Duration::from_millis(rand::rng().random_range(0..=extra))
+    delay.saturating_add(Duration::from_millis(rand::rng().random_range(0..=extra)))
 }
 
 /// Exponential backoff with jitter for failed reconciles: 1s, 2s, 4s … capped at 5 minutes.
@@ -297,5 +303,29 @@ where
     match namespaces {
         [one] => Api::namespaced(client.clone(), one),
         _ => Api::all(client.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_of_any_delay_is_bounded_and_fits_the_clock() {
+        for d in [
+            Duration::ZERO,
+            Duration::from_millis(5),
+            Duration::from_secs(30),
+            Duration::from_secs(u64::MAX),
+            Duration::MAX,
+        ] {
+            let j = jittered(d);
+            assert!(j >= d.min(MAX_REQUEUE_DELAY), "{d:?} -> {j:?}");
+            assert!(
+                j <= MAX_REQUEUE_DELAY + MAX_REQUEUE_DELAY / 10,
+                "{d:?} -> {j:?}"
+            );
+            assert!(std::time::Instant::now().checked_add(j).is_some());
+        }
     }
 }

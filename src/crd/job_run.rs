@@ -315,12 +315,16 @@ pub struct DbtCloudJobRunStatus {
     /// Link to the current run in dbt Cloud.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_url: Option<String>,
-    /// Number of attempts made so far (also the length of `attempts`).
+    /// Number of attempts made so far.
     #[serde(default)]
     pub attempt_count: u32,
-    /// One entry per dbt Cloud run triggered for this object.
+    /// One entry per dbt Cloud run triggered for this object, oldest first. At most 20 are kept:
+    /// every failed one, the latest, and the most recent others (see `attemptsOmitted`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub attempts: Vec<RunAttempt>,
+    /// Attempts made but no longer listed in `attempts` (status stays small however many there are).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempts_omitted: Option<u32>,
     /// A trigger that was recorded before it was sent: the crash-safety record that makes triggers
     /// exactly-once. Cleared once the run is known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -337,9 +341,13 @@ pub struct DbtCloudJobRunStatus {
     /// Seconds from `startedAt` to `finishedAt`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration_seconds: Option<i64>,
-    /// Steps of the last run (name, status, duration).
+    /// Steps of the last run (name, status, duration). A run with more than 50 steps keeps its first
+    /// 10 and last 40 here (see `stepsOmitted`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub steps: Vec<StepSummary>,
+    /// Steps of the last run not listed in `steps`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steps_omitted: Option<u32>,
     /// Summary of `run_results.json` of the last run, once it finished.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub results: Option<ResultsSummary>,
@@ -403,7 +411,7 @@ pub struct PendingTrigger {
 pub struct StepSummary {
     /// Step index, from 1.
     pub index: i64,
-    /// Step name, e.g. ``Invoke dbt with `dbt build` ``.
+    /// Step name, e.g. ``Invoke dbt with `dbt build` `` (long names are cut, ending with `…`).
     pub name: String,
     /// Step status (`Success`, `Error`, `Skipped`, ...).
     pub status: String,
@@ -426,9 +434,12 @@ pub struct ResultsSummary {
     pub skip: u32,
     /// Tests that warned.
     pub warn: u32,
-    /// Unique ids of failing nodes (at most 20).
+    /// Unique ids of failing nodes (at most 20; see `failedNodesOmitted`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failed_nodes: Vec<String>,
+    /// Failing nodes not listed in `failedNodes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_nodes_omitted: Option<u32>,
 }
 
 fn default_poll_interval() -> i64 {

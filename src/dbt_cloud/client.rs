@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use rand::Rng;
 use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE, USER_AGENT};
@@ -28,8 +28,19 @@ pub const MAX_PAGE_SIZE: u32 = 100;
 /// Upper bound on pages fetched by the `list_all_*` helpers (defensive).
 const MAX_PAGES: usize = 10_000;
 
+/// Largest error-response body read for its message; the rest is not read (the status decides).
+const MAX_ERROR_BODY_BYTES: u64 = 64 * 1024;
+
 const ACCEPT_JSON: &str = "application/json";
 const ACCEPT_ARTIFACT: &str = "application/json, */*;q=0.5";
+
+/// Default [`ClientConfig::retry_after_ceiling`]: 10 minutes.
+pub const DEFAULT_RETRY_AFTER_CEILING: Duration = Duration::from_secs(600);
+/// Default [`ClientConfig::max_response_bytes`]: 16 MiB (a page of 100 runs, or one run with
+/// thousands of steps and their logs, is far smaller).
+pub const DEFAULT_MAX_RESPONSE_BYTES: u64 = 16 * 1024 * 1024;
+/// Default [`ClientConfig::max_artifact_bytes`]: 64 MiB (`run_results.json` of a large project).
+pub const DEFAULT_MAX_ARTIFACT_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Metrics hook, so this module does not depend on the metrics module.
 /// All methods default to doing nothing.
@@ -67,6 +78,14 @@ pub struct ClientConfig {
     pub backoff_max: Duration,
     /// Longest `Retry-After` waited in-line; longer ones are returned as `RateLimited`.
     pub max_retry_after: Duration,
+    /// Longest `Retry-After` believed at all: larger values (`10^20` seconds, a date years
+    /// ahead) are clamped to this, so no caller (in-line retry, reconcile requeue) waits longer.
+    pub retry_after_ceiling: Duration,
+    /// Largest JSON response body read, in bytes. A larger one is refused while it streams in
+    /// ([`DbtCloudError::ResponseTooLarge`]); it is never buffered whole.
+    pub max_response_bytes: u64,
+    /// Largest artifact (`run_results.json`, `manifest.json`, …) read, in bytes; as above.
+    pub max_artifact_bytes: u64,
     /// Host suffixes the API key may be sent to (also checks `discovery_url_override`).
     pub allowed_host_suffixes: Vec<String>,
     /// Dev/test only: a base URL (e.g. `http://127.0.0.1:PORT`) used instead of
@@ -85,6 +104,9 @@ impl Default for ClientConfig {
             backoff_base: Duration::from_millis(500),
             backoff_max: Duration::from_secs(30),
             max_retry_after: Duration::from_secs(60),
+            retry_after_ceiling: DEFAULT_RETRY_AFTER_CEILING,
+            max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
+            max_artifact_bytes: DEFAULT_MAX_ARTIFACT_BYTES,
             allowed_host_suffixes: default_allowed_suffixes(),
             insecure_base_url_override: None,
             discovery_url_override: None,
@@ -120,6 +142,8 @@ struct Call {
     retry: bool,
     budget: Budget,
     accept: &'static str,
+    /// Largest success body read.
+    max_body: u64,
 }
 
 struct Inner {
@@ -543,6 +567,7 @@ impl DbtCloudClient {
                 retry: true,
                 budget: Budget::Discovery,
                 accept: ACCEPT_JSON,
+                max_body: self.inner.config.max_response_bytes,
             })
             .await?;
         #[derive(serde::Deserialize)]
@@ -611,6 +636,7 @@ impl DbtCloudClient {
                 retry: true,
                 budget: Budget::Admin,
                 accept: ACCEPT_JSON,
+                max_body: self.inner.config.max_response_bytes,
             })
             .await?;
         decode(endpoint, &bytes)
@@ -632,6 +658,7 @@ impl DbtCloudClient {
                 retry,
                 budget: Budget::Admin,
                 accept: ACCEPT_JSON,
+                max_body: self.inner.config.max_response_bytes,
             })
             .await?;
         decode::<T>(endpoint, &bytes).map(|e| e.data)
@@ -646,6 +673,7 @@ impl DbtCloudClient {
             retry: true,
             budget: Budget::Admin,
             accept: ACCEPT_ARTIFACT,
+            max_body: self.inner.config.max_artifact_bytes,
         })
         .await
     }
@@ -778,7 +806,13 @@ impl DbtCloudClient {
         };
         let status = resp.status();
         let headers = resp.headers().clone();
-        let body = resp.bytes().await;
+        // Success bodies are read up to the call's limit; error bodies only for their message.
+        let limit = if status.is_success() {
+            call.max_body
+        } else {
+            MAX_ERROR_BODY_BYTES.min(call.max_body)
+        };
+        let body = read_capped(resp, limit).await;
         inner
             .observer
             .on_response(call.endpoint, Some(status.as_u16()), started.elapsed());
@@ -789,11 +823,16 @@ impl DbtCloudClient {
             "dbt Cloud response"
         );
         if status.is_success() {
-            return body
-                .map(|b| b.to_vec())
-                .map_err(|e| map_reqwest(call.endpoint, &e));
+            return body.map_err(|e| match e {
+                BodyError::TooLarge => DbtCloudError::ResponseTooLarge {
+                    endpoint: call.endpoint,
+                    limit,
+                },
+                BodyError::Read(e) => map_reqwest(call.endpoint, &e),
+            });
         }
-        let body = body.map(|b| b.to_vec()).unwrap_or_default();
+        // An unreadable or oversized error body only loses the message.
+        let body = body.unwrap_or_default();
         if status == StatusCode::TOO_MANY_REQUESTS {
             inner.observer.on_throttled();
         }
@@ -845,8 +884,13 @@ impl DbtCloudClient {
                 retry_after: headers
                     .get(reqwest::header::RETRY_AFTER)
                     .and_then(|v| v.to_str().ok())
-                    .and_then(|s| s.trim().parse::<u64>().ok())
-                    .map(Duration::from_secs),
+                    .and_then(|v| {
+                        parse_retry_after(
+                            v,
+                            SystemTime::now(),
+                            self.inner.config.retry_after_ceiling,
+                        )
+                    }),
                 user_message,
             },
             500..=599 => DbtCloudError::Server {
@@ -861,6 +905,51 @@ impl DbtCloudClient {
             },
         }
     }
+}
+
+/// Why a body was not read whole.
+enum BodyError {
+    /// More than the limit (declared by `Content-Length`, or counted while streaming).
+    TooLarge,
+    /// The connection failed or timed out while reading.
+    Read(reqwest::Error),
+}
+
+/// Reads a response body chunk by chunk, stopping as soon as it would exceed `limit` bytes (a
+/// declared `Content-Length` over the limit is refused before reading anything).
+async fn read_capped(mut resp: reqwest::Response, limit: u64) -> Result<Vec<u8>, BodyError> {
+    let declared = resp.content_length();
+    if declared.is_some_and(|n| n > limit) {
+        return Err(BodyError::TooLarge);
+    }
+    let initial = declared.unwrap_or(0).min(limit).min(1024 * 1024);
+    let mut buf = Vec::with_capacity(usize::try_from(initial).unwrap_or(0));
+    while let Some(chunk) = resp.chunk().await.map_err(BodyError::Read)? {
+        if (buf.len() as u64).saturating_add(chunk.len() as u64) > limit {
+            return Err(BodyError::TooLarge);
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf)
+}
+
+/// Parses a `Retry-After` value (RFC 9110 §10.2.3): `delay-seconds` (digits only) or an HTTP-date
+/// (IMF-fixdate, and the obsolete RFC 850 and asctime forms), relative to `now`. Never panics and
+/// never overflows: more digits than a `u64` holds saturate, a date in the past means zero, and the
+/// result is clamped to `ceiling`. Anything else (negative, fractional, garbage) is `None`, and the
+/// caller falls back to its own backoff.
+pub fn parse_retry_after(value: &str, now: SystemTime, ceiling: Duration) -> Option<Duration> {
+    let v = value.trim();
+    if v.is_empty() {
+        return None;
+    }
+    let delay = if v.bytes().all(|b| b.is_ascii_digit()) {
+        Duration::from_secs(v.parse::<u64>().unwrap_or(u64::MAX))
+    } else {
+        let at = httpdate::parse_http_date(v).ok()?;
+        at.duration_since(now).unwrap_or(Duration::ZERO)
+    };
+    Some(delay.min(ceiling))
 }
 
 fn decode<T: DeserializeOwned>(
@@ -1183,6 +1272,47 @@ mod tests {
             envelope_message(br#"{"detail": "Invalid token."}"#, false).as_deref(),
             Some("Invalid token.")
         );
+    }
+
+    #[test]
+    fn retry_after_forms_and_hostile_values() {
+        let ceiling = Duration::from_secs(600);
+        // 1994-11-06T08:49:37Z, the RFC's example date.
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(784_111_777);
+        let p = |v: &str| parse_retry_after(v, now, ceiling);
+        assert_eq!(p("7"), Some(Duration::from_secs(7)));
+        assert_eq!(p(" 0 "), Some(Duration::ZERO));
+        assert_eq!(p("18446744073709551615"), Some(ceiling));
+        assert_eq!(
+            p(&"9".repeat(400)),
+            Some(ceiling),
+            "more digits than u64 saturate"
+        );
+        // The three HTTP-date forms of RFC 9110, 2 minutes ahead.
+        for date in [
+            "Sun, 06 Nov 1994 08:51:37 GMT",
+            "Sunday, 06-Nov-94 08:51:37 GMT",
+            "Sun Nov  6 08:51:37 1994",
+        ] {
+            assert_eq!(p(date), Some(Duration::from_secs(120)), "{date}");
+        }
+        assert_eq!(
+            p("Sat, 05 Nov 1994 08:49:37 GMT"),
+            Some(Duration::ZERO),
+            "past"
+        );
+        assert_eq!(p("Fri, 31 Dec 9999 23:59:59 GMT"), Some(ceiling));
+        for bad in [
+            "",
+            "-5",
+            "+5",
+            "1.5",
+            "1e9",
+            "soon",
+            "Sun, 99 Nov 1994 08:49:37 GMT",
+        ] {
+            assert_eq!(p(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

@@ -58,7 +58,8 @@ pub enum DbtCloudError {
     RateLimited {
         /// Endpoint label.
         endpoint: &'static str,
-        /// The `Retry-After` header, when given in seconds.
+        /// The `Retry-After` header (seconds or HTTP-date), clamped to the client's ceiling;
+        /// `None` when absent or unparseable.
         retry_after: Option<Duration>,
         /// `status.user_message` from the response envelope.
         user_message: Option<String>,
@@ -124,6 +125,19 @@ pub enum DbtCloudError {
         /// Decoder message.
         message: String,
     },
+    /// A success response larger than the configured limit: reading stopped at the limit (the
+    /// body is never buffered whole). For a trigger, the run may exist.
+    #[error(
+        "dbt Cloud's response for {endpoint} is larger than the {limit}-byte limit; reading \
+         stopped there (raise the operator's --max-response-bytes / --max-artifact-bytes if \
+         such responses are expected)"
+    )]
+    ResponseTooLarge {
+        /// Endpoint label.
+        endpoint: &'static str,
+        /// The limit in bytes.
+        limit: u64,
+    },
     /// The Discovery API answered with GraphQL `errors`.
     #[error("dbt Cloud Discovery API returned errors: {}", .messages.join("; "))]
     GraphQl {
@@ -183,13 +197,14 @@ impl DbtCloudError {
 
     /// Whether a POST that failed this way might still have created a run:
     /// a transport error after sending, a timeout, a 5xx, or a success answer
-    /// that could not be decoded. The caller must look for the run before triggering again.
+    /// that could not be decoded or was too large. The caller must look for the run before triggering again.
     pub fn is_ambiguous_for_trigger(&self) -> bool {
         match self {
             DbtCloudError::Transport { request_sent, .. } => *request_sent,
             DbtCloudError::Timeout { .. }
             | DbtCloudError::Server { .. }
-            | DbtCloudError::Decode { .. } => true,
+            | DbtCloudError::Decode { .. }
+            | DbtCloudError::ResponseTooLarge { .. } => true,
             _ => false,
         }
     }
@@ -207,6 +222,7 @@ impl DbtCloudError {
             DbtCloudError::Transport { .. } => "TransportError",
             DbtCloudError::Timeout { .. } => "Timeout",
             DbtCloudError::Decode { .. } => "DecodeError",
+            DbtCloudError::ResponseTooLarge { .. } => "ResponseTooLarge",
             DbtCloudError::GraphQl { .. } => "GraphQLError",
             DbtCloudError::InvalidHost { .. } => "InvalidHost",
             DbtCloudError::InvalidRequest { .. } => "InvalidRequest",

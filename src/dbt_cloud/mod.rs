@@ -4,7 +4,8 @@
 //!   suffixes, no IPs, ports, paths or schemes) and derives the Discovery URL.
 //! * [`DbtCloudClient`] (cheap clone) performs typed calls; idempotent calls
 //!   (GET, cancel, Discovery queries) are retried with jittered exponential
-//!   backoff honouring `Retry-After`; trigger/rerun/retry POSTs never are.
+//!   backoff honouring `Retry-After` (seconds or HTTP-date, clamped); trigger/rerun/retry POSTs
+//!   never are. Response bodies are read with a byte limit while they stream in.
 //! * [`RateLimiterRegistry`] shares one [`AccountLimits`] per account, awaited
 //!   before every request.
 //! * [`DbtCloudError`] classifies failures for the controller
@@ -22,8 +23,9 @@ mod rate_limit;
 mod types;
 
 pub use client::{
-    http_client, ApiObserver, ClientConfig, DbtCloudClient, NoopObserver, MAX_PAGE_SIZE,
-    USER_AGENT_VALUE,
+    http_client, parse_retry_after, ApiObserver, ClientConfig, DbtCloudClient, NoopObserver,
+    DEFAULT_MAX_ARTIFACT_BYTES, DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_RETRY_AFTER_CEILING,
+    MAX_PAGE_SIZE, USER_AGENT_VALUE,
 };
 pub use error::DbtCloudError;
 pub use host::{

@@ -11,7 +11,9 @@
 //! a job's first command is step 4. Native retry runs the setup steps and only the failed and
 //! skipped commands. Faults on demand: 401/429/5xx, slow responses, runs invisible for a
 //! while after their trigger, and a trigger whose run is created but whose response is lost (the
-//! connection is closed without a response).
+//! connection is closed without a response). Hostile answers too: any `Retry-After` value (huge,
+//! HTTP-date, garbage), bodies padded to any size (with or without `Content-Length`), and step logs
+//! of any length ([`Simulator::set_step_log_bytes`]; jobs may have thousands of steps).
 //!
 //! Absent values (a running run's `finished_at`, unrequested `trigger`/`job`, …) are sent as `null`
 //! and unrequested `run_steps` as `[]`, as the live service does, although the OpenAPI schemas
@@ -167,6 +169,30 @@ pub enum Fault {
     HideNewRuns {
         /// How long each such run stays invisible.
         duration: Duration,
+    },
+    /// 429 whose `Retry-After` header is sent verbatim: an HTTP-date, a huge number, a negative
+    /// or garbage value (hostile-input tests). Must be a valid header value (visible ASCII).
+    RateLimitRaw {
+        /// How many matching requests get it.
+        count: u32,
+        /// The `Retry-After` header value, as sent.
+        retry_after: String,
+        /// Which requests it applies to.
+        scope: FaultScope,
+    },
+    /// The request is processed normally, then its (JSON) body is padded with trailing whitespace
+    /// to at least `bytes` bytes: still valid JSON, just huge. With `chunked`, the body goes out
+    /// with `Transfer-Encoding: chunked` and no `Content-Length`, so only a client that counts
+    /// while reading can stop early.
+    OversizedBody {
+        /// How many matching requests get it.
+        count: u32,
+        /// Body size to reach.
+        bytes: usize,
+        /// Send without `Content-Length`.
+        chunked: bool,
+        /// Which requests it applies to.
+        scope: FaultScope,
     },
     /// 401 as for an invalid token.
     Unauthorized {
@@ -381,6 +407,8 @@ pub(crate) struct State {
     /// Render absent run fields as `null` and unrequested `run_steps` as `[]` (as the live
     /// service does) instead of omitting them. On unless the sparse form is asked for.
     pub live_nulls: bool,
+    /// Pad every run step's `logs` to at least this many bytes (0: short logs).
+    pub step_log_bytes: usize,
 }
 
 impl State {
@@ -627,6 +655,11 @@ impl Simulator {
     /// Clients must cope with both.
     pub fn set_live_nulls(&self, on: bool) {
         self.state().live_nulls = on;
+    }
+
+    /// Makes every run step's `logs` at least `bytes` long (huge-log tests); 0 restores short logs.
+    pub fn set_step_log_bytes(&self, bytes: usize) {
+        self.state().step_log_bytes = bytes;
     }
 
     /// Enables seeded random faults (or disables them with rates of 0).

@@ -88,6 +88,7 @@ enum Injected {
     Delay(Duration),
     SlowResponse(Duration),
     LoseResponse,
+    Oversize { bytes: usize, chunked: bool },
 }
 
 fn take_fault(state: &mut State, method: &Method, segs: &[&str], path: &str) -> Injected {
@@ -99,6 +100,8 @@ fn take_fault(state: &mut State, method: &Method, segs: &[&str], path: &str) -> 
             | Fault::ServerError { count, scope, .. }
             | Fault::Delay { count, scope, .. }
             | Fault::SlowResponse { count, scope, .. }
+            | Fault::RateLimitRaw { count, scope, .. }
+            | Fault::OversizedBody { count, scope, .. }
             | Fault::Unauthorized { count, scope } => {
                 let applies = scope_matches(scope, method, segs, path);
                 (count, applies)
@@ -130,6 +133,15 @@ fn take_fault(state: &mut State, method: &Method, segs: &[&str], path: &str) -> 
                 );
                 Injected::Reply(r)
             }
+            Fault::RateLimitRaw { retry_after, .. } => {
+                let mut r = error(429, "Too many requests. Please slow down.");
+                r.headers_mut().insert(
+                    "retry-after",
+                    retry_after.parse().expect("a valid header value"),
+                );
+                Injected::Reply(r)
+            }
+            Fault::OversizedBody { bytes, chunked, .. } => Injected::Oversize { bytes, chunked },
             Fault::ServerError { status, .. } => {
                 Injected::Reply(error(status, "Internal server error (simulated)"))
             }
@@ -236,6 +248,7 @@ async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Reply {
         &path,
     );
     let mut hold = None;
+    let mut oversize = None;
     let lose = match injected {
         Injected::Reply(r) => {
             record(&inner, &seen, r.status().as_u16());
@@ -250,9 +263,13 @@ async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Reply {
             false
         }
         Injected::LoseResponse => true,
+        Injected::Oversize { bytes, chunked } => {
+            oversize = Some((bytes, chunked));
+            false
+        }
         Injected::None => false,
     };
-    let response = {
+    let mut response = {
         let mut state = inner.state.lock().expect("state");
         route(&mut state, &method, &segs, &query, token.as_deref(), &body)
     };
@@ -263,8 +280,37 @@ async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Reply {
     if let Some(d) = hold {
         tokio::time::sleep(d).await;
     }
+    if let Some((bytes, chunked)) = oversize {
+        response = pad_body(response, bytes, chunked).await;
+    }
     record(&inner, &seen, response.status().as_u16());
     Ok(response)
+}
+
+/// The response with its body padded by trailing whitespace (valid after any JSON value) to at
+/// least `bytes`; with `chunked`, sent without `Content-Length`.
+async fn pad_body(
+    response: Response<Full<Bytes>>,
+    bytes: usize,
+    chunked: bool,
+) -> Response<Full<Bytes>> {
+    let (mut parts, body) = response.into_parts();
+    let mut data = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes().to_vec())
+        .unwrap_or_default();
+    if data.len() < bytes {
+        data.resize(bytes, b' ');
+    }
+    parts.headers.remove(http::header::CONTENT_LENGTH);
+    if chunked {
+        parts.headers.insert(
+            http::header::TRANSFER_ENCODING,
+            http::HeaderValue::from_static("chunked"),
+        );
+    }
+    Response::from_parts(parts, Full::new(Bytes::from(data)))
 }
 
 /// A form-encoded trigger body as the equivalent JSON object (`steps_override` may repeat; numbers

@@ -967,6 +967,69 @@ async fn rate_limit_server_error_and_unauthorized_faults_are_counted_and_scoped(
 }
 
 #[tokio::test]
+async fn hostile_faults_raw_retry_after_oversized_bodies_and_huge_logs() {
+    let (sim, api) = setup().await;
+    let get = |path: &str| {
+        api.http
+            .get(format!("{}{path}", api.base))
+            .header("Authorization", format!("Token {TOKEN}"))
+            .send()
+    };
+    // Retry-After is sent verbatim.
+    for raw in [
+        "Wed, 21 Oct 2099 07:28:00 GMT",
+        "100000000000000000000",
+        "soon",
+    ] {
+        sim.inject(Fault::RateLimitRaw {
+            count: 1,
+            retry_after: raw.into(),
+            scope: FaultScope::Accounts,
+        });
+        let resp = get("/api/v3/accounts/").await.unwrap();
+        assert_eq!(resp.status(), 429);
+        assert_eq!(resp.headers()["retry-after"], raw);
+    }
+    // Oversized: valid JSON padded with whitespace; chunked means no Content-Length.
+    for chunked in [false, true] {
+        sim.inject(Fault::OversizedBody {
+            count: 1,
+            bytes: 3 * 1024 * 1024,
+            chunked,
+            scope: FaultScope::Accounts,
+        });
+        let resp = get("/api/v3/accounts/").await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(
+            resp.headers().get("content-length").is_none(),
+            chunked,
+            "{:?}",
+            resp.headers()
+        );
+        let body = resp.bytes().await.unwrap();
+        assert_eq!(body.len(), 3 * 1024 * 1024);
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["data"][0]["id"], 1);
+    }
+    // Huge step logs keep their real end.
+    sim.set_step_log_bytes(100_000);
+    let run = api.trigger(101, "huge logs").await;
+    api.wait_complete(run).await;
+    let (_, body) = api
+        .get(&format!(
+            "/api/v2/accounts/1/runs/{run}/?include_related=run_steps"
+        ))
+        .await;
+    let steps = body["data"]["run_steps"].as_array().unwrap();
+    let last = steps.last().unwrap()["logs"].as_str().unwrap();
+    assert!(
+        last.len() >= 100_000 && last.ends_with("TOTAL=4"),
+        "{}",
+        &last[last.len() - 80..]
+    );
+}
+
+#[tokio::test]
 async fn delayed_and_slow_responses_still_answer() {
     let (sim, api) = setup().await;
     sim.inject(Fault::Delay {
