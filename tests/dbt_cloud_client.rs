@@ -1592,7 +1592,11 @@ mod sim {
         // ~7 MB of steps: under the response limit, decoded, then bounded for status.
         let full = c.get_run(run.id, &["run_steps"]).await.unwrap();
         let details = run_details(&full);
-        assert_eq!(details.steps.len(), 3_002);
+        assert_eq!(
+            details.steps.len(),
+            3_003,
+            "three setup steps + the job's 3,000 commands"
+        );
         let (name, log) = details.failed_step.clone().expect("the failing step");
         assert!(name.contains("model_2999"), "{name}");
         assert!(
@@ -1605,7 +1609,7 @@ mod sim {
         };
         bound_status(&mut status);
         assert_eq!(status.steps.len(), MAX_STATUS_STEPS);
-        assert_eq!(status.steps_omitted, Some(3_002 - 50));
+        assert_eq!(status.steps_omitted, Some(3_003 - 50));
         assert_eq!(status.steps.last().unwrap().status, "Error");
         assert!(serde_json::to_vec(&status).unwrap().len() < 64 * 1024);
 
