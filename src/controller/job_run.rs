@@ -183,24 +183,22 @@ pub async fn credentials_for(
             )
         }
         Lookup::Missing => {
+            let what = format!("{:?} '{}'", r.kind, r.name);
             return not_ready(
                 "CredentialsNotFound",
-                format!(
-                    "{:?} '{}' not found{where_}: create it, or fix spec.credentialsRef",
-                    r.kind, r.name
-                ),
+                format!("{what} not found{where_}: create it, or fix spec.credentialsRef"),
                 false,
-            )
+            );
         }
         Lookup::Deleting => {
+            let what = format!("{:?} '{}'", r.kind, r.name);
             return not_ready(
                 "CredentialsNotFound",
                 format!(
-                    "{:?} '{}'{where_} is being deleted: create it again, or fix spec.credentialsRef",
-                    r.kind, r.name
+                    "{what}{where_} is being deleted: create it again, or fix spec.credentialsRef"
                 ),
                 false,
-            )
+            );
         }
     };
     if let Some(allowed) = live.as_ref().and_then(|l| l.allowed_namespaces.as_ref()) {

@@ -137,9 +137,7 @@ impl Context {
         // The poller asks for the current client of a group's credentials on every tick.
         let source: poller::ClientSource = {
             let (credentials, stores) = (credentials.clone(), stores.clone());
-            Arc::new(move |key: &CredentialsKey| {
-                credentials.client(key, stores.live(key).as_ref())
-            })
+            Arc::new(move |key: &CredentialsKey| credentials.client(key, stores.live(key).as_ref()))
         };
         let (poller, changes) = poller::RunPoller::new(config.poll_tick, source);
         let ctx = Self {

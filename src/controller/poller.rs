@@ -181,11 +181,16 @@ impl Groups {
             })
             .collect();
         all.sort_by(|a, b| {
-            (a.credentials.sort_key(), &a.object.namespace, &a.object.name).cmp(&(
-                b.credentials.sort_key(),
-                &b.object.namespace,
-                &b.object.name,
-            ))
+            (
+                a.credentials.sort_key(),
+                &a.object.namespace,
+                &a.object.name,
+            )
+                .cmp(&(
+                    b.credentials.sort_key(),
+                    &b.object.namespace,
+                    &b.object.name,
+                ))
         });
         all
     }
@@ -219,8 +224,7 @@ impl Groups {
             let Some(observed) = found.and_then(|f| f.iter().find(|r| r.id == t.run_id)) else {
                 continue;
             };
-            if t
-                .snapshot
+            if t.snapshot
                 .as_ref()
                 .is_none_or(|s| s.status != observed.status)
             {
@@ -290,14 +294,9 @@ impl RunPoller {
         interval: Duration,
         known: Option<ObservedRun>,
     ) {
-        let spawn = self.lock().track(
-            credentials,
-            obj,
-            run_id,
-            interval,
-            known,
-            Instant::now(),
-        );
+        let spawn = self
+            .lock()
+            .track(credentials, obj, run_id, interval, known, Instant::now());
         if spawn && !self.inner.stopped.load(Ordering::SeqCst) {
             let inner = self.inner.clone();
             tokio::spawn(poll_group(inner, credentials.clone()));
@@ -501,7 +500,11 @@ mod tests {
         assert!(g.track(&b, obj("y"), 2, SECOND, None, now));
         assert!(!g.track(&a, obj("z"), 3, SECOND, None, now));
         assert_eq!(g.due(&a, now), vec![1, 3]);
-        assert_eq!(g.due(&b, now), vec![2], "b's run is never polled with a's key");
+        assert_eq!(
+            g.due(&b, now),
+            vec![2],
+            "b's run is never polled with a's key"
+        );
         // A poll answer only reaches the group that asked.
         let changed = g.record(&a, &[1, 3], Some(&[observed(1, RunStatus::Running)]), now);
         assert_eq!(changed, vec![obj("x")]);

@@ -133,7 +133,7 @@ pub enum Lookup {
     /// The object exists, but this object (uid) with this spec has not been validated yet.
     NotValidated,
     /// The validation of exactly this object and spec.
-    Found(CredentialsEntry),
+    Found(Box<CredentialsEntry>),
 }
 
 /// Shared registry (cheap clone).
@@ -161,7 +161,7 @@ impl CredentialsRegistry {
             return Lookup::Deleting;
         }
         match self.entries.read().expect("registry lock").get(key) {
-            Some(entry) if entry.is_for(live) => Lookup::Found(entry.clone()),
+            Some(entry) if entry.is_for(live) => Lookup::Found(Box::new(entry.clone())),
             _ => Lookup::NotValidated,
         }
     }
@@ -224,8 +224,8 @@ impl CredentialsRegistry {
         let mut entries = self.entries.write().expect("registry lock");
         let mut removed = Vec::new();
         entries.retain(|key, entry| {
-            let keep = key.kind != kind
-                || live(key).is_some_and(|l| !l.deleting && l.uid == entry.uid);
+            let keep =
+                key.kind != kind || live(key).is_some_and(|l| !l.deleting && l.uid == entry.uid);
             if !keep {
                 removed.push(key.clone());
             }
@@ -299,9 +299,7 @@ impl CredentialsStores {
         match key.kind {
             CredentialsKind::DbtCloudCredentials => {
                 let ns = key.namespace.as_deref()?;
-                let obj = self
-                    .namespaced
-                    .get(&ObjectRef::new(&key.name).within(ns))?;
+                let obj = self.namespaced.get(&ObjectRef::new(&key.name).within(ns))?;
                 Some(live_of(obj.as_ref(), obj.target(), None))
             }
             CredentialsKind::ClusterDbtCloudCredentials => {
@@ -341,8 +339,8 @@ fn live_of<K: kube::Resource>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::{ClusterDbtCloudCredentialsSpec, DbtCloudCredentialsSpec, SecretKeyRef};
     use crate::controller::credentials::on_watch_event;
+    use crate::crd::{ClusterDbtCloudCredentialsSpec, DbtCloudCredentialsSpec, SecretKeyRef};
     use kube::api::ObjectMeta;
     use kube::runtime::{reflector, watcher};
 
@@ -505,14 +503,21 @@ mod tests {
         let mut w = World::new();
         let acme = creds("team-a", "acme", "uid-1", 7);
         let k = key("team-a", "acme");
-        assert_eq!(w.watch(watcher::Event::Apply(acme.clone())), vec![k.clone()]);
+        assert_eq!(
+            w.watch(watcher::Event::Apply(acme.clone())),
+            vec![k.clone()]
+        );
         assert!(w.validate(&k, true));
         assert!(matches!(w.lookup(&k), Lookup::Found(e) if e.is_ready()));
         assert!(w.has_series("acme"));
 
         // `kubectl delete dbtcred acme`: its runs are reconciled, and find nothing.
         assert_eq!(w.watch(watcher::Event::Delete(acme)), vec![k.clone()]);
-        assert!(matches!(w.lookup(&k), Lookup::Missing), "{:?}", w.lookup(&k));
+        assert!(
+            matches!(w.lookup(&k), Lookup::Missing),
+            "{:?}",
+            w.lookup(&k)
+        );
         assert!(w.registry.client(&k, w.stores.live(&k).as_ref()).is_none());
         assert!(w.registry.is_empty(), "{:?}", w.registry.keys());
         assert!(!w.has_series("acme"));
@@ -522,9 +527,17 @@ mod tests {
     fn deleted_cluster_credentials_serve_no_namespace() {
         let mut w = World::new();
         let k = cluster_key("shared");
-        w.watch_cluster(watcher::Event::Apply(cluster("shared", "uid-1", &["a", "b"])));
+        w.watch_cluster(watcher::Event::Apply(cluster(
+            "shared",
+            "uid-1",
+            &["a", "b"],
+        )));
         assert!(w.validate(&k, true));
-        w.watch_cluster(watcher::Event::Delete(cluster("shared", "uid-1", &["a", "b"])));
+        w.watch_cluster(watcher::Event::Delete(cluster(
+            "shared",
+            "uid-1",
+            &["a", "b"],
+        )));
         assert!(matches!(w.lookup(&k), Lookup::Missing));
         assert!(w.registry.is_empty());
     }
@@ -537,7 +550,11 @@ mod tests {
         assert!(w.validate(&k, true));
         // Deleted and re-created (the watch may even miss the deletion): a new uid.
         w.watch(watcher::Event::Apply(creds("team-a", "acme", "uid-2", 7)));
-        assert!(matches!(w.lookup(&k), Lookup::NotValidated), "{:?}", w.lookup(&k));
+        assert!(
+            matches!(w.lookup(&k), Lookup::NotValidated),
+            "{:?}",
+            w.lookup(&k)
+        );
         // A late deletion event of the old object does not remove the new object's validation.
         assert!(w.validate(&k, true));
         assert!(!w.registry.remove_if(&k, Some("uid-1")));
@@ -572,7 +589,9 @@ mod tests {
         assert!(w.validate(&cluster_key("shared"), true));
         // Re-list of the namespaced kind: only `beta` is left; `acme`'s runs are reconciled.
         w.watch(watcher::Event::Init);
-        w.watch(watcher::Event::InitApply(creds("team-b", "beta", "uid-2", 7)));
+        w.watch(watcher::Event::InitApply(creds(
+            "team-b", "beta", "uid-2", 7,
+        )));
         assert_eq!(w.watch(watcher::Event::InitDone), vec![a]);
         assert_eq!(w.registry.keys(), vec![cluster_key("shared"), b.clone()]);
         // Re-list of the cluster kind: the cluster credentials are gone too.
@@ -589,7 +608,11 @@ mod tests {
     fn cluster_credentials_report_their_current_allowed_namespaces() {
         let mut w = World::new();
         let k = cluster_key("shared");
-        w.watch_cluster(watcher::Event::Apply(cluster("shared", "uid-1", &["a", "b"])));
+        w.watch_cluster(watcher::Event::Apply(cluster(
+            "shared",
+            "uid-1",
+            &["a", "b"],
+        )));
         assert!(w.validate(&k, true));
         w.watch_cluster(watcher::Event::Apply(cluster("shared", "uid-1", &["b"])));
         let live = w.stores.live(&k).unwrap();

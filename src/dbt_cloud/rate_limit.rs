@@ -220,8 +220,11 @@ impl AccountLimits {
 #[derive(Debug, Clone, Default)]
 pub struct RateLimiterRegistry {
     config: RateLimitConfig,
-    accounts: Arc<Mutex<HashMap<(String, i64), Weak<Budgets>>>>,
+    accounts: Arc<Mutex<BudgetMap>>,
 }
+
+/// Budgets by `(lower-cased host, account id)`, held weakly.
+type BudgetMap = HashMap<(String, i64), Weak<Budgets>>;
 
 impl RateLimiterRegistry {
     /// A registry applying `config` to every account.
@@ -316,7 +319,11 @@ mod tests {
         let b = r.for_account("cloud.getdbt.com", 2);
         assert_eq!(r.len(), 2);
         drop(a);
-        assert_eq!(r.len(), 1, "account 1 has no client left: its budget must go");
+        assert_eq!(
+            r.len(),
+            1,
+            "account 1 has no client left: its budget must go"
+        );
         // Still shared while held.
         let b2 = r.for_account("cloud.getdbt.com", 2);
         assert!(b.admin().same_bucket(b2.admin()));
