@@ -264,6 +264,17 @@ impl Metrics {
         }
     }
 
+    /// Forgets the phase of every run `keep` rejects (runs deleted while the watch was down).
+    pub fn retain_run_phases(&self, keep: impl Fn(&str) -> bool) {
+        let gone: Vec<String> = {
+            let phases = self.phases.lock().expect("metrics lock");
+            phases.keys().filter(|k| !keep(k)).cloned().collect()
+        };
+        for key in gone {
+            self.set_run_phase(&key, None);
+        }
+    }
+
     /// Records whether a credentials object is ready.
     pub fn set_credentials_ready(
         &self,

@@ -3,7 +3,15 @@
 //! in the `Ready` condition and keeps a ready-to-use client in the [`CredentialsRegistry`].
 //!
 //! Key rotation: the Secret is re-read every `secret_refresh` (default 60 s); a changed key (seen
-//! through its fingerprint) is validated at once and replaces the client used by every run.
+//! through its fingerprint) is validated at once and replaces the client used by every run and by
+//! the poller. A deleted Secret or a rejected key removes the client the same way: from then on
+//! nothing uses the old key (runs wait with the credentials' reason). Secrets are read with `get`
+//! only (no list/watch permission), so such a change takes effect within `secret_refresh`.
+//!
+//! Deletion: credentials objects carry no finalizer, so a deleted one is never reconciled. The one
+//! watch per kind (shared with the controller through a reflector store) handles it instead:
+//! [`on_watch_event`] forgets the object at once and names the runs to re-reconcile, and every
+//! lookup checks the object still exists (see [`super::registry`]).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -13,15 +21,16 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
+use kube::runtime::watcher;
 use kube::{Api, Resource, ResourceExt};
 use secrecy::SecretString;
 use serde::de::DeserializeOwned;
 use tracing::{info, instrument, warn};
 
-use super::registry::{CredentialsEntry, CredentialsKey};
+use super::registry::{CredentialsEntry, CredentialsKey, CredentialsRegistry, LiveCredentials};
 use super::{jittered, Context, FIELD_MANAGER};
 use crate::crd::conditions::{self, set_condition};
-use crate::crd::credentials::{AllowedNamespaces, CredentialsStatus, CredentialsTarget};
+use crate::crd::credentials::{CredentialsStatus, CredentialsTarget};
 use crate::crd::job_run::CredentialsKind;
 use crate::crd::{ClusterDbtCloudCredentials, DbtCloudCredentials};
 use crate::dbt_cloud::{AccessHost, DbtCloudClient, DbtCloudError};
@@ -37,8 +46,6 @@ pub trait CredentialsResource:
     fn target(&self, operator_namespace: &str) -> CredentialsTarget;
     /// Current status.
     fn credentials_status(&self) -> Option<&CredentialsStatus>;
-    /// Allowed namespaces (cluster kind only).
-    fn allowed_namespaces(&self) -> Option<AllowedNamespaces>;
     /// API handle for status writes.
     fn api_for(&self, client: kube::Client) -> Api<Self>;
 }
@@ -50,9 +57,6 @@ impl CredentialsResource for DbtCloudCredentials {
     }
     fn credentials_status(&self) -> Option<&CredentialsStatus> {
         self.status.as_ref()
-    }
-    fn allowed_namespaces(&self) -> Option<AllowedNamespaces> {
-        None
     }
     fn api_for(&self, client: kube::Client) -> Api<Self> {
         Api::namespaced(client, &self.namespace().unwrap_or_default())
@@ -66,9 +70,6 @@ impl CredentialsResource for ClusterDbtCloudCredentials {
     }
     fn credentials_status(&self) -> Option<&CredentialsStatus> {
         self.status.as_ref()
-    }
-    fn allowed_namespaces(&self) -> Option<AllowedNamespaces> {
-        Some(self.spec.allowed_namespaces.clone())
     }
     fn api_for(&self, client: kube::Client) -> Api<Self> {
         Api::all(client)
@@ -399,10 +400,12 @@ fn error_policy<K: CredentialsResource>(obj: Arc<K>, err: &Error, ctx: Arc<Conte
 }
 
 fn kind_name(kind: CredentialsKind) -> &'static str {
-    match kind {
-        CredentialsKind::DbtCloudCredentials => "DbtCloudCredentials",
-        CredentialsKind::ClusterDbtCloudCredentials => "ClusterDbtCloudCredentials",
+    CredentialsKey {
+        kind,
+        namespace: None,
+        name: String::new(),
     }
+    .kind_name()
 }
 
 /// Key of a credentials object in the registry.
@@ -411,6 +414,33 @@ pub fn key_of<K: CredentialsResource>(obj: &K) -> CredentialsKey {
         kind: K::KIND,
         namespace: obj.meta().namespace.clone(),
         name: obj.name_any(),
+    }
+}
+
+/// Applies one event of a credentials watch to the registry (after the reflector store applied
+/// it), and returns the credentials whose runs must be reconciled now:
+///
+/// * a deleted object leaves the registry (and its metric series) at once;
+/// * after a re-list (which reports no deletions), every entry whose object is gone or was
+///   replaced leaves it too;
+/// * an applied object (a status or spec change) re-reconciles its runs, as a deletion does, so a
+///   waiting run resumes and an in-flight run learns at once that its credentials are gone.
+///
+/// `live` reads the reflector store the event was applied to.
+pub fn on_watch_event<K: CredentialsResource>(
+    registry: &CredentialsRegistry,
+    live: impl Fn(&CredentialsKey) -> Option<LiveCredentials>,
+    event: &watcher::Event<K>,
+) -> Vec<CredentialsKey> {
+    match event {
+        watcher::Event::Apply(obj) | watcher::Event::InitApply(obj) => vec![key_of(obj)],
+        watcher::Event::Delete(obj) => {
+            let key = key_of(obj);
+            registry.remove_if(&key, obj.meta().uid.as_deref());
+            vec![key]
+        }
+        watcher::Event::InitDone => registry.retain_live(K::KIND, live),
+        watcher::Event::Init => Vec::new(),
     }
 }
 
@@ -424,31 +454,32 @@ async fn reconcile<K: CredentialsResource>(obj: Arc<K>, ctx: Arc<Context>) -> Re
         return Ok(Action::await_change());
     }
     if obj.meta().deletion_timestamp.is_some() {
-        ctx.credentials.remove(&key);
-        ctx.metrics
-            .set_credentials_ready(kind, &ns, &obj.name_any(), None);
+        // Going away (another finalizer holds it): stop using it now.
+        ctx.credentials.remove_if(&key, None);
         return Ok(Action::await_change());
     }
     let now = Timestamp::now();
     let target = obj.target(&ctx.config.operator_namespace);
     let a = assess(obj.as_ref(), &target, &ctx, now).await;
     let ready = a.client.is_some();
-    ctx.credentials.put(
+    let stored = ctx.credentials.put_if_current(
         key.clone(),
         CredentialsEntry {
+            uid: obj.meta().uid.clone().unwrap_or_default(),
+            target: target.clone(),
             generation: obj.meta().generation,
             fingerprint: a.fingerprint.clone(),
-            account_id: target.account_id,
-            host: target.host.clone(),
             client: a.client.clone(),
             reason: a.reason.clone(),
             message: a.message.clone(),
             stalled: a.stalled,
-            allowed_namespaces: obj.allowed_namespaces(),
         },
+        || ctx.stores.live(&key),
     );
-    ctx.metrics
-        .set_credentials_ready(kind, &ns, &obj.name_any(), Some(ready));
+    if !stored {
+        // Deleted or changed while it was being validated: the watch brings the next version.
+        return Ok(Action::await_change());
+    }
 
     let old = obj.credentials_status().cloned().unwrap_or_default();
     let mut status = old.clone();

@@ -20,15 +20,13 @@ use super::lifecycle::{
     self, after_start, after_start_rejected, CredentialsState, JobResolution, Observation,
     PendingSearch, RunDetails, StartRequest,
 };
-use super::poller::observe;
-use super::registry::CredentialsKey;
+use super::poller::{follow_plan, observe, Follow};
+use super::registry::{CredentialsKey, Lookup};
 use super::{jittered, Context, FIELD_MANAGER, RUN_FINALIZER};
 use crate::crd::job_run::{
     CredentialsKind, JobSelector, ResultsSummary, StepSummary, TriggerOverrides,
 };
-use crate::crd::{
-    ClusterDbtCloudCredentials, DbtCloudCredentials, DbtCloudJobRun, DbtCloudJobRunStatus, RunPhase,
-};
+use crate::crd::{DbtCloudJobRun, DbtCloudJobRunStatus};
 use crate::dbt_cloud::{
     parse_timestamp, DbtCloudClient, DbtCloudError, ListJobsParams, ListRunsParams, RunStatus,
     TriggerRunRequest,
@@ -135,17 +133,21 @@ async fn namespace_allowed(
 }
 
 /// The credentials state for a run, and a client when they are ready.
+///
+/// The credentials follow the API server: an entry of the registry is used only while the object
+/// it validated still exists (same uid and target) in the watch's store, and the allowed
+/// namespaces of cluster credentials are read from the object as it is now. So deleting the
+/// credentials, or removing the run's namespace from `allowedNamespaces`, stops their use at once.
+/// A run in flight then keeps its phase and waits (condition reason `CredentialsNotFound` or
+/// `NamespaceNotAllowed`, and an Event); it is not polled, and it resumes when usable credentials
+/// come back.
 pub async fn credentials_for(
     run: &DbtCloudJobRun,
     ctx: &Context,
 ) -> Result<(CredentialsState, Option<DbtCloudClient>)> {
     let ns = run.namespace().unwrap_or_default();
     let r = &run.spec.credentials_ref;
-    let key = CredentialsKey {
-        kind: r.kind,
-        namespace: (r.kind == CredentialsKind::DbtCloudCredentials).then(|| ns.clone()),
-        name: r.name.clone(),
-    };
+    let key = CredentialsKey::of_run(run);
     let not_ready = |reason: &str, message: String, stalled: bool| {
         Ok((
             CredentialsState::NotReady {
@@ -156,44 +158,48 @@ pub async fn credentials_for(
             None,
         ))
     };
-    let Some(entry) = ctx.credentials.get(&key) else {
-        let exists = match r.kind {
-            CredentialsKind::DbtCloudCredentials => {
-                Api::<DbtCloudCredentials>::namespaced(ctx.client.clone(), &ns)
-                    .get_opt(&r.name)
-                    .await?
-                    .is_some()
-            }
-            CredentialsKind::ClusterDbtCloudCredentials => {
-                Api::<ClusterDbtCloudCredentials>::all(ctx.client.clone())
-                    .get_opt(&r.name)
-                    .await?
-                    .is_some()
-            }
-        };
-        return if exists {
-            not_ready(
+    if !ctx.stores.synced() {
+        return not_ready(
+            "CredentialsNotValidated",
+            format!("{key} has not been validated yet (the operator is starting)"),
+            false,
+        );
+    }
+    let live = ctx.stores.live(&key);
+    let where_ = if r.kind == CredentialsKind::DbtCloudCredentials {
+        format!(" in namespace '{ns}'")
+    } else {
+        String::new()
+    };
+    let entry = match ctx.credentials.lookup(&key, live.as_ref()) {
+        Lookup::Found(entry) => entry,
+        Lookup::NotValidated => {
+            return not_ready(
                 "CredentialsNotValidated",
                 format!("{key} has not been validated yet"),
                 false,
             )
-        } else {
-            let where_ = if r.kind == CredentialsKind::DbtCloudCredentials {
-                format!(" in namespace '{ns}'")
-            } else {
-                String::new()
-            };
-            not_ready(
+        }
+        Lookup::Missing => {
+            let what = format!("{:?} '{}'", r.kind, r.name);
+            return not_ready(
+                "CredentialsNotFound",
+                format!("{what} not found{where_}: create it, or fix spec.credentialsRef"),
+                false,
+            );
+        }
+        Lookup::Deleting => {
+            let what = format!("{:?} '{}'", r.kind, r.name);
+            return not_ready(
                 "CredentialsNotFound",
                 format!(
-                    "{:?} '{}' not found{where_}: create it, or fix spec.credentialsRef",
-                    r.kind, r.name
+                    "{what}{where_} is being deleted: create it again, or fix spec.credentialsRef"
                 ),
                 false,
-            )
-        };
+            );
+        }
     };
-    if let Some(allowed) = &entry.allowed_namespaces {
+    if let Some(allowed) = live.as_ref().and_then(|l| l.allowed_namespaces.as_ref()) {
         if !namespace_allowed(ctx, allowed, &ns).await? {
             return not_ready(
                 "NamespaceNotAllowed",
@@ -205,7 +211,7 @@ pub async fn credentials_for(
     match entry.client {
         Some(client) => Ok((
             CredentialsState::Ready {
-                account_id: entry.account_id,
+                account_id: entry.target.account_id,
             },
             Some(client),
         )),
@@ -280,7 +286,7 @@ async fn apply(run: Arc<DbtCloudJobRun>, ctx: &Context) -> Result<Action> {
                 obs.pending_search = found;
             }
             lifecycle::Action::ObserveRun { run_id } => {
-                let known = ctx.poller.snapshot(client, run_id);
+                let known = ctx.poller.snapshot(&obj_ref, run_id);
                 let current = match known {
                     Some(k) => k,
                     None => observe(&client.get_run(run_id, &[]).await?),
@@ -354,7 +360,10 @@ fn key_of(run: &DbtCloudJobRun) -> String {
     format!("{}/{}", run.namespace().unwrap_or_default(), run.name_any())
 }
 
-/// Keeps the poller, metrics and phase gauge in line with the written status.
+/// Keeps the poller, metrics and phase gauge in line with the written status: the object's current
+/// dbt Cloud run is polled with the key of the credentials it names while it is in flight and
+/// those credentials are usable; otherwise (finished, suspended, credentials gone) nothing is
+/// polled for it.
 fn follow(
     ctx: &Context,
     run: &DbtCloudJobRun,
@@ -365,19 +374,15 @@ fn follow(
     known: Option<lifecycle::ObservedRun>,
 ) {
     ctx.metrics.set_run_phase(&key_of(run), Some(status.phase));
-    let (Some(client), Some(run_id)) = (client, status.run_id) else {
-        return;
-    };
-    if status.phase.is_terminal() {
-        ctx.poller.untrack(client, run_id);
-    } else if status.phase != RunPhase::Pending {
-        ctx.poller.track(
-            client,
+    match follow_plan(status, client.is_some()) {
+        Follow::Track(run_id) => ctx.poller.track(
+            &CredentialsKey::of_run(run),
             run_id,
             obj_ref.clone(),
             interval,
-            known.filter(|k| k.id == run_id),
-        );
+            known,
+        ),
+        Follow::Untrack => ctx.poller.untrack(obj_ref),
     }
 }
 
@@ -824,9 +829,7 @@ async fn cleanup(run: Arc<DbtCloudJobRun>, ctx: &Context) -> Result<Action> {
         },
         None,
     ));
-    if let (Some(c), Some(id)) = (client.as_ref(), status.run_id) {
-        ctx.poller.untrack(c, id);
-    }
+    ctx.poller.untrack(&ObjectRef::from_obj(run.as_ref()));
     if !in_flight || !run.spec.cancel_on_delete {
         ctx.metrics.set_run_phase(&key_of(&run), None);
         return Ok(Action::await_change());

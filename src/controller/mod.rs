@@ -10,9 +10,10 @@ pub mod registry;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::channel::mpsc::{unbounded, UnboundedReceiver, UnboundedSender};
+use futures::{StreamExt, TryStreamExt};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::runtime::Controller;
 use kube::runtime::WatchStreamExt;
@@ -25,7 +26,10 @@ use crate::dbt_cloud::{http_client, ClientConfig, RateLimitConfig, RateLimiterRe
 use crate::metrics::Metrics;
 use crate::Result;
 
-pub use registry::{CredentialsEntry, CredentialsKey, CredentialsRegistry};
+pub use registry::{
+    CredentialsEntry, CredentialsKey, CredentialsRegistry, CredentialsStores, LiveCredentials,
+    Lookup,
+};
 
 /// Field manager of every server-side apply the operator makes.
 pub const FIELD_MANAGER: &str = "dbt-cloud-operator";
@@ -98,7 +102,9 @@ pub struct Context {
     pub limiters: RateLimiterRegistry,
     /// Validated credentials and their clients.
     pub credentials: CredentialsRegistry,
-    /// Shared per-account poller of in-flight runs.
+    /// The credentials objects as the API server has them (reflector stores of the watches).
+    pub stores: CredentialsStores,
+    /// Shared poller of in-flight runs (one group per credentials object).
     pub poller: poller::RunPoller,
 }
 
@@ -111,15 +117,14 @@ impl std::fmt::Debug for Context {
 }
 
 impl Context {
-    /// Builds the context; `poll_events` receives the objects whose runs changed in dbt Cloud.
+    /// Builds the context over the credentials `stores` (filled by the watches); the receiver gets
+    /// the objects whose runs changed in dbt Cloud.
     pub fn new(
         client: Client,
         config: Config,
         metrics: Arc<Metrics>,
-    ) -> Result<(
-        Arc<Self>,
-        futures::channel::mpsc::UnboundedReceiver<ObjectRef<DbtCloudJobRun>>,
-    )> {
+        stores: CredentialsStores,
+    ) -> Result<(Arc<Self>, UnboundedReceiver<ObjectRef<DbtCloudJobRun>>)> {
         let http = http_client(&config.client)?;
         let recorder = Recorder::new(
             client.clone(),
@@ -128,7 +133,13 @@ impl Context {
                 instance: config.instance.clone(),
             },
         );
-        let (poller, changes) = poller::RunPoller::new(config.poll_tick);
+        let credentials = CredentialsRegistry::with_metrics(metrics.clone());
+        // The poller asks for the current client of a group's credentials on every tick.
+        let source: poller::ClientSource = {
+            let (credentials, stores) = (credentials.clone(), stores.clone());
+            Arc::new(move |key: &CredentialsKey| credentials.client(key, stores.live(key).as_ref()))
+        };
+        let (poller, changes) = poller::RunPoller::new(config.poll_tick, source);
         let ctx = Self {
             client,
             recorder,
@@ -136,7 +147,8 @@ impl Context {
             metrics,
             http,
             client_config: Arc::new(config.client.clone()),
-            credentials: CredentialsRegistry::default(),
+            credentials,
+            stores,
             poller,
             config,
         };
@@ -200,7 +212,6 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
     ready: Option<tokio::sync::watch::Sender<bool>>,
 ) -> Result<()> {
-    let (ctx, changes) = Context::new(client.clone(), config.clone(), metrics)?;
     let shutdown = futures::future::FutureExt::shared(Box::pin(shutdown));
     let wc = watcher::Config::default().any_semantic();
 
@@ -208,53 +219,66 @@ pub async fn run(
     let creds_api: Api<DbtCloudCredentials> = scoped_api(&client, &config.watch_namespaces);
     let cluster_creds_api: Api<ClusterDbtCloudCredentials> = Api::all(client.clone());
 
+    // One watch per credentials kind, shared (kube's shared-stream pattern): it fills the store
+    // every lookup checks, feeds the credentials controller, and tells the registry and the runs
+    // about deletions, which no reconcile ever sees.
+    let (creds_store, creds_writer) = kube::runtime::reflector::store_shared(SHARED_BUFFER);
+    let (cluster_store, cluster_writer) = kube::runtime::reflector::store_shared(SHARED_BUFFER);
+    let creds_subscriber = creds_writer
+        .subscribe()
+        .expect("a shared store can be subscribed");
+    let cluster_subscriber = cluster_writer
+        .subscribe()
+        .expect("a shared store can be subscribed");
+    let stores = CredentialsStores {
+        namespaced: creds_store.clone(),
+        cluster: cluster_store.clone(),
+        operator_namespace: config.operator_namespace.clone(),
+    };
+    let (ctx, changes) = Context::new(client.clone(), config.clone(), metrics, stores)?;
+
     // The run cache holds every DbtCloudJobRun (finished ones too): keep it lean by dropping
     // managedFields and kubectl's last-applied copy of the object before it is stored.
     let (runs_store, runs_writer) = kube::runtime::reflector::store();
-    let run_events = kube::runtime::reflector(
-        runs_writer,
-        watcher::watcher(runs_api, wc.clone())
-            .default_backoff()
-            .modify(|run: &mut DbtCloudJobRun| {
-                run.metadata.managed_fields = None;
-                if let Some(a) = run.metadata.annotations.as_mut() {
-                    a.remove("kubectl.kubernetes.io/last-applied-configuration");
-                }
-            }),
-    )
-    .touched_objects();
+    let run_events = {
+        let (ctx, store) = (ctx.clone(), runs_store.clone());
+        kube::runtime::reflector(
+            runs_writer,
+            watcher::watcher(runs_api, wc.clone())
+                .default_backoff()
+                .modify(|run: &mut DbtCloudJobRun| {
+                    run.metadata.managed_fields = None;
+                    if let Some(a) = run.metadata.annotations.as_mut() {
+                        a.remove("kubectl.kubernetes.io/last-applied-configuration");
+                    }
+                }),
+        )
+        .inspect_ok(move |event| job_runs_changed(&ctx, &store, event))
+        .touched_objects()
+    };
+
+    // Runs to reconcile because their credentials changed or went away.
+    let (creds_triggers, creds_triggered) = unbounded();
+    let creds_watch = credentials_watch(
+        watcher::watcher(creds_api, wc.clone()),
+        creds_writer,
+        ctx.clone(),
+        runs_store.clone(),
+        creds_triggers.clone(),
+    );
+    let cluster_watch = credentials_watch(
+        watcher::watcher(cluster_creds_api, wc.clone()),
+        cluster_writer,
+        ctx.clone(),
+        runs_store.clone(),
+        creds_triggers,
+    );
+
     let controller_config =
         kube::runtime::controller::Config::default().concurrency(config.max_concurrent_reconciles);
     let runs = Controller::for_stream(run_events, runs_store.clone())
-        .with_config(controller_config.clone());
-    let store_for_creds = runs_store.clone();
-    let store_for_cluster = runs_store.clone();
-    let runs = runs
-        .watches(
-            creds_api.clone(),
-            wc.clone(),
-            move |creds: DbtCloudCredentials| {
-                job_run::runs_using(
-                    &store_for_creds,
-                    crate::crd::job_run::CredentialsKind::DbtCloudCredentials,
-                    creds.namespace(),
-                    &creds.name_any(),
-                )
-            },
-        )
-        .watches(
-            cluster_creds_api.clone(),
-            wc.clone(),
-            move |creds: ClusterDbtCloudCredentials| {
-                job_run::runs_using(
-                    &store_for_cluster,
-                    crate::crd::job_run::CredentialsKind::ClusterDbtCloudCredentials,
-                    None,
-                    &creds.name_any(),
-                )
-            },
-        )
-        .reconcile_on(changes)
+        .with_config(controller_config.clone())
+        .reconcile_on(futures::stream::select(changes, creds_triggered))
         .graceful_shutdown_on(shutdown.clone())
         .run(job_run::reconcile, job_run::error_policy, ctx.clone())
         .for_each(|res| async move {
@@ -262,7 +286,7 @@ pub async fn run(
                 tracing::debug!(error = %e, "job run reconcile failed");
             }
         });
-    let creds = Controller::new(creds_api, wc.clone())
+    let creds = Controller::for_shared_stream(creds_subscriber, creds_store)
         .with_config(controller_config.clone())
         .graceful_shutdown_on(shutdown.clone())
         .run(
@@ -271,7 +295,7 @@ pub async fn run(
             ctx.clone(),
         )
         .for_each(|_| async {});
-    let cluster_creds = Controller::new(cluster_creds_api, wc)
+    let cluster_creds = Controller::for_shared_stream(cluster_subscriber, cluster_store)
         .with_config(controller_config)
         .graceful_shutdown_on(shutdown.clone())
         .run(
@@ -280,6 +304,16 @@ pub async fn run(
             ctx.clone(),
         )
         .for_each(|_| async {});
+    // The shared watches end with the controllers (their streams never end on their own).
+    let watches = async {
+        futures::future::select(
+            Box::pin(async {
+                futures::join!(creds_watch, cluster_watch);
+            }),
+            shutdown.clone(),
+        )
+        .await;
+    };
 
     if let Some(ready) = ready {
         let store = runs_store.clone();
@@ -290,10 +324,76 @@ pub async fn run(
         });
     }
     info!(namespaces = ?config.watch_namespaces, "controllers started");
-    futures::join!(runs, creds, cluster_creds);
+    futures::join!(runs, creds, cluster_creds, watches);
     ctx.poller.stop();
     info!("controllers stopped");
     Ok(())
+}
+
+/// Events of a shared stream buffered for its slowest subscriber.
+const SHARED_BUFFER: usize = 1024;
+
+/// Drives one credentials watch: the reflector store and the controller's subscribers first, then
+/// the registry (deletions, re-lists) and the runs naming the credentials.
+async fn credentials_watch<K>(
+    stream: impl futures::Stream<Item = watcher::Result<watcher::Event<K>>> + Send,
+    writer: kube::runtime::reflector::store::Writer<K>,
+    ctx: Arc<Context>,
+    runs: Store<DbtCloudJobRun>,
+    triggers: UnboundedSender<ObjectRef<DbtCloudJobRun>>,
+) where
+    K: credentials::CredentialsResource,
+{
+    stream
+        .default_backoff()
+        .reflect_shared(writer)
+        .for_each(|event| {
+            match event {
+                Ok(event) => {
+                    let keys = credentials::on_watch_event(
+                        &ctx.credentials,
+                        |key| ctx.stores.live(key),
+                        &event,
+                    );
+                    for key in keys {
+                        for run in
+                            job_run::runs_using(&runs, key.kind, key.namespace.clone(), &key.name)
+                        {
+                            let _ = triggers.unbounded_send(run);
+                        }
+                    }
+                }
+                Err(e) => warn!(error = %e, "credentials watch failed; retrying"),
+            }
+            futures::future::ready(())
+        })
+        .await;
+}
+
+/// Keeps the poller and run metrics in step with the run watch: a deleted object is untracked at
+/// once (it may never be reconciled again), and after a re-list every object that is gone.
+fn job_runs_changed(
+    ctx: &Context,
+    store: &Store<DbtCloudJobRun>,
+    event: &watcher::Event<DbtCloudJobRun>,
+) {
+    match event {
+        watcher::Event::Delete(run) => {
+            ctx.poller.untrack(&ObjectRef::from_obj(run));
+            ctx.metrics.set_run_phase(
+                &format!("{}/{}", run.namespace().unwrap_or_default(), run.name_any()),
+                None,
+            );
+        }
+        watcher::Event::InitDone => {
+            ctx.poller.retain(|obj| store.get(obj).is_some());
+            ctx.metrics.retain_run_phases(|key| {
+                let (ns, name) = key.split_once('/').unwrap_or(("", key));
+                store.get(&ObjectRef::new(name).within(ns)).is_some()
+            });
+        }
+        _ => {}
+    }
 }
 
 fn scoped_api<K>(client: &Client, namespaces: &[String]) -> Api<K>

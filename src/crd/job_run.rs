@@ -68,8 +68,8 @@ pub struct DbtCloudJobRunSpec {
     /// Overrides sent with the trigger request (all optional).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trigger: Option<TriggerOverrides>,
-    /// Seconds between status checks while the run is in flight (runs of one account are checked
-    /// together, one request per account per interval).
+    /// Seconds between status checks while the run is in flight (runs naming the same credentials
+    /// are checked together with that key, one request per credentials per interval).
     #[serde(default = "default_poll_interval")]
     #[schemars(range(min = 1, max = 3600))]
     pub poll_interval_seconds: i64,

@@ -7,11 +7,13 @@
 //! accrued, so waiters are served in arrival order without polling.
 //!
 //! [`RateLimiterRegistry`] hands out one [`AccountLimits`] per `(host, account)`
-//! so every client of the same dbt Cloud account shares the same budgets.
+//! so every client of the same dbt Cloud account shares the same budgets. It
+//! keeps them only while some client holds them: when the last credentials of an
+//! account are deleted (and their clients dropped), the account leaves the map.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 /// Rate and burst of one budget.
@@ -167,6 +169,11 @@ impl TokenBucket {
 /// The admin and discovery budgets of one account (cheap clone, shared).
 #[derive(Debug, Clone)]
 pub struct AccountLimits {
+    inner: Arc<Budgets>,
+}
+
+#[derive(Debug)]
+struct Budgets {
     admin: TokenBucket,
     discovery: TokenBucket,
 }
@@ -175,8 +182,10 @@ impl AccountLimits {
     /// Fresh, unshared budgets (tests, or a single client).
     pub fn new(config: RateLimitConfig) -> Self {
         AccountLimits {
-            admin: TokenBucket::new(config.admin),
-            discovery: TokenBucket::new(config.discovery),
+            inner: Arc::new(Budgets {
+                admin: TokenBucket::new(config.admin),
+                discovery: TokenBucket::new(config.discovery),
+            }),
         }
     }
 
@@ -194,21 +203,28 @@ impl AccountLimits {
 
     /// The administrative API budget.
     pub fn admin(&self) -> &TokenBucket {
-        &self.admin
+        &self.inner.admin
     }
 
     /// The Discovery API budget.
     pub fn discovery(&self) -> &TokenBucket {
-        &self.discovery
+        &self.inner.discovery
     }
 }
 
 /// Hands out one shared [`AccountLimits`] per `(host, account id)`. Cheap clone.
+///
+/// The map holds the budgets weakly: they live as long as a client (of any credentials for that
+/// account) holds them, so the map follows the credentials that exist instead of growing with
+/// every account ever seen. A budget re-created after a gap starts full, like a fresh operator.
 #[derive(Debug, Clone, Default)]
 pub struct RateLimiterRegistry {
     config: RateLimitConfig,
-    accounts: Arc<Mutex<HashMap<(String, i64), AccountLimits>>>,
+    accounts: Arc<Mutex<BudgetMap>>,
 }
+
+/// Budgets by `(lower-cased host, account id)`, held weakly.
+type BudgetMap = HashMap<(String, i64), Weak<Budgets>>;
 
 impl RateLimiterRegistry {
     /// A registry applying `config` to every account.
@@ -223,20 +239,23 @@ impl RateLimiterRegistry {
     pub fn for_account(&self, host: &str, account_id: i64) -> AccountLimits {
         let key = (host.trim().to_ascii_lowercase(), account_id);
         let mut map = self.accounts.lock().unwrap_or_else(|e| e.into_inner());
-        map.entry(key)
-            .or_insert_with(|| AccountLimits::new(self.config))
-            .clone()
+        map.retain(|_, budgets| budgets.strong_count() > 0);
+        if let Some(inner) = map.get(&key).and_then(Weak::upgrade) {
+            return AccountLimits { inner };
+        }
+        let limits = AccountLimits::new(self.config);
+        map.insert(key, Arc::downgrade(&limits.inner));
+        limits
     }
 
-    /// Number of accounts seen.
+    /// Number of accounts whose budgets some client still holds.
     pub fn len(&self) -> usize {
-        self.accounts
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .len()
+        let mut map = self.accounts.lock().unwrap_or_else(|e| e.into_inner());
+        map.retain(|_, budgets| budgets.strong_count() > 0);
+        map.len()
     }
 
-    /// Whether no account was seen yet.
+    /// Whether no client holds any budget.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -291,6 +310,25 @@ mod tests {
         assert_eq!(r.len(), 3);
         assert!(a.admin().try_acquire());
         assert_eq!(b.admin().stats().permits, 1);
+    }
+
+    #[test]
+    fn registry_forgets_accounts_no_client_holds() {
+        let r = RateLimiterRegistry::new(RateLimitConfig::default());
+        let a = r.for_account("cloud.getdbt.com", 1);
+        let b = r.for_account("cloud.getdbt.com", 2);
+        assert_eq!(r.len(), 2);
+        drop(a);
+        assert_eq!(
+            r.len(),
+            1,
+            "account 1 has no client left: its budget must go"
+        );
+        // Still shared while held.
+        let b2 = r.for_account("cloud.getdbt.com", 2);
+        assert!(b.admin().same_bucket(b2.admin()));
+        drop((b, b2));
+        assert!(r.is_empty());
     }
 
     #[test]
