@@ -18,10 +18,11 @@ use tracing::{debug, info, instrument, warn};
 
 use super::lifecycle::{
     self, after_start, after_start_rejected, CredentialsState, JobResolution, Observation,
-    PendingSearch, RunDetails, StartRequest,
+    PendingSearch, RunDetails, RunSearch, StartRequest,
 };
 use super::poller::observe;
 use super::registry::CredentialsKey;
+use super::search::{find_pending_run, SearchResult};
 use super::{jittered, Context, FIELD_MANAGER, RUN_FINALIZER};
 use crate::crd::job_run::{
     CredentialsKind, JobSelector, ResultsSummary, StepSummary, TriggerOverrides,
@@ -30,7 +31,7 @@ use crate::crd::{
     ClusterDbtCloudCredentials, DbtCloudCredentials, DbtCloudJobRun, DbtCloudJobRunStatus, RunPhase,
 };
 use crate::dbt_cloud::{
-    parse_timestamp, DbtCloudClient, DbtCloudError, ListJobsParams, ListRunsParams, RunStatus,
+    parse_timestamp, DbtCloudClient, DbtCloudError, ListJobsParams, RunStatus,
     TriggerRunRequest,
 };
 use crate::{Error, Result};
@@ -265,13 +266,11 @@ async fn apply(run: Arc<DbtCloudJobRun>, ctx: &Context) -> Result<Action> {
             lifecycle::Action::ResolveJob => {
                 obs.job = Some(resolve_job(client, &run.spec.job).await)
             }
-            lifecycle::Action::SearchPendingRun {
-                job_id,
-                token,
-                retry_of_run_id,
-            } => {
-                let (found, duplicates) =
-                    search_pending(client, job_id, &token, retry_of_run_id).await?;
+            lifecycle::Action::SearchPendingRun(search) => {
+                let SearchResult {
+                    outcome: found,
+                    duplicates,
+                } = find_pending_run(client, &search).await?;
                 for dup in duplicates {
                     client.cancel_run(dup).await?;
                     notes.push((true, "DuplicateRunCancelled", format!("dbt Cloud run {dup} carries the same attempt marker as an earlier run and was cancelled")));
@@ -660,48 +659,6 @@ async fn resolve_job(client: &DbtCloudClient, job: &JobSelector) -> JobResolutio
     }
 }
 
-/// Looks for the run a pending trigger may have created: the newest runs of the job carrying the
-/// token in their cause (or, for native retries, retrying the failed run). Several runs with the
-/// same token are duplicates made by someone else's mistake: the oldest is adopted, the others are
-/// returned to be cancelled.
-async fn search_pending(
-    client: &DbtCloudClient,
-    job_id: i64,
-    token: &str,
-    retry_of: Option<i64>,
-) -> Result<(PendingSearch, Vec<i64>)> {
-    let params = ListRunsParams {
-        job_definition_id: Some(job_id),
-        order_by: Some("-id".into()),
-        include_related: vec!["trigger".into()],
-        limit: Some(100),
-        id_gt: retry_of,
-        ..Default::default()
-    };
-    let page = client.list_runs(&params).await?;
-    let mut matches: Vec<_> = page
-        .items
-        .into_iter()
-        .filter(|r| match retry_of {
-            Some(of) => {
-                r.retrying_run_id == Some(of) || r.cause().is_some_and(|c| c.contains(token))
-            }
-            None => r.cause().is_some_and(|c| c.contains(token)),
-        })
-        .collect();
-    matches.sort_by_key(|r| r.id);
-    let Some(first) = matches.first() else {
-        return Ok((PendingSearch::NotFound, Vec::new()));
-    };
-    let duplicates = matches
-        .iter()
-        .skip(1)
-        .filter(|r| !r.status.is_terminal())
-        .map(|r| r.id)
-        .collect();
-    Ok((PendingSearch::Found(observe(first)), duplicates))
-}
-
 /// Steps and `run_results.json` of a finished run. Failures leave parts empty (never fatal).
 async fn fetch_details(client: &DbtCloudClient, run_id: i64) -> RunDetails {
     let mut details = RunDetails::default();
@@ -846,9 +803,9 @@ async fn cleanup(run: Arc<DbtCloudJobRun>, ctx: &Context) -> Result<Action> {
         status.job_id.or(run.spec.job.id),
     ) {
         (_, Some(p), Some(job_id)) => {
-            match search_pending(&client, job_id, &p.token, p.retry_of_run_id)
+            match find_pending_run(&client, &RunSearch::for_pending(job_id, p))
                 .await?
-                .0
+                .outcome
             {
                 PendingSearch::Found(r) => Some(r.id),
                 _ if Timestamp::now().as_second() - p.requested_at.0.as_second()

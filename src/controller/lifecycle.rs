@@ -123,6 +123,36 @@ pub enum PendingSearch {
     NotFound,
 }
 
+/// What to look for in dbt Cloud when a recorded trigger's outcome is unknown: the run of one
+/// attempt, among the runs of its job.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunSearch {
+    /// Job the run belongs to.
+    pub job_id: i64,
+    /// Token the run's `trigger.cause` carries (full triggers).
+    pub token: String,
+    /// For native retries: the failed run being retried (the retry run names it in its
+    /// `retrying_run_id`).
+    pub retry_of_run_id: Option<i64>,
+    /// The job's newest run id before the trigger was sent (see `PendingTrigger::after_run_id`).
+    pub after_run_id: Option<i64>,
+    /// When the trigger was recorded.
+    pub requested_at: Timestamp,
+}
+
+impl RunSearch {
+    /// The search for a recorded trigger of a job.
+    pub fn for_pending(job_id: i64, pending: &PendingTrigger) -> Self {
+        Self {
+            job_id,
+            token: pending.token.clone(),
+            retry_of_run_id: pending.retry_of_run_id,
+            after_run_id: pending.after_run_id,
+            requested_at: pending.requested_at.0,
+        }
+    }
+}
+
 /// Details of a finished run, fetched once when it turns terminal.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct RunDetails {
@@ -201,14 +231,7 @@ pub enum Action {
     /// Question: resolve `spec.job` to an id, put the answer in `Observation::job`, decide again.
     ResolveJob,
     /// Question: search for the run of the pending trigger, fill `pending_search`, decide again.
-    SearchPendingRun {
-        /// Job to search in.
-        job_id: i64,
-        /// Token in the cause (full triggers).
-        token: String,
-        /// For native retries: the run being retried.
-        retry_of_run_id: Option<i64>,
-    },
+    SearchPendingRun(RunSearch),
     /// Question: fetch the current state of a run into `current_run`, decide again.
     ObserveRun {
         /// Run id.
@@ -610,11 +633,9 @@ impl<'a> Decider<'a> {
         }
         let job_id = self.job_id()?;
         match &self.obs.pending_search {
-            PendingSearch::NotSearched => Some(Action::SearchPendingRun {
-                job_id,
-                token: pending.token.clone(),
-                retry_of_run_id: pending.retry_of_run_id,
-            }),
+            PendingSearch::NotSearched => Some(Action::SearchPendingRun(RunSearch::for_pending(
+                job_id, pending,
+            ))),
             PendingSearch::Found(found) => {
                 self.status.pending_trigger = None;
                 record_attempt(
@@ -785,6 +806,7 @@ impl<'a> Decider<'a> {
             token: token.clone(),
             kind,
             retry_of_run_id: retry_of,
+            after_run_id: None,
             requested_at: Time(self.now()),
         });
         if self.status.started_at.is_none() {

@@ -319,11 +319,13 @@ fn pending_trigger_is_searched_never_resent_blindly() {
     let d = decide(&obj, &ready(5), &settings());
     assert_eq!(
         d.action,
-        Action::SearchPendingRun {
+        Action::SearchPendingRun(RunSearch {
             job_id: 42,
             token: attempt_token(UID, 1),
-            retry_of_run_id: None
-        }
+            retry_of_run_id: None,
+            after_run_id: None,
+            requested_at: ts(0),
+        })
     );
 }
 
@@ -508,11 +510,13 @@ fn rerun_failed_uses_native_retry_when_possible() {
     );
     assert_eq!(
         decide(&obj2, &ready(41), &settings()).action,
-        Action::SearchPendingRun {
+        Action::SearchPendingRun(RunSearch {
             job_id: 42,
             token: attempt_token(UID, 2),
-            retry_of_run_id: Some(100)
-        }
+            retry_of_run_id: Some(100),
+            after_run_id: None,
+            requested_at: ts(40),
+        })
     );
     // Attempt 2 succeeds.
     let s2 = after_start(&d.status, &run(101, RunStatus::Queued), ts(41)).0;
@@ -771,6 +775,7 @@ fn exhaustive_safety_rules() {
                                                 token: attempt_token(UID, st.attempt_count + 1),
                                                 kind: AttemptKind::Full,
                                                 retry_of_run_id: None,
+                                                after_run_id: None,
                                                 requested_at: Time(ts(0)),
                                             });
                                         }
@@ -825,12 +830,12 @@ fn exhaustive_safety_rules() {
                                                     d.action,
                                                     Action::StartAttempt(_)
                                                         | Action::CancelRun { .. }
-                                                        | Action::SearchPendingRun { .. }
+                                                        | Action::SearchPendingRun(_)
                                                 ),
                                                 "{ctx}"
                                             );
                                         }
-                                        if matches!(d.action, Action::SearchPendingRun { .. }) {
+                                        if matches!(d.action, Action::SearchPendingRun(_)) {
                                             assert!(
                                                 has_pending
                                                     && matches!(search, PendingSearch::NotSearched),
