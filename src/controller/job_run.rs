@@ -90,7 +90,6 @@ pub async fn reconcile(run: Arc<DbtCloudJobRun>, ctx: Arc<Context>) -> Result<Ac
 /// Requeue policy after a failed reconcile: soon for conflicts, `Retry-After` for rate limits,
 /// otherwise a jittered delay.
 pub fn error_policy(run: Arc<DbtCloudJobRun>, err: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics.reconcile_failed(KIND, err.metric_label());
     let inner = match err {
         Error::Finalizer(f) => match f.as_ref() {
             kube::runtime::finalizer::Error::ApplyFailed(e)
@@ -99,6 +98,12 @@ pub fn error_policy(run: Arc<DbtCloudJobRun>, err: &Error, ctx: Arc<Context>) ->
         },
         e => Some(e),
     };
+    // A deletion waiting to cancel is not a failure.
+    if let Some(Error::DeletionPending { retry_in, message }) = inner {
+        debug!(object = %key_of(&run), "{message}; retrying in {retry_in:?}");
+        return Action::requeue(*retry_in);
+    }
+    ctx.metrics.reconcile_failed(KIND, err.metric_label());
     let delay = match inner {
         Some(Error::Conflict(_)) => Duration::from_millis(500),
         Some(Error::DbtCloud(e)) => e
@@ -795,7 +800,10 @@ async fn cleanup(run: Arc<DbtCloudJobRun>, ctx: &Context) -> Result<Action> {
         return Ok(Action::await_change());
     }
     let Some(client) = client else {
-        return Ok(Action::requeue(Duration::from_secs(10)));
+        return Err(Error::DeletionPending {
+            message: "the credentials are not ready to cancel the dbt Cloud run".into(),
+            retry_in: ctx.config.lifecycle.credentials_retry.min(Duration::from_secs(10)),
+        });
     };
     let run_id = match (
         status.run_id,
@@ -811,7 +819,13 @@ async fn cleanup(run: Arc<DbtCloudJobRun>, ctx: &Context) -> Result<Action> {
                 _ if Timestamp::now().as_second() - p.requested_at.0.as_second()
                     < ctx.config.lifecycle.ambiguity_window.as_secs() as i64 =>
                 {
-                    return Ok(Action::requeue(ctx.config.lifecycle.confirm_retry));
+                    return Err(Error::DeletionPending {
+                        message: format!(
+                            "confirming whether attempt {} reached dbt Cloud before cancelling it",
+                            p.attempt
+                        ),
+                        retry_in: ctx.config.lifecycle.confirm_retry,
+                    });
                 }
                 _ => None,
             }
