@@ -31,7 +31,7 @@ use crate::crd::{
     ClusterDbtCloudCredentials, DbtCloudCredentials, DbtCloudJobRun, DbtCloudJobRunStatus, RunPhase,
 };
 use crate::dbt_cloud::{
-    parse_timestamp, DbtCloudClient, DbtCloudError, ListJobsParams, RunStatus,
+    parse_timestamp, DbtCloudClient, DbtCloudError, ListJobsParams, ListRunsParams, RunStatus,
     TriggerRunRequest,
 };
 use crate::{Error, Result};
@@ -275,6 +275,7 @@ async fn apply(run: Arc<DbtCloudJobRun>, ctx: &Context) -> Result<Action> {
                 let SearchResult {
                     outcome: found,
                     duplicates,
+                    ..
                 } = find_pending_run(client, &search).await?;
                 for dup in duplicates {
                     client.cancel_run(dup).await?;
@@ -284,6 +285,9 @@ async fn apply(run: Arc<DbtCloudJobRun>, ctx: &Context) -> Result<Action> {
                     ctx.metrics.runs_adopted.inc();
                 }
                 obs.pending_search = found;
+            }
+            lifecycle::Action::ObserveNewestRun { job_id } => {
+                obs.newest_run_id = Some(newest_run_id(client, job_id).await?);
             }
             lifecycle::Action::ObserveRun { run_id } => {
                 let known = ctx.poller.snapshot(client, run_id);
@@ -664,6 +668,19 @@ async fn resolve_job(client: &DbtCloudClient, job: &JobSelector) -> JobResolutio
     }
 }
 
+/// Id of the job's newest run (0 when it has none): the lower bound recorded with a trigger.
+async fn newest_run_id(client: &DbtCloudClient, job_id: i64) -> Result<i64, DbtCloudError> {
+    let page = client
+        .list_runs(&ListRunsParams {
+            job_definition_id: Some(job_id),
+            order_by: Some("-id".into()),
+            limit: Some(1),
+            ..Default::default()
+        })
+        .await?;
+    Ok(page.items.first().map_or(0, |r| r.id))
+}
+
 /// Steps and `run_results.json` of a finished run. Failures leave parts empty (never fatal).
 async fn fetch_details(client: &DbtCloudClient, run_id: i64) -> RunDetails {
     let mut details = RunDetails::default();
@@ -802,20 +819,33 @@ async fn cleanup(run: Arc<DbtCloudJobRun>, ctx: &Context) -> Result<Action> {
     let Some(client) = client else {
         return Err(Error::DeletionPending {
             message: "the credentials are not ready to cancel the dbt Cloud run".into(),
-            retry_in: ctx.config.lifecycle.credentials_retry.min(Duration::from_secs(10)),
+            retry_in: ctx
+                .config
+                .lifecycle
+                .credentials_retry
+                .min(Duration::from_secs(10)),
         });
     };
-    let run_id = match (
+    let to_cancel: Vec<i64> = match (
         status.run_id,
         &status.pending_trigger,
         status.job_id.or(run.spec.job.id),
     ) {
         (_, Some(p), Some(job_id)) => {
-            match find_pending_run(&client, &RunSearch::for_pending(job_id, p))
-                .await?
-                .outcome
-            {
-                PendingSearch::Found(r) => Some(r.id),
+            let found = find_pending_run(&client, &RunSearch::for_pending(job_id, p)).await?;
+            match found.outcome {
+                PendingSearch::Found(r) => std::iter::once(r.id).chain(found.duplicates).collect(),
+                PendingSearch::Incomplete { runs_read } => {
+                    ctx.publish(
+                        run.as_ref(),
+                        true,
+                        "TriggerUnconfirmed",
+                        "Delete",
+                        format!("Could not tell whether attempt {} reached dbt Cloud (more than {runs_read} newer runs of job {job_id}), so nothing was cancelled. Look in dbt Cloud for a run whose cause contains {}", p.attempt, p.token),
+                    )
+                    .await;
+                    Vec::new()
+                }
                 _ if Timestamp::now().as_second() - p.requested_at.0.as_second()
                     < ctx.config.lifecycle.ambiguity_window.as_secs() as i64 =>
                 {
@@ -827,12 +857,12 @@ async fn cleanup(run: Arc<DbtCloudJobRun>, ctx: &Context) -> Result<Action> {
                         retry_in: ctx.config.lifecycle.confirm_retry,
                     });
                 }
-                _ => None,
+                _ => Vec::new(),
             }
         }
-        (id, _, _) => id,
+        (id, _, _) => id.into_iter().collect(),
     };
-    if let Some(id) = run_id {
+    for id in to_cancel {
         match client.cancel_run(id).await {
             Ok(_) | Err(DbtCloudError::NotFound { .. }) => {
                 ctx.publish(run.as_ref(), false, "Cancelled", "Delete", format!("Cancelled dbt Cloud run {id} because the object was deleted (cancelOnDelete)")).await;

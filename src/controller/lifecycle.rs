@@ -10,6 +10,14 @@
 //!    carrying the token (or, for native retries, the run retrying the failed one) — never a trigger.
 //! 3. Only when the search finds nothing *after* the ambiguity window (POST timeout + visibility
 //!    margin) is the trigger sent again, with the same token.
+//!
+//! The search must see every run that may be the trigger's, however busy the job is. So the intent
+//! also records a lower bound (`afterRunId`): the job's newest run id, asked for just before the
+//! intent is written (for a native retry, the failed run). dbt Cloud run ids only grow, so the run
+//! of the trigger is newer than the bound; the search reads every run newer than it, page by page,
+//! and nothing older (see [`crate::controller::search`]). If more runs were created since than one
+//! search reads, the outcome stays unknown: the trigger is never sent again, and the run reports
+//! `TriggerUnconfirmed` (Stalled) until the user decides.
 
 use std::time::Duration;
 
@@ -119,8 +127,15 @@ pub enum PendingSearch {
     NotSearched,
     /// Found the run.
     Found(ObservedRun),
-    /// No run carries the token (yet).
+    /// No run carries the token (yet); every run newer than the bound was read.
     NotFound,
+    /// More runs of the job were created since the bound than one search reads
+    /// ([`crate::controller::search::MAX_SEARCH_PAGES`] pages): none of those read carries the
+    /// token, the others were not read. Whether the trigger arrived is unknown.
+    Incomplete {
+        /// Runs read.
+        runs_read: u32,
+    },
 }
 
 /// What to look for in dbt Cloud when a recorded trigger's outcome is unknown: the run of one
@@ -151,6 +166,13 @@ impl RunSearch {
             requested_at: pending.requested_at.0,
         }
     }
+
+    /// Every run of this trigger has a larger id than this: the larger of `after_run_id` and
+    /// `retry_of_run_id` (a retry run is newer than the run it retries). `None` only for intents
+    /// recorded by earlier operator versions.
+    pub fn lower_bound(&self) -> Option<i64> {
+        self.after_run_id.max(self.retry_of_run_id)
+    }
 }
 
 /// Details of a finished run, fetched once when it turns terminal.
@@ -179,6 +201,9 @@ pub struct Observation {
     pub pending_search: PendingSearch,
     /// Details of `current_run`, once fetched.
     pub details: Option<RunDetails>,
+    /// The job's newest run id before a trigger (0 when it has no runs), asked with
+    /// [`Action::ObserveNewestRun`].
+    pub newest_run_id: Option<i64>,
 }
 
 impl Observation {
@@ -191,6 +216,7 @@ impl Observation {
             current_run: None,
             pending_search: PendingSearch::NotSearched,
             details: None,
+            newest_run_id: None,
         }
     }
 }
@@ -232,6 +258,13 @@ pub enum Action {
     ResolveJob,
     /// Question: search for the run of the pending trigger, fill `pending_search`, decide again.
     SearchPendingRun(RunSearch),
+    /// Question: fetch the id of the job's newest run (0 when it has none) into
+    /// `newest_run_id`, decide again. Asked before a trigger is recorded, so that its run can be
+    /// found among the runs newer than that if the trigger's outcome is lost.
+    ObserveNewestRun {
+        /// Job id.
+        job_id: i64,
+    },
     /// Question: fetch the current state of a run into `current_run`, decide again.
     ObserveRun {
         /// Run id.
@@ -679,12 +712,33 @@ impl<'a> Decider<'a> {
                         pending.attempt
                     ),
                 ));
+                // Same bound: a late run of the first send is still found (and cancelled as a
+                // duplicate) by the next search.
                 Some(self.start_with(
                     pending.attempt,
                     pending.kind,
                     pending.retry_of_run_id,
                     job_id,
+                    pending.after_run_id,
                 ))
+            }
+            PendingSearch::Incomplete { runs_read } => {
+                let message = format!(
+                    "Attempt {}: cannot confirm whether the trigger reached dbt Cloud: more than {runs_read} runs of job {job_id} were created after it was recorded, more than one search reads. It is not sent again. Look in dbt Cloud for a run whose cause contains {}; set spec.cancel to give up, or delete this object",
+                    pending.attempt, pending.token
+                );
+                if self.run.spec.cancel || self.run.spec.suspend || self.timed_out() {
+                    self.status.pending_trigger = None;
+                    self.events.push(EventNote::warning(
+                        "TriggerUnconfirmed",
+                        format!("{message}. A run of it, if there is one, was not cancelled"),
+                    ));
+                    return None;
+                }
+                // Only a user can move this on; the search is repeated when the object changes.
+                self.stalled = Some(("TriggerUnconfirmed".into(), message.clone()));
+                self.status.status_message = Some(message);
+                Some(Action::Settle { requeue: None })
             }
         }
     }
@@ -789,8 +843,16 @@ impl<'a> Decider<'a> {
             },
         };
         self.status.job_id = Some(job_id);
+        // The lower bound of the search for this trigger's run, should its outcome be lost.
+        let after_run_id = match (kind, retry_of) {
+            (AttemptKind::RerunFailed, Some(failed)) => failed,
+            _ => match self.obs.newest_run_id {
+                Some(id) => id,
+                None => return Action::ObserveNewestRun { job_id },
+            },
+        };
         let attempt = self.next_attempt();
-        self.start_with(attempt, kind, retry_of, job_id)
+        self.start_with(attempt, kind, retry_of, job_id, Some(after_run_id))
     }
 
     fn start_with(
@@ -799,6 +861,7 @@ impl<'a> Decider<'a> {
         kind: AttemptKind,
         retry_of: Option<i64>,
         job_id: i64,
+        after_run_id: Option<i64>,
     ) -> Action {
         let token = attempt_token(&self.uid(), attempt);
         self.status.pending_trigger = Some(PendingTrigger {
@@ -806,7 +869,7 @@ impl<'a> Decider<'a> {
             token: token.clone(),
             kind,
             retry_of_run_id: retry_of,
-            after_run_id: None,
+            after_run_id,
             requested_at: Time(self.now()),
         });
         if self.status.started_at.is_none() {
