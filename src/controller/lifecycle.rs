@@ -18,6 +18,12 @@
 //! and nothing older (see [`crate::controller::search`]). If more runs were created since than one
 //! search reads, the outcome stays unknown: the trigger is never sent again, and the run reports
 //! `TriggerUnconfirmed` (Stalled) until the user decides.
+//!
+//! dbt Cloud status codes other than 1, 2, 3, 10, 20 and 30 are not guessed at: such a run is still
+//! followed (polled) in its last in-flight phase, `Ready`/`Reconciling` carry the reason
+//! `UnknownRunStatus` and a message naming the code, a Warning Event names each new code once, and
+//! `timeoutSeconds` ends the wait as for any run (without it, the run waits for a known code). A
+//! known code, when it comes, takes over as usual.
 
 use std::time::Duration;
 
@@ -587,13 +593,16 @@ impl<'a> Decider<'a> {
             };
             self.update_attempt(&current);
             if !current.status.is_terminal() {
-                let phase = in_flight_phase(current.status);
-                self.status.phase = phase;
-                self.status.status_message = Some(format!(
-                    "dbt Cloud run {} is {}",
-                    current.id,
-                    current.status.humanized()
-                ));
+                if let RunStatus::Unknown(code) = current.status {
+                    self.unknown_status(&current, code);
+                } else {
+                    self.status.phase = in_flight_phase(current.status);
+                    self.status.status_message = Some(format!(
+                        "dbt Cloud run {} is {}",
+                        current.id,
+                        current.status.humanized()
+                    ));
+                }
                 return Action::Settle {
                     requeue: Some(self.poll_interval()),
                 };
@@ -607,6 +616,40 @@ impl<'a> Decider<'a> {
         }
         // 4. Nothing triggered yet (or resumed after suspend): start the first attempt.
         self.start_attempt(AttemptKind::Full, None)
+    }
+
+    /// A status code this operator does not know (not 1, 2, 3, 10, 20 or 30): the run is still
+    /// followed, in its last in-flight phase, with the reason `UnknownRunStatus` naming the code,
+    /// and a Warning Event for each new code. `timeoutSeconds` applies as to any run.
+    fn unknown_status(&mut self, run: &ObservedRun, code: i64) {
+        const REASON: &str = "UnknownRunStatus";
+        if !matches!(
+            self.status.phase,
+            RunPhase::Queued | RunPhase::Starting | RunPhase::Running
+        ) {
+            self.status.phase = RunPhase::Running;
+        }
+        let until = match self.run.spec.timeout_seconds {
+            Some(limit) => {
+                format!("until it reports a known code or timeoutSeconds ({limit}s) expires")
+            }
+            None => "until it reports a known code (set timeoutSeconds to bound the wait)".into(),
+        };
+        let message = format!(
+            "dbt Cloud run {} reports status code {code}, which this operator does not know (1 Queued, 2 Starting, 3 Running, 10 Success, 20 Error, 30 Cancelled); still following it {until}",
+            run.id
+        );
+        // The first unknown code is announced with the condition's new reason (in `finish`); a
+        // different code under the same reason needs its own Event.
+        let old = conditions::find(&self.status.conditions, conditions::READY);
+        if old.is_some_and(|c| {
+            c.reason == REASON && c.message != conditions::truncate_message(&message)
+        }) {
+            self.events
+                .push(EventNote::warning(REASON, message.clone()));
+        }
+        self.waiting = Some((REASON.into(), message.clone()));
+        self.status.status_message = Some(message);
     }
 
     /// The latest observation of `run_id`: polled, or found by the pending-trigger search.

@@ -454,6 +454,95 @@ fn unconfirmed_trigger_is_never_sent_again_and_stalls_until_the_user_decides() {
 }
 
 #[test]
+fn unknown_status_code_is_reported_once_per_code_and_followed_until_timeout() {
+    let mut s = spec();
+    s.timeout_seconds = Some(3_600);
+    let obj = object(s.clone(), Some(running_status()));
+    let unknown = |code: i64, now: i64, status: &DbtCloudJobRunStatus| {
+        let mut obs = ready(now);
+        obs.current_run = Some(run(100, RunStatus::Unknown(code)));
+        decide(&object(s.clone(), Some(status.clone())), &obs, &settings())
+    };
+    let d = unknown(7, 5, obj.status.as_ref().unwrap());
+    assert_eq!(
+        d.action,
+        Action::Settle {
+            requeue: Some(Duration::from_secs(10))
+        },
+        "still polled"
+    );
+    assert_eq!(
+        d.status.phase,
+        RunPhase::Queued,
+        "last in-flight phase kept"
+    );
+    let ready_c = cond(&d, conditions::READY).unwrap();
+    assert_eq!(ready_c.reason, "UnknownRunStatus");
+    assert!(
+        ready_c.message.contains("status code 7") && ready_c.message.contains("3600s"),
+        "{}",
+        ready_c.message
+    );
+    assert_eq!(
+        cond_status(&d, conditions::RECONCILING).as_deref(),
+        Some("True")
+    );
+    assert_eq!(
+        cond_status(&d, conditions::STALLED).as_deref(),
+        Some("False")
+    );
+    let reported = |d: &Decision| {
+        d.events
+            .iter()
+            .filter(|e| e.warning && e.reason == "UnknownRunStatus")
+            .map(|e| e.note.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(reported(&d).len(), 1, "{:?}", d.events);
+    assert!(reported(&d)[0].contains("code 7"));
+    // Same code again: nothing new to say.
+    let d2 = unknown(7, 15, &d.status);
+    assert!(d2.events.is_empty(), "{:?}", d2.events);
+    assert_eq!(d2.status, d.status);
+    // A new code: one Event naming it.
+    let d3 = unknown(8, 25, &d2.status);
+    assert_eq!(reported(&d3).len(), 1, "{:?}", d3.events);
+    assert!(reported(&d3)[0].contains("code 8"));
+    // A known code takes over.
+    let mut obs = ready(35);
+    obs.current_run = Some(run(100, RunStatus::Running));
+    let d4 = decide(
+        &object(s.clone(), Some(d3.status.clone())),
+        &obs,
+        &settings(),
+    );
+    assert_eq!(d4.status.phase, RunPhase::Running);
+    assert_eq!(cond(&d4, conditions::READY).unwrap().reason, "Running");
+    // Not waited on forever: timeoutSeconds cancels it like any in-flight run.
+    let d5 = unknown(8, 3_600, &d3.status);
+    assert_eq!(
+        d5.action,
+        Action::CancelRun {
+            run_id: 100,
+            reason: CancelReason::Timeout
+        }
+    );
+    // Without a timeout the message says how to bound the wait.
+    let mut obs = ready(5);
+    obs.current_run = Some(run(100, RunStatus::Unknown(7)));
+    let d6 = decide(&object(spec(), Some(running_status())), &obs, &settings());
+    assert!(
+        d6.status
+            .status_message
+            .as_deref()
+            .unwrap()
+            .contains("set timeoutSeconds"),
+        "{:?}",
+        d6.status.status_message
+    );
+}
+
+#[test]
 fn missing_pending_run_with_cancel_requested_is_not_resent() {
     let mut s = spec();
     s.cancel = true;
