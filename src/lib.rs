@@ -31,6 +31,17 @@ pub enum Error {
     /// The object is not usable as it is.
     #[error("invalid object: {0}")]
     Invalid(String),
+    /// Deletion waits for something (ready credentials, the confirmation of a recorded trigger)
+    /// before it can cancel the dbt Cloud run; the finalizer stays and the cleanup is retried after
+    /// `retry_in` (bounded by the deletion timeout). An error, because a finalizer's cleanup that
+    /// returns `Ok` lets the object go at once.
+    #[error("deletion waits: {message}")]
+    DeletionPending {
+        /// What it waits for.
+        message: String,
+        /// When to try again.
+        retry_in: std::time::Duration,
+    },
 }
 
 impl Error {
@@ -42,6 +53,7 @@ impl Error {
             Error::Finalizer(_) => "finalizer",
             Error::Conflict(_) => "conflict",
             Error::Invalid(_) => "invalid",
+            Error::DeletionPending { .. } => "deletion_pending",
         }
     }
 }

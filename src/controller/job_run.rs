@@ -18,10 +18,11 @@ use tracing::{debug, info, instrument, warn};
 
 use super::lifecycle::{
     self, after_start, after_start_rejected, CredentialsState, JobResolution, Observation,
-    PendingSearch, RunDetails, StartRequest,
+    PendingSearch, RunDetails, RunSearch, StartRequest,
 };
 use super::poller::{follow_plan, observe, Follow};
 use super::registry::{CredentialsKey, Lookup};
+use super::search::{find_pending_run, SearchResult};
 use super::{jittered, Context, FIELD_MANAGER, RUN_FINALIZER};
 use crate::crd::job_run::{
     CredentialsKind, JobSelector, ResultsSummary, StepSummary, TriggerOverrides,
@@ -85,7 +86,6 @@ pub async fn reconcile(run: Arc<DbtCloudJobRun>, ctx: Arc<Context>) -> Result<Ac
 /// Requeue policy after a failed reconcile: soon for conflicts, `Retry-After` for rate limits,
 /// otherwise a jittered delay.
 pub fn error_policy(run: Arc<DbtCloudJobRun>, err: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics.reconcile_failed(KIND, err.metric_label());
     let inner = match err {
         Error::Finalizer(f) => match f.as_ref() {
             kube::runtime::finalizer::Error::ApplyFailed(e)
@@ -94,6 +94,12 @@ pub fn error_policy(run: Arc<DbtCloudJobRun>, err: &Error, ctx: Arc<Context>) ->
         },
         e => Some(e),
     };
+    // A deletion waiting to cancel is not a failure.
+    if let Some(Error::DeletionPending { retry_in, message }) = inner {
+        debug!(object = %key_of(&run), "{message}; retrying in {retry_in:?}");
+        return Action::requeue(*retry_in);
+    }
+    ctx.metrics.reconcile_failed(KIND, err.metric_label());
     let delay = match inner {
         Some(Error::Conflict(_)) => Duration::from_millis(500),
         Some(Error::DbtCloud(e)) => e
@@ -269,13 +275,12 @@ async fn apply(run: Arc<DbtCloudJobRun>, ctx: &Context) -> Result<Action> {
             lifecycle::Action::ResolveJob => {
                 obs.job = Some(resolve_job(client, &run.spec.job).await)
             }
-            lifecycle::Action::SearchPendingRun {
-                job_id,
-                token,
-                retry_of_run_id,
-            } => {
-                let (found, duplicates) =
-                    search_pending(client, job_id, &token, retry_of_run_id).await?;
+            lifecycle::Action::SearchPendingRun(search) => {
+                let SearchResult {
+                    outcome: found,
+                    duplicates,
+                    ..
+                } = find_pending_run(client, &search).await?;
                 for dup in duplicates {
                     client.cancel_run(dup).await?;
                     notes.push((true, "DuplicateRunCancelled", format!("dbt Cloud run {dup} carries the same attempt marker as an earlier run and was cancelled")));
@@ -284,6 +289,9 @@ async fn apply(run: Arc<DbtCloudJobRun>, ctx: &Context) -> Result<Action> {
                     ctx.metrics.runs_adopted.inc();
                 }
                 obs.pending_search = found;
+            }
+            lifecycle::Action::ObserveNewestRun { job_id } => {
+                obs.newest_run_id = Some(newest_run_id(client, job_id).await?);
             }
             lifecycle::Action::ObserveRun { run_id } => {
                 let known = ctx.poller.snapshot(&obj_ref, run_id);
@@ -663,46 +671,17 @@ async fn resolve_job(client: &DbtCloudClient, job: &JobSelector) -> JobResolutio
     }
 }
 
-/// Looks for the run a pending trigger may have created: the newest runs of the job carrying the
-/// token in their cause (or, for native retries, retrying the failed run). Several runs with the
-/// same token are duplicates made by someone else's mistake: the oldest is adopted, the others are
-/// returned to be cancelled.
-async fn search_pending(
-    client: &DbtCloudClient,
-    job_id: i64,
-    token: &str,
-    retry_of: Option<i64>,
-) -> Result<(PendingSearch, Vec<i64>)> {
-    let params = ListRunsParams {
-        job_definition_id: Some(job_id),
-        order_by: Some("-id".into()),
-        include_related: vec!["trigger".into()],
-        limit: Some(100),
-        id_gt: retry_of,
-        ..Default::default()
-    };
-    let page = client.list_runs(&params).await?;
-    let mut matches: Vec<_> = page
-        .items
-        .into_iter()
-        .filter(|r| match retry_of {
-            Some(of) => {
-                r.retrying_run_id == Some(of) || r.cause().is_some_and(|c| c.contains(token))
-            }
-            None => r.cause().is_some_and(|c| c.contains(token)),
+/// Id of the job's newest run (0 when it has none): the lower bound recorded with a trigger.
+async fn newest_run_id(client: &DbtCloudClient, job_id: i64) -> Result<i64, DbtCloudError> {
+    let page = client
+        .list_runs(&ListRunsParams {
+            job_definition_id: Some(job_id),
+            order_by: Some("-id".into()),
+            limit: Some(1),
+            ..Default::default()
         })
-        .collect();
-    matches.sort_by_key(|r| r.id);
-    let Some(first) = matches.first() else {
-        return Ok((PendingSearch::NotFound, Vec::new()));
-    };
-    let duplicates = matches
-        .iter()
-        .skip(1)
-        .filter(|r| !r.status.is_terminal())
-        .map(|r| r.id)
-        .collect();
-    Ok((PendingSearch::Found(observe(first)), duplicates))
+        .await?;
+    Ok(page.items.first().map_or(0, |r| r.id))
 }
 
 /// Steps and `run_results.json` of a finished run. Failures leave parts empty (never fatal).
@@ -854,30 +833,52 @@ async fn cleanup(run: Arc<DbtCloudJobRun>, ctx: &Context) -> Result<Action> {
         return Ok(Action::await_change());
     }
     let Some(client) = client else {
-        return Ok(Action::requeue(Duration::from_secs(10)));
+        return Err(Error::DeletionPending {
+            message: "the credentials are not ready to cancel the dbt Cloud run".into(),
+            retry_in: ctx
+                .config
+                .lifecycle
+                .credentials_retry
+                .min(Duration::from_secs(10)),
+        });
     };
-    let run_id = match (
+    let to_cancel: Vec<i64> = match (
         status.run_id,
         &status.pending_trigger,
         status.job_id.or(run.spec.job.id),
     ) {
         (_, Some(p), Some(job_id)) => {
-            match search_pending(&client, job_id, &p.token, p.retry_of_run_id)
-                .await?
-                .0
-            {
-                PendingSearch::Found(r) => Some(r.id),
+            let found = find_pending_run(&client, &RunSearch::for_pending(job_id, p)).await?;
+            match found.outcome {
+                PendingSearch::Found(r) => std::iter::once(r.id).chain(found.duplicates).collect(),
+                PendingSearch::Incomplete { runs_read } => {
+                    ctx.publish(
+                        run.as_ref(),
+                        true,
+                        "TriggerUnconfirmed",
+                        "Delete",
+                        format!("Could not tell whether attempt {} reached dbt Cloud (more than {runs_read} newer runs of job {job_id}), so nothing was cancelled. Look in dbt Cloud for a run whose cause contains {}", p.attempt, p.token),
+                    )
+                    .await;
+                    Vec::new()
+                }
                 _ if Timestamp::now().as_second() - p.requested_at.0.as_second()
                     < ctx.config.lifecycle.ambiguity_window.as_secs() as i64 =>
                 {
-                    return Ok(Action::requeue(ctx.config.lifecycle.confirm_retry));
+                    return Err(Error::DeletionPending {
+                        message: format!(
+                            "confirming whether attempt {} reached dbt Cloud before cancelling it",
+                            p.attempt
+                        ),
+                        retry_in: ctx.config.lifecycle.confirm_retry,
+                    });
                 }
-                _ => None,
+                _ => Vec::new(),
             }
         }
-        (id, _, _) => id,
+        (id, _, _) => id.into_iter().collect(),
     };
-    if let Some(id) = run_id {
+    for id in to_cancel {
         match client.cancel_run(id).await {
             Ok(_) | Err(DbtCloudError::NotFound { .. }) => {
                 ctx.publish(run.as_ref(), false, "Cancelled", "Delete", format!("Cancelled dbt Cloud run {id} because the object was deleted (cancelOnDelete)")).await;

@@ -10,6 +10,20 @@
 //!    carrying the token (or, for native retries, the run retrying the failed one) — never a trigger.
 //! 3. Only when the search finds nothing *after* the ambiguity window (POST timeout + visibility
 //!    margin) is the trigger sent again, with the same token.
+//!
+//! The search must see every run that may be the trigger's, however busy the job is. So the intent
+//! also records a lower bound (`afterRunId`): the job's newest run id, asked for just before the
+//! intent is written (for a native retry, the failed run). dbt Cloud run ids only grow, so the run
+//! of the trigger is newer than the bound; the search reads every run newer than it, page by page,
+//! and nothing older (see [`crate::controller::search`]). If more runs were created since than one
+//! search reads, the outcome stays unknown: the trigger is never sent again, and the run reports
+//! `TriggerUnconfirmed` (Stalled) until the user decides.
+//!
+//! dbt Cloud status codes other than 1, 2, 3, 10, 20 and 30 are not guessed at: such a run is still
+//! followed (polled) in its last in-flight phase, `Ready`/`Reconciling` carry the reason
+//! `UnknownRunStatus` and a message naming the code, a Warning Event names each new code once, and
+//! `timeoutSeconds` ends the wait as for any run (without it, the run waits for a known code). A
+//! known code, when it comes, takes over as usual.
 
 use std::time::Duration;
 
@@ -133,8 +147,52 @@ pub enum PendingSearch {
     NotSearched,
     /// Found the run.
     Found(ObservedRun),
-    /// No run carries the token (yet).
+    /// No run carries the token (yet); every run newer than the bound was read.
     NotFound,
+    /// More runs of the job were created since the bound than one search reads
+    /// ([`crate::controller::search::MAX_SEARCH_PAGES`] pages): none of those read carries the
+    /// token, the others were not read. Whether the trigger arrived is unknown.
+    Incomplete {
+        /// Runs read.
+        runs_read: u32,
+    },
+}
+
+/// What to look for in dbt Cloud when a recorded trigger's outcome is unknown: the run of one
+/// attempt, among the runs of its job.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunSearch {
+    /// Job the run belongs to.
+    pub job_id: i64,
+    /// Token the run's `trigger.cause` carries (full triggers).
+    pub token: String,
+    /// For native retries: the failed run being retried (the retry run names it in its
+    /// `retrying_run_id`).
+    pub retry_of_run_id: Option<i64>,
+    /// The job's newest run id before the trigger was sent (see `PendingTrigger::after_run_id`).
+    pub after_run_id: Option<i64>,
+    /// When the trigger was recorded.
+    pub requested_at: Timestamp,
+}
+
+impl RunSearch {
+    /// The search for a recorded trigger of a job.
+    pub fn for_pending(job_id: i64, pending: &PendingTrigger) -> Self {
+        Self {
+            job_id,
+            token: pending.token.clone(),
+            retry_of_run_id: pending.retry_of_run_id,
+            after_run_id: pending.after_run_id,
+            requested_at: pending.requested_at.0,
+        }
+    }
+
+    /// Every run of this trigger has a larger id than this: the larger of `after_run_id` and
+    /// `retry_of_run_id` (a retry run is newer than the run it retries). `None` only for intents
+    /// recorded by earlier operator versions.
+    pub fn lower_bound(&self) -> Option<i64> {
+        self.after_run_id.max(self.retry_of_run_id)
+    }
 }
 
 /// Details of a finished run, fetched once when it turns terminal.
@@ -163,6 +221,9 @@ pub struct Observation {
     pub pending_search: PendingSearch,
     /// Details of `current_run`, once fetched.
     pub details: Option<RunDetails>,
+    /// The job's newest run id before a trigger (0 when it has no runs), asked with
+    /// [`Action::ObserveNewestRun`].
+    pub newest_run_id: Option<i64>,
 }
 
 impl Observation {
@@ -175,6 +236,7 @@ impl Observation {
             current_run: None,
             pending_search: PendingSearch::NotSearched,
             details: None,
+            newest_run_id: None,
         }
     }
 }
@@ -215,13 +277,13 @@ pub enum Action {
     /// Question: resolve `spec.job` to an id, put the answer in `Observation::job`, decide again.
     ResolveJob,
     /// Question: search for the run of the pending trigger, fill `pending_search`, decide again.
-    SearchPendingRun {
-        /// Job to search in.
+    SearchPendingRun(RunSearch),
+    /// Question: fetch the id of the job's newest run (0 when it has none) into
+    /// `newest_run_id`, decide again. Asked before a trigger is recorded, so that its run can be
+    /// found among the runs newer than that if the trigger's outcome is lost.
+    ObserveNewestRun {
+        /// Job id.
         job_id: i64,
-        /// Token in the cause (full triggers).
-        token: String,
-        /// For native retries: the run being retried.
-        retry_of_run_id: Option<i64>,
     },
     /// Question: fetch the current state of a run into `current_run`, decide again.
     ObserveRun {
@@ -641,13 +703,16 @@ impl<'a> Decider<'a> {
             };
             self.update_attempt(&current);
             if !current.status.is_terminal() {
-                let phase = in_flight_phase(current.status);
-                self.status.phase = phase;
-                self.status.status_message = Some(format!(
-                    "dbt Cloud run {} is {}",
-                    current.id,
-                    current.status.humanized()
-                ));
+                if let RunStatus::Unknown(code) = current.status {
+                    self.unknown_status(&current, code);
+                } else {
+                    self.status.phase = in_flight_phase(current.status);
+                    self.status.status_message = Some(format!(
+                        "dbt Cloud run {} is {}",
+                        current.id,
+                        current.status.humanized()
+                    ));
+                }
                 return Action::Settle {
                     requeue: Some(self.poll_interval()),
                 };
@@ -662,6 +727,40 @@ impl<'a> Decider<'a> {
         }
         // 4. Nothing triggered yet (or resumed after suspend): start the first attempt.
         self.start_attempt(AttemptKind::Full, None)
+    }
+
+    /// A status code this operator does not know (not 1, 2, 3, 10, 20 or 30): the run is still
+    /// followed, in its last in-flight phase, with the reason `UnknownRunStatus` naming the code,
+    /// and a Warning Event for each new code. `timeoutSeconds` applies as to any run.
+    fn unknown_status(&mut self, run: &ObservedRun, code: i64) {
+        const REASON: &str = "UnknownRunStatus";
+        if !matches!(
+            self.status.phase,
+            RunPhase::Queued | RunPhase::Starting | RunPhase::Running
+        ) {
+            self.status.phase = RunPhase::Running;
+        }
+        let until = match self.run.spec.timeout_seconds {
+            Some(limit) => {
+                format!("until it reports a known code or timeoutSeconds ({limit}s) expires")
+            }
+            None => "until it reports a known code (set timeoutSeconds to bound the wait)".into(),
+        };
+        let message = format!(
+            "dbt Cloud run {} reports status code {code}, which this operator does not know (1 Queued, 2 Starting, 3 Running, 10 Success, 20 Error, 30 Cancelled); still following it {until}",
+            run.id
+        );
+        // The first unknown code is announced with the condition's new reason (in `finish`); a
+        // different code under the same reason needs its own Event.
+        let old = conditions::find(&self.status.conditions, conditions::READY);
+        if old.is_some_and(|c| {
+            c.reason == REASON && c.message != conditions::truncate_message(&message)
+        }) {
+            self.events
+                .push(EventNote::warning(REASON, message.clone()));
+        }
+        self.waiting = Some((REASON.into(), message.clone()));
+        self.status.status_message = Some(message);
     }
 
     /// The latest observation of `run_id`: polled, or found by the pending-trigger search.
@@ -721,11 +820,9 @@ impl<'a> Decider<'a> {
         }
         let job_id = self.job_id()?;
         match &self.obs.pending_search {
-            PendingSearch::NotSearched => Some(Action::SearchPendingRun {
-                job_id,
-                token: pending.token.clone(),
-                retry_of_run_id: pending.retry_of_run_id,
-            }),
+            PendingSearch::NotSearched => Some(Action::SearchPendingRun(RunSearch::for_pending(
+                job_id, pending,
+            ))),
             PendingSearch::Found(found) => {
                 self.status.pending_trigger = None;
                 record_attempt(
@@ -769,12 +866,33 @@ impl<'a> Decider<'a> {
                         pending.attempt
                     ),
                 ));
+                // Same bound: a late run of the first send is still found (and cancelled as a
+                // duplicate) by the next search.
                 Some(self.start_with(
                     pending.attempt,
                     pending.kind,
                     pending.retry_of_run_id,
                     job_id,
+                    pending.after_run_id,
                 ))
+            }
+            PendingSearch::Incomplete { runs_read } => {
+                let message = format!(
+                    "Attempt {}: cannot confirm whether the trigger reached dbt Cloud: more than {runs_read} runs of job {job_id} were created after it was recorded, more than one search reads. It is not sent again. Look in dbt Cloud for a run whose cause contains {}; set spec.cancel to give up, or delete this object",
+                    pending.attempt, pending.token
+                );
+                if self.run.spec.cancel || self.run.spec.suspend || self.timed_out() {
+                    self.status.pending_trigger = None;
+                    self.events.push(EventNote::warning(
+                        "TriggerUnconfirmed",
+                        format!("{message}. A run of it, if there is one, was not cancelled"),
+                    ));
+                    return None;
+                }
+                // Only a user can move this on; the search is repeated when the object changes.
+                self.stalled = Some(("TriggerUnconfirmed".into(), message.clone()));
+                self.status.status_message = Some(message);
+                Some(Action::Settle { requeue: None })
             }
         }
     }
@@ -879,8 +997,16 @@ impl<'a> Decider<'a> {
             },
         };
         self.status.job_id = Some(job_id);
+        // The lower bound of the search for this trigger's run, should its outcome be lost.
+        let after_run_id = match (kind, retry_of) {
+            (AttemptKind::RerunFailed, Some(failed)) => failed,
+            _ => match self.obs.newest_run_id {
+                Some(id) => id,
+                None => return Action::ObserveNewestRun { job_id },
+            },
+        };
         let attempt = self.next_attempt();
-        self.start_with(attempt, kind, retry_of, job_id)
+        self.start_with(attempt, kind, retry_of, job_id, Some(after_run_id))
     }
 
     fn start_with(
@@ -889,6 +1015,7 @@ impl<'a> Decider<'a> {
         kind: AttemptKind,
         retry_of: Option<i64>,
         job_id: i64,
+        after_run_id: Option<i64>,
     ) -> Action {
         let token = attempt_token(&self.uid(), attempt);
         self.status.pending_trigger = Some(PendingTrigger {
@@ -896,6 +1023,7 @@ impl<'a> Decider<'a> {
             token: token.clone(),
             kind,
             retry_of_run_id: retry_of,
+            after_run_id,
             requested_at: Time(self.now()),
         });
         if self.status.started_at.is_none() {

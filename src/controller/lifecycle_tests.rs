@@ -32,8 +32,13 @@ fn object(spec: DbtCloudJobRunSpec, status: Option<DbtCloudJobRunStatus>) -> Dbt
     }
 }
 
+/// Newest run of job 42 before a trigger, as the shell answers [`Action::ObserveNewestRun`].
+const NEWEST: i64 = 90;
+
 fn ready(now: i64) -> Observation {
-    Observation::new(ts(now), CredentialsState::Ready { account_id: 7 })
+    let mut obs = Observation::new(ts(now), CredentialsState::Ready { account_id: 7 });
+    obs.newest_run_id = Some(NEWEST);
+    obs
 }
 
 fn not_ready(now: i64) -> Observation {
@@ -319,11 +324,13 @@ fn pending_trigger_is_searched_never_resent_blindly() {
     let d = decide(&obj, &ready(5), &settings());
     assert_eq!(
         d.action,
-        Action::SearchPendingRun {
+        Action::SearchPendingRun(RunSearch {
             job_id: 42,
             token: attempt_token(UID, 1),
-            retry_of_run_id: None
-        }
+            retry_of_run_id: None,
+            after_run_id: Some(NEWEST),
+            requested_at: ts(0),
+        })
     );
 }
 
@@ -366,7 +373,173 @@ fn missing_pending_run_waits_for_the_window_then_resends_same_token() {
     );
     let p = d.status.pending_trigger.as_ref().unwrap();
     assert_eq!((p.attempt, p.requested_at.0), (1, ts(61)));
+    assert_eq!(
+        p.after_run_id,
+        Some(NEWEST),
+        "same bound: a late run of the first send is still found"
+    );
     assert!(d.events.iter().any(|e| e.reason == "TriggerNotFound"));
+}
+
+#[test]
+fn trigger_records_the_newest_run_of_the_job_as_the_search_bound() {
+    let obj = object(spec(), None);
+    let mut obs = Observation::new(ts(0), CredentialsState::Ready { account_id: 7 });
+    let d = decide(&obj, &obs, &settings());
+    assert_eq!(d.action, Action::ObserveNewestRun { job_id: 42 });
+    assert!(
+        d.status.pending_trigger.is_none(),
+        "nothing recorded before the bound is known"
+    );
+    for (newest, bound) in [(0, 0), (NEWEST, NEWEST)] {
+        obs.newest_run_id = Some(newest);
+        let d = decide(&obj, &obs, &settings());
+        assert!(matches!(
+            d.action,
+            Action::StartAttempt(StartRequest::Trigger { .. })
+        ));
+        let p = d.status.pending_trigger.as_ref().unwrap();
+        assert_eq!(p.after_run_id, Some(bound), "0: the job had no run");
+        // The search for this trigger reads only runs newer than the bound.
+        let search = RunSearch::for_pending(42, p);
+        assert_eq!(search.lower_bound(), Some(bound));
+    }
+    // Intents recorded by earlier versions have no bound (the search is bounded by time).
+    let mut legacy = pending_status().pending_trigger.unwrap();
+    legacy.after_run_id = None;
+    assert_eq!(RunSearch::for_pending(42, &legacy).lower_bound(), None);
+}
+
+#[test]
+fn unconfirmed_trigger_is_never_sent_again_and_stalls_until_the_user_decides() {
+    let obj = object(spec(), Some(pending_status()));
+    let mut obs = ready(10_000);
+    obs.pending_search = PendingSearch::Incomplete { runs_read: 5_000 };
+    let d = decide(&obj, &obs, &settings());
+    assert_eq!(d.action, Action::Settle { requeue: None });
+    assert!(d.status.pending_trigger.is_some(), "the intent is kept");
+    let stalled = cond(&d, conditions::STALLED).unwrap();
+    assert_eq!(
+        (stalled.status.as_str(), stalled.reason.as_str()),
+        ("True", "TriggerUnconfirmed")
+    );
+    let message = d.status.status_message.clone().unwrap();
+    assert!(
+        message.contains("5000") && message.contains(&attempt_token(UID, 1)),
+        "{message}"
+    );
+    assert_eq!(
+        d.events
+            .iter()
+            .filter(|e| e.warning && e.reason == "TriggerUnconfirmed")
+            .count(),
+        1,
+        "{:?}",
+        d.events
+    );
+    let again = decide(&object(spec(), Some(d.status.clone())), &obs, &settings());
+    assert!(again.events.is_empty(), "{:?}", again.events);
+    assert_eq!(again.status, d.status);
+
+    // The user gives up with spec.cancel: finished, and told that a run may exist.
+    let mut s = spec();
+    s.cancel = true;
+    let d = decide(&object(s, Some(d.status)), &obs, &settings());
+    assert_eq!(d.status.phase, RunPhase::Cancelled);
+    assert!(d.status.pending_trigger.is_none());
+    assert!(d
+        .events
+        .iter()
+        .any(|e| e.reason == "TriggerUnconfirmed" && e.note.contains("not cancelled")));
+}
+
+#[test]
+fn unknown_status_code_is_reported_once_per_code_and_followed_until_timeout() {
+    let mut s = spec();
+    s.timeout_seconds = Some(3_600);
+    let obj = object(s.clone(), Some(running_status()));
+    let unknown = |code: i64, now: i64, status: &DbtCloudJobRunStatus| {
+        let mut obs = ready(now);
+        obs.current_run = Some(run(100, RunStatus::Unknown(code)));
+        decide(&object(s.clone(), Some(status.clone())), &obs, &settings())
+    };
+    let d = unknown(7, 5, obj.status.as_ref().unwrap());
+    assert_eq!(
+        d.action,
+        Action::Settle {
+            requeue: Some(Duration::from_secs(10))
+        },
+        "still polled"
+    );
+    assert_eq!(
+        d.status.phase,
+        RunPhase::Queued,
+        "last in-flight phase kept"
+    );
+    let ready_c = cond(&d, conditions::READY).unwrap();
+    assert_eq!(ready_c.reason, "UnknownRunStatus");
+    assert!(
+        ready_c.message.contains("status code 7") && ready_c.message.contains("3600s"),
+        "{}",
+        ready_c.message
+    );
+    assert_eq!(
+        cond_status(&d, conditions::RECONCILING).as_deref(),
+        Some("True")
+    );
+    assert_eq!(
+        cond_status(&d, conditions::STALLED).as_deref(),
+        Some("False")
+    );
+    let reported = |d: &Decision| {
+        d.events
+            .iter()
+            .filter(|e| e.warning && e.reason == "UnknownRunStatus")
+            .map(|e| e.note.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(reported(&d).len(), 1, "{:?}", d.events);
+    assert!(reported(&d)[0].contains("code 7"));
+    // Same code again: nothing new to say.
+    let d2 = unknown(7, 15, &d.status);
+    assert!(d2.events.is_empty(), "{:?}", d2.events);
+    assert_eq!(d2.status, d.status);
+    // A new code: one Event naming it.
+    let d3 = unknown(8, 25, &d2.status);
+    assert_eq!(reported(&d3).len(), 1, "{:?}", d3.events);
+    assert!(reported(&d3)[0].contains("code 8"));
+    // A known code takes over.
+    let mut obs = ready(35);
+    obs.current_run = Some(run(100, RunStatus::Running));
+    let d4 = decide(
+        &object(s.clone(), Some(d3.status.clone())),
+        &obs,
+        &settings(),
+    );
+    assert_eq!(d4.status.phase, RunPhase::Running);
+    assert_eq!(cond(&d4, conditions::READY).unwrap().reason, "Running");
+    // Not waited on forever: timeoutSeconds cancels it like any in-flight run.
+    let d5 = unknown(8, 3_600, &d3.status);
+    assert_eq!(
+        d5.action,
+        Action::CancelRun {
+            run_id: 100,
+            reason: CancelReason::Timeout
+        }
+    );
+    // Without a timeout the message says how to bound the wait.
+    let mut obs = ready(5);
+    obs.current_run = Some(run(100, RunStatus::Unknown(7)));
+    let d6 = decide(&object(spec(), Some(running_status())), &obs, &settings());
+    assert!(
+        d6.status
+            .status_message
+            .as_deref()
+            .unwrap()
+            .contains("set timeoutSeconds"),
+        "{:?}",
+        d6.status.status_message
+    );
 }
 
 #[test]
@@ -508,11 +681,13 @@ fn rerun_failed_uses_native_retry_when_possible() {
     );
     assert_eq!(
         decide(&obj2, &ready(41), &settings()).action,
-        Action::SearchPendingRun {
+        Action::SearchPendingRun(RunSearch {
             job_id: 42,
             token: attempt_token(UID, 2),
-            retry_of_run_id: Some(100)
-        }
+            retry_of_run_id: Some(100),
+            after_run_id: Some(100),
+            requested_at: ts(40),
+        })
     );
     // Attempt 2 succeeds.
     let s2 = after_start(&d.status, &run(101, RunStatus::Queued), ts(41)).0;
@@ -735,6 +910,7 @@ fn exhaustive_safety_rules() {
         PendingSearch::NotSearched,
         PendingSearch::NotFound,
         PendingSearch::Found(run(100, RunStatus::Running)),
+        PendingSearch::Incomplete { runs_read: 5_000 },
     ];
     let mut cases = 0;
     for phase in phases {
@@ -745,7 +921,10 @@ fn exhaustive_safety_rules() {
                         for (cancel, suspend) in [(false, false), (true, false), (false, true)] {
                             for creds_ready in [true, false] {
                                 for now in [5, 61, 10_000] {
-                                    for details in [false, true] {
+                                    for (details, newest) in [false, true]
+                                        .into_iter()
+                                        .flat_map(|d| [(d, None), (d, Some(NEWEST))])
+                                    {
                                         cases += 1;
                                         let mut s = with_retry(RetryStrategy::RerunFailed);
                                         s.cancel = cancel;
@@ -771,6 +950,7 @@ fn exhaustive_safety_rules() {
                                                 token: attempt_token(UID, st.attempt_count + 1),
                                                 kind: AttemptKind::Full,
                                                 retry_of_run_id: None,
+                                                after_run_id: Some(50),
                                                 requested_at: Time(ts(0)),
                                             });
                                         }
@@ -782,6 +962,7 @@ fn exhaustive_safety_rules() {
                                         obs.current_run = current.map(|c| run(99, c));
                                         obs.pending_search = search.clone();
                                         obs.details = details.then(details_failed);
+                                        obs.newest_run_id = newest;
                                         let obj = object(s, Some(st.clone()));
                                         let d = decide(&obj, &obs, &settings());
                                         let ctx = format!("{phase:?} pending={has_pending} run={has_run} current={current:?} search={search:?} cancel={cancel} suspend={suspend} creds={creds_ready} now={now} → {:?}", d.action);
@@ -818,6 +999,55 @@ fn exhaustive_safety_rules() {
                                                 "{ctx}"
                                             );
                                             assert_eq!(p.requested_at.0, ts(now), "{ctx}");
+                                            // ...with the lower bound of the search for its run: the
+                                            // job's newest run, the failed run a native retry retries,
+                                            // or, when sent again, the bound recorded the first time.
+                                            let bound = match (&d.action, has_pending) {
+                                                (_, true) => Some(50),
+                                                (
+                                                    Action::StartAttempt(StartRequest::Retry {
+                                                        run_id,
+                                                        ..
+                                                    }),
+                                                    _,
+                                                ) => Some(*run_id),
+                                                _ => newest,
+                                            };
+                                            assert!(bound.is_some(), "{ctx}");
+                                            assert_eq!(p.after_run_id, bound, "{ctx}");
+                                        }
+                                        if matches!(d.action, Action::ObserveNewestRun { .. }) {
+                                            assert!(
+                                                newest.is_none()
+                                                    && creds_ready
+                                                    && !cancel
+                                                    && !suspend,
+                                                "{ctx}"
+                                            );
+                                        }
+                                        if has_pending
+                                            && matches!(search, PendingSearch::Incomplete { .. })
+                                        {
+                                            // Unconfirmed: never sent again; kept unless told to stop.
+                                            assert!(!starts, "{ctx}");
+                                            if !phase.is_terminal()
+                                                && creds_ready
+                                                && !cancel
+                                                && !suspend
+                                                && now < 5_000
+                                            {
+                                                assert!(
+                                                    d.status.pending_trigger.is_some(),
+                                                    "{ctx}"
+                                                );
+                                                assert!(
+                                                    conditions::is_true(
+                                                        &d.status.conditions,
+                                                        conditions::STALLED
+                                                    ),
+                                                    "{ctx}"
+                                                );
+                                            }
                                         }
                                         if !creds_ready {
                                             assert!(
@@ -825,12 +1055,13 @@ fn exhaustive_safety_rules() {
                                                     d.action,
                                                     Action::StartAttempt(_)
                                                         | Action::CancelRun { .. }
-                                                        | Action::SearchPendingRun { .. }
+                                                        | Action::SearchPendingRun(_)
+                                                        | Action::ObserveNewestRun { .. }
                                                 ),
                                                 "{ctx}"
                                             );
                                         }
-                                        if matches!(d.action, Action::SearchPendingRun { .. }) {
+                                        if matches!(d.action, Action::SearchPendingRun(_)) {
                                             assert!(
                                                 has_pending
                                                     && matches!(search, PendingSearch::NotSearched),
@@ -863,7 +1094,7 @@ fn exhaustive_safety_rules() {
             }
         }
     }
-    assert_eq!(cases, 8 * 2 * 2 * 7 * 3 * 3 * 2 * 3 * 2);
+    assert_eq!(cases, 8 * 2 * 2 * 7 * 4 * 3 * 2 * 3 * 2 * 2);
 }
 
 #[test]

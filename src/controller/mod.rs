@@ -6,6 +6,7 @@ pub mod job_run;
 pub mod lifecycle;
 pub mod poller;
 pub mod registry;
+pub mod search;
 
 use std::sync::Arc;
 use std::time::Duration;

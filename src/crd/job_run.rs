@@ -401,6 +401,13 @@ pub struct PendingTrigger {
     /// For `RerunFailed`: the failed run being retried.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_of_run_id: Option<i64>,
+    /// Id of the job's newest dbt Cloud run just before the trigger was sent (0 when the job had no
+    /// run; for `RerunFailed`, the failed run). Run ids only grow, so the run of this trigger has a
+    /// larger id: the search for it reads every run of the job newer than this, however many there
+    /// are, and nothing older. Absent in intents recorded by earlier operator versions (their
+    /// search is bounded by the recorded time instead).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_run_id: Option<i64>,
     /// When the trigger was recorded.
     pub requested_at: Time,
 }

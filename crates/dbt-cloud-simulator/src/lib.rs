@@ -388,6 +388,8 @@ pub(crate) struct RunState {
     pub forced: Option<(Outcome, Instant)>,
     pub hidden_until: Option<Instant>,
     pub trigger_id: i64,
+    /// Status code reported instead of the computed one ([`Simulator::set_run_status`]).
+    pub status_override: Option<i64>,
 }
 
 #[derive(Default)]
@@ -468,6 +470,7 @@ impl State {
                 forced: None,
                 hidden_until,
                 trigger_id: 50_000_000 + self.next_run_id,
+                status_override: None,
             },
         );
         self.reschedule(account, job.id);
@@ -667,6 +670,21 @@ impl Simulator {
         use rand::SeedableRng;
         let rng = StdRng::seed_from_u64(faults.seed);
         self.state().random = Some((faults, rng));
+    }
+
+    /// Reports `code` as the run's `status` (any integer, e.g. one the OpenAPI file does not list:
+    /// `status_humanized` is then "Unknown") until called again with `None`. The run's own
+    /// schedule goes on underneath; the simulator's own checks (cancel, retry, filters) see the
+    /// reported code, and treat codes of 10 and more as finished.
+    pub fn set_run_status(&self, account: i64, run_id: i64, code: Option<i64>) {
+        if let Some(run) = self
+            .state()
+            .runs
+            .get_mut(&run_id)
+            .filter(|r| r.account == account)
+        {
+            run.status_override = code;
+        }
     }
 
     /// Ends a run now with `outcome` (only if it is not finished yet).

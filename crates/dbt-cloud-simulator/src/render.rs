@@ -108,8 +108,11 @@ pub fn failing_command(run: &RunState) -> Option<usize> {
     }
 }
 
-/// Status code of a run at `now`.
+/// Status code of a run at `now` (the override, when one is set).
 pub fn status(run: &RunState, now: Instant) -> i64 {
+    if let Some(code) = run.status_override {
+        return code;
+    }
     if now >= run.finish_at {
         return match final_outcome(run) {
             Outcome::Success => SUCCESS,

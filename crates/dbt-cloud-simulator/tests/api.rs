@@ -633,6 +633,25 @@ async fn cancel_stops_a_run_and_leaves_finished_runs_alone() {
 }
 
 #[tokio::test]
+async fn a_run_can_be_made_to_report_a_status_code_the_openapi_file_does_not_list() {
+    let (sim, api) = setup().await;
+    let id = api.trigger(102, "odd").await;
+    api.wait_for(id, |r| r["status"] == 3).await;
+    sim.set_run_status(1, id, Some(7));
+    let (s, b) = api.get(&format!("/api/v2/accounts/1/runs/{id}/")).await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["data"]["status"], 7);
+    assert_eq!(b["data"]["status_humanized"], "Unknown");
+    let (_, b) = api
+        .get(&format!("/api/v2/accounts/1/runs/?pk__in=[{id}]"))
+        .await;
+    assert_eq!(b["data"][0]["status"], 7, "lists report it too");
+    sim.set_run_status(1, id, None);
+    let (_, b) = api.get(&format!("/api/v2/accounts/1/runs/{id}/")).await;
+    assert_eq!(b["data"]["status"], 3, "cleared: its own status again");
+}
+
+#[tokio::test]
 async fn run_list_filters_ordering_and_pagination() {
     let (sim, api) = setup().await;
     sim.set_job_behavior(
