@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use dbt_cloud_operator::crd::RunPhase;
-use dbt_cloud_simulator::{JobBehavior, JobSpec, Outcome, RandomFaults};
+use dbt_cloud_simulator::{Fault, FaultScope, JobBehavior, JobSpec, Outcome, RandomFaults};
 use kube::api::ListParams;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
@@ -143,4 +143,189 @@ async fn kills_and_faults_never_duplicate_or_lose_a_run() {
     }
     let lost = env.sim.requests().iter().filter(|r| r.status == 0).count();
     eprintln!("chaos in-process: {runs} runs, {kills} kills, {} triggers, {lost} lost responses, 0 duplicates", env.sim.triggers().len());
+}
+
+/// A client of the simulator for the runs other people make on the same job (CI, schedules).
+fn others(env: &Env) -> dbt_cloud_operator::dbt_cloud::DbtCloudClient {
+    use dbt_cloud_operator::dbt_cloud::*;
+    let config = ClientConfig {
+        insecure_base_url_override: Some(env.sim.base_url().parse().unwrap()),
+        max_attempts: 1,
+        ..Default::default()
+    };
+    DbtCloudClient::new(
+        AccessHost::parse("cloud.getdbt.com", DEFAULT_ALLOWED_SUFFIXES).unwrap(),
+        ACCOUNT,
+        secrecy::SecretString::from(TOKEN.to_string()),
+        http_client(&config).unwrap(),
+        AccountLimits::unlimited(),
+        std::sync::Arc::new(config),
+        std::sync::Arc::new(NoopObserver),
+    )
+    .unwrap()
+}
+
+/// The shared-job variant (the class of bug a job-per-run chaos test cannot see): 30 runs of ONE
+/// job while others trigger 400 runs of that job. First 10 triggers whose answers never reach the
+/// operator (killed while they are held back) with 150 newer runs behind them; then 20 more with
+/// lost trigger responses, 429/5xx and 8 random kills of the operator while others keep
+/// triggering. Pass: every object finished Succeeded with exactly one dbt Cloud run, and the
+/// searches read past the newest page of 100 runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_shared_job_never_gets_a_duplicate_or_loses_a_run() {
+    let seed: u64 = std::env::var("CHAOS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    eprintln!("shared-job chaos seed = {seed}");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let env = Env::new().await;
+    env.valid_credentials().await;
+    const JOB: i64 = 600;
+    env.sim.add_job(
+        ACCOUNT,
+        JobSpec {
+            id: JOB,
+            project_id: 10,
+            environment_id: 20,
+            name: "shared".into(),
+            steps: vec!["dbt build".into()],
+            behavior: JobBehavior {
+                queued: Duration::from_millis(1),
+                starting: Duration::from_millis(1),
+                running: Duration::from_millis(5),
+                outcome: Outcome::Success,
+                retry_outcome: Outcome::Success,
+            },
+        },
+    );
+    // Phase 1, deterministic: the operator triggers 10 runs and is killed while their answers are
+    // held back (the runs exist in dbt Cloud, the operator never hears of them); then others make
+    // 150 runs of the job. Every one of the 10 must now be found behind more than a page of runs.
+    env.sim.inject(Fault::SlowResponse {
+        count: 10,
+        delay: Duration::from_secs(5),
+        scope: FaultScope::Trigger,
+    });
+    let first = env.start_operator();
+    for i in 0..10 {
+        env.create_run(
+            &format!("s{i}"),
+            json!({"credentialsRef": {"name": "creds"}, "job": {"id": JOB}, "pollIntervalSeconds": 1}),
+        )
+        .await;
+    }
+    env.wait_until("10 triggers reached dbt Cloud", || {
+        env.sim.trigger_count(ACCOUNT, JOB) == 10
+    })
+    .await;
+    first.kill().await;
+    env.sim.clear_faults();
+    let busy = others(&env);
+    let mut made_by_others = 0;
+    for i in 0..150 {
+        let req =
+            dbt_cloud_operator::dbt_cloud::TriggerRunRequest::new(format!("CI run {i}")).unwrap();
+        busy.trigger_run(JOB, &req).await.unwrap();
+        made_by_others += 1;
+    }
+    // Phase 2, random: 20 more runs while others keep triggering (250 more), with lost trigger
+    // responses, 429/5xx and random kills.
+    let busy_task = tokio::spawn(async move {
+        let mut made = 0;
+        for i in 150..400 {
+            let req = dbt_cloud_operator::dbt_cloud::TriggerRunRequest::new(format!("CI run {i}"))
+                .unwrap();
+            if busy.trigger_run(JOB, &req).await.is_ok() {
+                made += 1;
+            }
+            if i % 8 == 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        made
+    });
+    env.sim.set_random_faults(RandomFaults {
+        seed,
+        rate_429: 0.05,
+        rate_5xx: 0.05,
+        rate_lost_trigger: 0.3,
+        retry_after_secs: 0,
+    });
+    let runs = 30;
+    let mut operator = env.start_operator();
+    for i in 10..runs {
+        env.create_run(
+            &format!("s{i}"),
+            json!({"credentialsRef": {"name": "creds"}, "job": {"id": JOB}, "pollIntervalSeconds": 1}),
+        )
+        .await;
+    }
+    let kills = 8;
+    for _ in 0..kills {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(100..700))).await;
+        operator.kill().await;
+        operator = env.start_operator();
+    }
+    made_by_others += busy_task.await.unwrap();
+    env.sim.set_random_faults(RandomFaults::default());
+    let mut done = 0;
+    for _ in 0..3000 {
+        let all = env.runs().list(&ListParams::default()).await.unwrap().items;
+        done = all
+            .iter()
+            .filter(|r| r.status.as_ref().is_some_and(|s| s.phase.is_terminal()))
+            .count();
+        if done == runs {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(operator);
+    assert_eq!(done, runs, "every run finished (seed {seed})");
+    let mut per_marker: HashMap<String, usize> = HashMap::new();
+    for t in env.sim.triggers() {
+        if let Some((_, m)) = t.cause.rsplit_once("[dco:") {
+            *per_marker.entry(m.to_string()).or_default() += 1;
+        }
+    }
+    let duplicates: Vec<_> = per_marker.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        duplicates.is_empty(),
+        "duplicate triggers {duplicates:?} (seed {seed})"
+    );
+    let all = env.runs().list(&ListParams::default()).await.unwrap().items;
+    for run in &all {
+        let s = run.status.as_ref().unwrap();
+        let name = run.metadata.name.as_deref().unwrap_or("");
+        assert_eq!(
+            s.phase,
+            RunPhase::Succeeded,
+            "{name} (seed {seed}): {:?}",
+            s.status_message
+        );
+        let uid = run.metadata.uid.clone().unwrap();
+        let ours = per_marker.get(&format!("{uid}#1]")).copied().unwrap_or(0);
+        assert_eq!(ours, 1, "{name}: one dbt Cloud run (seed {seed})");
+    }
+    // The searches had to read past the newest page of the job's runs.
+    let deep_pages = env
+        .sim
+        .requests()
+        .iter()
+        .filter(|r| r.method == "GET" && r.path.ends_with("/runs/"))
+        .filter(|r| {
+            r.query
+                .split('&')
+                .any(|kv| kv.strip_prefix("offset=").is_some_and(|o| o != "0"))
+        })
+        .count();
+    let lost = env.sim.requests().iter().filter(|r| r.status == 0).count();
+    eprintln!(
+        "shared-job chaos: {runs} runs + {made_by_others} by others on one job, {kills} kills, {lost} lost responses, {deep_pages} search pages past the first, 0 duplicates"
+    );
+    assert!(
+        deep_pages >= 10,
+        "the 10 held triggers were searched for past the newest page (seed {seed})"
+    );
 }
