@@ -120,7 +120,8 @@ async fn interactive_login_dry_run_confirms_replacing_existing_credentials() {
     support::create_namespace(&admin, &ns).await;
     let creds: DbtCloudCredentials = serde_json::from_value(
         json!({"apiVersion": "dbtcloud.io/v1alpha1", "kind": "DbtCloudCredentials",
-            "metadata": {"name": "dbt-cloud", "namespace": ns},
+            "metadata": {"name": "dbt-cloud", "namespace": ns,
+                "labels": {"app.kubernetes.io/managed-by": "dbt-cloud-operator-cli"}},
             "spec": {"accountId": 102, "host": "cloud.getdbt.com",
                 "apiKeySecretRef": {"name": "dbt-cloud-api-key"}}}),
     )
