@@ -398,8 +398,10 @@ async fn chaos(name: &str, default_runs: u64, leader_elect: bool) {
                 st.status_message
             ));
         }
-        if st.pending_trigger.is_some() {
-            problems.push(format!("{}: pendingTrigger left behind", p.name));
+        if st.pending_trigger.is_some()
+            || dbt_cloud_operator::controller::intent::unresolved(r).is_some()
+        {
+            problems.push(format!("{}: a trigger intent left unresolved", p.name));
         }
         // Exactly one dbt Cloud run per attempt: full triggers by their marker, native retries by
         // the runs carrying this object's marker.

@@ -83,9 +83,7 @@ async fn crash_when(
     first.kill().await;
     let run = env.run(name).await.unwrap();
     assert!(
-        run.status
-            .as_ref()
-            .is_some_and(|s| s.pending_trigger.is_some()),
+        dbt_cloud_operator::controller::intent::unresolved(&run).is_some(),
         "the outcome is unknown: {:?}",
         run.status
     );
@@ -179,7 +177,7 @@ async fn lost_native_retry_is_adopted_though_more_than_100_newer_runs_exist() {
     let retry = retries()[0];
     let run = env.run("flaky").await.unwrap();
     assert_eq!(
-        run.status.unwrap().pending_trigger.map(|p| p.attempt),
+        dbt_cloud_operator::controller::intent::unresolved(&run).map(|p| p.intent.attempt),
         Some(2),
         "the retry's outcome is unknown"
     );

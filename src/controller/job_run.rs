@@ -11,19 +11,18 @@ use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Patch, PatchParams};
 use kube::core::{Selector, SelectorExt};
 use kube::runtime::controller::Action;
-use kube::runtime::finalizer::{finalizer, Event as FinalizerEvent};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Resource, ResourceExt};
 use tracing::{debug, info, instrument, warn};
 
 use super::lifecycle::{
-    self, after_start, after_start_rejected, CredentialsState, JobResolution, Observation,
+    self, after_start_rejected, after_start_settled, CredentialsState, JobResolution, Observation,
     PendingSearch, RunDetails, RunSearch, StartRequest,
 };
 use super::poller::{follow_plan, observe, Follow};
 use super::registry::{CredentialsKey, Lookup};
 use super::search::{find_pending_run, SearchResult};
-use super::{jittered, Context, FIELD_MANAGER, RUN_FINALIZER};
+use super::{intent, jittered, written, Context, FIELD_MANAGER, RUN_FINALIZER};
 use crate::crd::job_run::{
     CredentialsKind, JobSelector, ResultsSummary, StepSummary, TriggerOverrides,
 };
@@ -62,6 +61,12 @@ pub async fn reconcile(run: Arc<DbtCloudJobRun>, ctx: Arc<Context>) -> Result<Ac
     if !ctx.watches_namespace(&ns) {
         return Ok(Action::await_change());
     }
+    // The watch cache may still hold the object as it was before our own last write of it.
+    if let (Some(uid), Some(rv)) = (run.metadata.uid.as_deref(), run.resource_version()) {
+        if ctx.written.check(uid, &rv) == written::Freshness::Stale {
+            return Ok(Action::requeue(Duration::from_millis(100)));
+        }
+    }
     let started = Instant::now();
     let api: Api<DbtCloudJobRun> = Api::namespaced(ctx.client.clone(), &ns);
     // A finished run has nothing to cancel: it needs no finalizer (so thousands of finished runs
@@ -71,29 +76,55 @@ pub async fn reconcile(run: Arc<DbtCloudJobRun>, ctx: Arc<Context>) -> Result<Ac
         ctx.metrics.reconciled(KIND, started.elapsed());
         return result;
     }
-    let result = finalizer(&api, RUN_FINALIZER, run, |event| async {
-        match event {
-            FinalizerEvent::Apply(run) => apply(run, &ctx).await,
-            FinalizerEvent::Cleanup(run) => cleanup(run, &ctx).await,
+    // The finalizer is added with the first trigger's intent (one write, see `intent`): until
+    // then there is nothing in dbt Cloud to cancel, and deleting the object is immediate.
+    let seen = intent::effective(&run).map(Arc::new).unwrap_or(run);
+    let result = if seen.meta().deletion_timestamp.is_some() {
+        if seen.finalizers().iter().any(|f| f == RUN_FINALIZER) {
+            match cleanup(seen.clone(), &ctx).await {
+                Ok(_) => remove_finalizer(&api, &seen).await,
+                Err(e) => Err(e),
+            }
+        } else {
+            Ok(Action::await_change())
         }
-    })
-    .await
-    .map_err(|e| Error::Finalizer(Box::new(e)));
+    } else {
+        apply(seen, &ctx).await
+    };
     ctx.metrics.reconciled(KIND, started.elapsed());
     result
+}
+
+/// Removes our finalizer (`test` first, so a concurrent change of the list is not overwritten).
+async fn remove_finalizer(api: &Api<DbtCloudJobRun>, run: &DbtCloudJobRun) -> Result<Action> {
+    let Some(i) = run.finalizers().iter().position(|f| f == RUN_FINALIZER) else {
+        return Ok(Action::await_change());
+    };
+    let patch: json_patch::Patch = serde_json::from_value(serde_json::json!([
+        {"op": "test", "path": format!("/metadata/finalizers/{i}"), "value": RUN_FINALIZER},
+        {"op": "remove", "path": format!("/metadata/finalizers/{i}")},
+    ]))
+    .expect("valid JSON patch");
+    match api
+        .patch(
+            &run.name_any(),
+            &PatchParams::default(),
+            &Patch::Json::<()>(patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(Action::await_change()),
+        // Gone already: nothing to do.
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(Action::await_change()),
+        // The list changed under us (the `test` failed) or another error: try again soon.
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Requeue policy after a failed reconcile: soon for conflicts, `Retry-After` for rate limits,
 /// otherwise a jittered delay.
 pub fn error_policy(run: Arc<DbtCloudJobRun>, err: &Error, ctx: Arc<Context>) -> Action {
-    let inner = match err {
-        Error::Finalizer(f) => match f.as_ref() {
-            kube::runtime::finalizer::Error::ApplyFailed(e)
-            | kube::runtime::finalizer::Error::CleanupFailed(e) => Some(e),
-            _ => None,
-        },
-        e => Some(e),
-    };
+    let inner = Some(err);
     // A deletion waiting to cancel is not a failure.
     if let Some(Error::DeletionPending { retry_in, message }) = inner {
         debug!(object = %key_of(&run), "{message}; retrying in {retry_in:?}");
@@ -315,8 +346,17 @@ async fn apply(run: Arc<DbtCloudJobRun>, ctx: &Context) -> Result<Action> {
                 obs.current_run = Some(observed);
             }
             lifecycle::Action::StartAttempt(request) => {
-                return start_attempt(ctx, &run, client, &decision, request, &obj_ref, interval)
-                    .await;
+                let credentials = obs.credentials.clone();
+                return start_attempt(
+                    ctx,
+                    &run,
+                    client,
+                    &decision,
+                    request,
+                    (&obj_ref, interval),
+                    credentials,
+                )
+                .await;
             }
             lifecycle::Action::Settle { .. } | lifecycle::Action::Delete => {
                 unreachable!("handled above")
@@ -334,28 +374,8 @@ async fn finished(
     ctx: &Context,
     api: &Api<DbtCloudJobRun>,
 ) -> Result<Action> {
-    let finalizers = run.finalizers();
-    if let Some(i) = finalizers.iter().position(|f| f == RUN_FINALIZER) {
-        // `test` first, so a concurrent change of the list is not overwritten.
-        let patch: json_patch::Patch = serde_json::from_value(serde_json::json!([
-            {"op": "test", "path": format!("/metadata/finalizers/{i}"), "value": RUN_FINALIZER},
-            {"op": "remove", "path": format!("/metadata/finalizers/{i}")},
-        ]))
-        .expect("valid JSON patch");
-        match api
-            .patch(
-                &run.name_any(),
-                &PatchParams::default(),
-                &Patch::Json::<()>(patch),
-            )
-            .await
-        {
-            Ok(_) => {}
-            // Gone already: nothing to do.
-            Err(kube::Error::Api(s)) if s.code == 404 => return Ok(Action::await_change()),
-            // The list changed under us (the `test` failed) or another error: try again soon.
-            Err(e) => return Err(e.into()),
-        }
+    if run.finalizers().iter().any(|f| f == RUN_FINALIZER) {
+        remove_finalizer(api, &run).await?;
     }
     if run.meta().deletion_timestamp.is_some() {
         ctx.metrics.set_run_phase(&key_of(&run), None);
@@ -436,7 +456,10 @@ pub async fn write_status(
     status: &DbtCloudJobRunStatus,
 ) -> Result<String> {
     let rv = run.resource_version().unwrap_or_default();
-    if run.status.as_ref() == Some(status) {
+    let status = &intent::mark_resolved(run, status);
+    // Compared as the API server stores them: times are kept to the second there, so a status
+    // computed in memory (sub-second) and the same one read back differ only in precision.
+    if serde_json::to_value(&run.status).ok() == serde_json::to_value(Some(status)).ok() {
         return Ok(rv);
     }
     let api: Api<DbtCloudJobRun> =
@@ -455,7 +478,43 @@ pub async fn write_status(
         )
         .await
     {
-        Ok(written) => Ok(written.resource_version().unwrap_or_default()),
+        Ok(written) => {
+            let rv = written.resource_version().unwrap_or_default();
+            ctx.written.wrote(&written.uid().unwrap_or_default(), &rv);
+            Ok(rv)
+        }
+        Err(kube::Error::Api(s)) if s.code == 409 => Err(Error::Conflict(s.message.clone())),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Writes the trigger's intent and our finalizer in one metadata patch, guarded by the
+/// resourceVersion `run` was read at. Returns the object as written (its status unchanged).
+async fn record_intent(
+    ctx: &Context,
+    run: &DbtCloudJobRun,
+    pending: &crate::crd::job_run::PendingTrigger,
+) -> Result<DbtCloudJobRun> {
+    let rv = run.resource_version().unwrap_or_default();
+    let (patch, mut after) = intent::record_patch(run, pending, &rv, RUN_FINALIZER);
+    let api: Api<DbtCloudJobRun> =
+        Api::namespaced(ctx.client.clone(), &run.namespace().unwrap_or_default());
+    match api
+        .patch(
+            &run.name_any(),
+            &PatchParams::apply(FIELD_MANAGER),
+            &Patch::Merge(&patch),
+        )
+        .await
+    {
+        Ok(written) => {
+            after.metadata.resource_version = written.resource_version();
+            ctx.written.wrote(
+                &written.uid().unwrap_or_default(),
+                &written.resource_version().unwrap_or_default(),
+            );
+            Ok(after)
+        }
         Err(kube::Error::Api(s)) if s.code == 409 => Err(Error::Conflict(s.message.clone())),
         Err(e) => Err(e.into()),
     }
@@ -487,11 +546,23 @@ async fn start_attempt(
     client: &DbtCloudClient,
     decision: &lifecycle::Decision,
     request: StartRequest,
-    obj_ref: &ObjectRef<DbtCloudJobRun>,
-    interval: Duration,
+    (obj_ref, interval): (&ObjectRef<DbtCloudJobRun>, Duration),
+    credentials: CredentialsState,
 ) -> Result<Action> {
-    // 1. Record the intent; fails if anyone changed the object since we read it.
-    let rv = match write_status(ctx, run, &decision.status).await {
+    // 1. Record the intent, with the finalizer, in one write; fails if anyone changed the object
+    //    since we read it.
+    let Some(pending) = decision.status.pending_trigger.as_ref() else {
+        return Err(Error::Invalid(
+            "the run lifecycle asked to start an attempt without recording it".into(),
+        ));
+    };
+    info!(
+        attempt = pending.attempt,
+        kind = ?pending.kind,
+        after_run_id = ?pending.after_run_id,
+        "recording the trigger intent"
+    );
+    let recorded = match record_intent(ctx, run, pending).await {
         Err(Error::Conflict(_)) => {
             debug!("object changed since read; not triggering, will re-read");
             return Ok(Action::requeue(Duration::from_millis(500)));
@@ -508,20 +579,27 @@ async fn start_attempt(
         StartRequest::Retry { run_id, .. } => client.retry_run(*run_id).await,
     };
     let now = Timestamp::now();
-    // 3. Record the outcome (a crash before this is resolved by the pending-trigger search).
-    // The object as we just wrote it: later writes are guarded by that version.
-    let mut recorded = run.clone();
-    recorded.status = Some(decision.status.clone());
-    recorded.metadata.resource_version = Some(rv);
+    // 3. Record the outcome (a crash before this is resolved by the pending-trigger search). The
+    //    object as the intent write left it: this write is guarded by that version, and marks the
+    //    intent resolved.
     match result {
         Ok(started) => {
             let observed = observe(&started);
-            let (status, note) = after_start(&decision.status, &observed, now);
+            let (status, note) = after_start_settled(
+                run,
+                &decision.status,
+                &observed,
+                credentials,
+                &ctx.config.lifecycle,
+                now,
+            );
             write_status(ctx, &recorded, &status).await?;
             ctx.metrics.runs_triggered.inc();
             info!(run_id = started.id, "dbt Cloud run started");
+            // No Event for a successful start (the status says it): Events are kept for failures
+            // and the final outcome, so a run costs few writes.
+            let _ = note;
             let mut d = decision.clone();
-            d.events.push(note);
             d.status = status.clone();
             publish_all(ctx, run, &d, Vec::new()).await;
             follow(

@@ -424,6 +424,31 @@ pub fn after_start(
     (status, note)
 }
 
+/// [`after_start`], settled as the next reconcile would settle it (phase, conditions and message
+/// of the started run), so that the outcome is recorded in one write and not rewritten right
+/// after. `credentials` are those the start was made with.
+pub fn after_start_settled(
+    run: &DbtCloudJobRun,
+    status: &DbtCloudJobRunStatus,
+    started: &ObservedRun,
+    credentials: CredentialsState,
+    settings: &Settings,
+    now: Timestamp,
+) -> (DbtCloudJobRunStatus, EventNote) {
+    let (recorded, note) = after_start(status, started, now);
+    let mut next = run.clone();
+    next.status = Some(recorded.clone());
+    let obs = Observation {
+        current_run: Some(started.clone()),
+        ..Observation::new(now, credentials)
+    };
+    let d = decide(&next, &obs, settings);
+    match d.action {
+        Action::Settle { .. } => (d.status, note),
+        _ => (recorded, note),
+    }
+}
+
 /// Status after a start request that dbt Cloud definitely refused (no run was created): the intent
 /// is void. A `permanent` refusal (400, or 404 for the job) fails the run; otherwise the run waits
 /// and the start is decided again later. Returns the status and the Event to publish.
@@ -1079,11 +1104,21 @@ impl<'a> Decider<'a> {
         }
     }
 
+    /// Attempts that count against the retry budget: those that failed, and earlier attempts whose
+    /// end was never recorded (a later attempt exists, so they ended; after a crash between a
+    /// retry's intent and its outcome their last status may still say `Queued`). Counting those
+    /// errs towards fewer retries, never more.
     fn failed_attempts(&self) -> u32 {
+        let latest = self.next_attempt() - 1;
         self.status
             .attempts
             .iter()
-            .filter(|a| a.status == RunStatus::Error.humanized())
+            .filter(|a| {
+                a.status == RunStatus::Error.humanized()
+                    || (a.attempt < latest
+                        && a.status != RunStatus::Success.humanized()
+                        && a.status != RunStatus::Cancelled.humanized())
+            })
             .count() as u32
     }
 

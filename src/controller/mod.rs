@@ -2,11 +2,13 @@
 //! poller, and the pure run lifecycle.
 
 pub mod credentials;
+pub mod intent;
 pub mod job_run;
 pub mod lifecycle;
 pub mod poller;
 pub mod registry;
 pub mod search;
+pub mod written;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -107,6 +109,8 @@ pub struct Context {
     pub stores: CredentialsStores,
     /// Shared poller of in-flight runs (one group per credentials object).
     pub poller: poller::RunPoller,
+    /// Versions this replica wrote, to skip reconciles of a cache that lags behind them.
+    pub written: written::WrittenVersions,
 }
 
 impl std::fmt::Debug for Context {
@@ -151,6 +155,7 @@ impl Context {
             credentials,
             stores,
             poller,
+            written: written::WrittenVersions::default(),
             config,
         };
         Ok((Arc::new(ctx), changes))
@@ -381,6 +386,9 @@ fn job_runs_changed(
     match event {
         watcher::Event::Delete(run) => {
             ctx.poller.untrack(&ObjectRef::from_obj(run));
+            if let Some(uid) = run.metadata.uid.as_deref() {
+                ctx.written.forget(uid);
+            }
             ctx.metrics.set_run_phase(
                 &format!("{}/{}", run.namespace().unwrap_or_default(), run.name_any()),
                 None,

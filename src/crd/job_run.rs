@@ -329,6 +329,10 @@ pub struct DbtCloudJobRunStatus {
     /// exactly-once. Cleared once the run is known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending_trigger: Option<PendingTrigger>,
+    /// Id of the last trigger intent (annotation `dbtcloud.io/trigger-intent`) whose outcome this
+    /// status records; an intent with another id is still pending. Operator-owned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolved_intent: Option<String>,
     /// Human-readable summary of the current state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status_message: Option<String>,

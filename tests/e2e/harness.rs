@@ -696,6 +696,9 @@ impl Operator {
         }
         if let Some(l) = &self.opts.rust_log {
             cmd.env("RUST_LOG", l);
+        } else if let Some(l) = std::env::var_os("E2E_RUST_LOG") {
+            // For a post-mortem (with E2E_KEEP=1): the operators' log level.
+            cmd.env("RUST_LOG", l);
         }
         for (k, v) in &self.opts.env {
             cmd.env(k, v);
@@ -829,8 +832,10 @@ impl TestEnv {
         let out = kubectl_with(&cluster.kubeconfig, &["create", "namespace", &ns], None);
         out.expect_ok("create namespace");
         let (sim_rt, sim) = start_simulator();
+        // E2E_KEEP=1 keeps the folder (operator logs, manifests) for a post-mortem.
         let dir = tempfile::Builder::new()
             .prefix(&format!("dco-{name}-"))
+            .disable_cleanup(std::env::var_os("E2E_KEEP").is_some())
             .tempdir()
             .expect("temp dir");
         TestEnv {
