@@ -178,7 +178,7 @@ async fn rerun_failed_succeeds_on_attempt_two() {
     let run = env.wait_phase("flaky", RunPhase::Succeeded).await;
     let s = run.status.unwrap();
     assert_eq!(s.attempt_count, 2);
-    assert_eq!(s.attempts[0].status, "Error");
+    assert_eq!(s.attempts[0].status, "Error", "{:?}", s.attempts);
     assert_eq!(format!("{:?}", s.attempts[1].kind), "RerunFailed");
     assert_eq!(
         env.sim.trigger_count(ACCOUNT, JOB_FLAKY),
@@ -700,5 +700,43 @@ async fn full_retry_killed_while_its_trigger_is_held_stays_within_the_budget() {
         2,
         "{causes:?} {:?}",
         run.status
+    );
+}
+
+/// Writes by priority: a finished run's phase is written while a burst of new triggers holds every
+/// reconcile slot (the report lane does not queue behind them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_run_is_reported_while_triggers_hold_every_slot() {
+    let env = Env::new().await;
+    env.valid_credentials().await;
+    let mut config = test_config(&env.sim, &env.ns);
+    config.max_concurrent_reconciles = 2;
+    let _op = env.start_operator_with(config);
+    env.create_run("long", by_id(JOB_SLOW)).await;
+    let run = env.wait_phase("long", RunPhase::Running).await;
+    let run_id = run.status.unwrap().run_id.unwrap();
+    // Every trigger of the burst is held 20 s by dbt Cloud: both slots stay busy.
+    env.sim.inject(Fault::SlowResponse {
+        count: 10,
+        delay: Duration::from_secs(20),
+        scope: FaultScope::Trigger,
+    });
+    for i in 0..6 {
+        env.create_run(&format!("burst-{i}"), by_id(JOB_OK)).await;
+    }
+    env.wait_until("both slots hold a trigger", || {
+        env.sim.trigger_count(ACCOUNT, JOB_OK) >= 2
+    })
+    .await;
+    env.sim.finish_run(ACCOUNT, run_id, Outcome::Success);
+    env.wait_phase("long", RunPhase::Succeeded).await;
+    let mut started = 0;
+    for i in 0..6 {
+        let r = env.run(&format!("burst-{i}")).await.unwrap();
+        started += usize::from(r.status.and_then(|s| s.run_id).is_some());
+    }
+    assert_eq!(
+        started, 0,
+        "the finished run was reported before any held trigger returned"
     );
 }

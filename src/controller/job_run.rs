@@ -61,6 +61,15 @@ pub async fn reconcile(run: Arc<DbtCloudJobRun>, ctx: Arc<Context>) -> Result<Ac
     if !ctx.watches_namespace(&ns) {
         return Ok(Action::await_change());
     }
+    // One reconcile of an object at a time, across the controller and the report lane.
+    let Some(_busy) = run
+        .metadata
+        .uid
+        .as_deref()
+        .and_then(|uid| ctx.busy.enter(uid))
+    else {
+        return Ok(Action::requeue(Duration::from_millis(100)));
+    };
     // The watch cache may still hold the object as it was before our own last write of it.
     if let (Some(uid), Some(rv)) = (run.metadata.uid.as_deref(), run.resource_version()) {
         if ctx.written.check(uid, &rv) == written::Freshness::Stale {

@@ -620,6 +620,16 @@ fn record_attempt(
     run: &ObservedRun,
     now: Timestamp,
 ) {
+    if kind == AttemptKind::RerunFailed {
+        // dbt Cloud retries only a failed run: the attempts before this one failed, even when
+        // their end was not recorded (a crash, or a concurrent write, between the retry's intent
+        // and its outcome).
+        for a in status.attempts.iter_mut().filter(|a| a.attempt < attempt) {
+            if a.finished_at.is_none() && a.status != RunStatus::Error.humanized() {
+                a.status = RunStatus::Error.humanized().to_string();
+            }
+        }
+    }
     if !status.attempts.iter().any(|a| a.run_id == run.id) {
         // Count from before any bounding: `attempts` may list fewer than were made.
         status.attempt_count = status

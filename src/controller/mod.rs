@@ -7,6 +7,7 @@ pub mod job_run;
 pub mod lifecycle;
 pub mod poller;
 pub mod registry;
+pub mod report_lane;
 pub mod search;
 pub mod written;
 
@@ -111,6 +112,8 @@ pub struct Context {
     pub poller: poller::RunPoller,
     /// Versions this replica wrote, to skip reconciles of a cache that lags behind them.
     pub written: written::WrittenVersions,
+    /// Objects being reconciled now (the controller and the report lane take turns).
+    pub busy: written::Busy,
 }
 
 impl std::fmt::Debug for Context {
@@ -156,6 +159,7 @@ impl Context {
             stores,
             poller,
             written: written::WrittenVersions::default(),
+            busy: written::Busy::default(),
             config,
         };
         Ok((Arc::new(ctx), changes))
@@ -280,11 +284,21 @@ pub async fn run(
         creds_triggers,
     );
 
+    // What the poller learns is written by the report lane, not queued behind new triggers.
+    let (requeue, requeued) = unbounded();
+    let reports = report_lane::run(
+        changes,
+        runs_store.clone(),
+        ctx.clone(),
+        requeue,
+        shutdown.clone(),
+    );
+
     let controller_config =
         kube::runtime::controller::Config::default().concurrency(config.max_concurrent_reconciles);
     let runs = Controller::for_stream(run_events, runs_store.clone())
         .with_config(controller_config.clone())
-        .reconcile_on(futures::stream::select(changes, creds_triggered))
+        .reconcile_on(futures::stream::select(requeued, creds_triggered))
         .graceful_shutdown_on(shutdown.clone())
         .run(job_run::reconcile, job_run::error_policy, ctx.clone())
         .for_each(|res| async move {
@@ -330,7 +344,7 @@ pub async fn run(
         });
     }
     info!(namespaces = ?config.watch_namespaces, "controllers started");
-    futures::join!(runs, creds, cluster_creds, watches);
+    futures::join!(runs, creds, cluster_creds, watches, reports);
     ctx.poller.stop();
     info!("controllers stopped");
     Ok(())

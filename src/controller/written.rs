@@ -1,4 +1,5 @@
-//! The resourceVersion each object was last written at by this replica, so a reconcile that the
+//! Reconcile bookkeeping of this replica: one reconcile per object at a time ([`Busy`]), and the
+//! resourceVersion each object was last written at, so a reconcile that the
 //! watch cache has not caught up with yet (it still holds the object as it was before our own
 //! write) waits a moment instead of deciding on stale state: that decision could only be a
 //! rejected write (409) or a repeated question to dbt Cloud. An entry lives until the cache
@@ -72,6 +73,43 @@ impl WrittenVersions {
     }
 }
 
+/// Objects being reconciled right now (by the controller or the report lane).
+#[derive(Debug, Default)]
+pub struct Busy {
+    uids: std::sync::Arc<Mutex<std::collections::HashSet<String>>>,
+}
+
+/// Held while an object is reconciled; releases it on drop.
+#[derive(Debug)]
+pub struct BusyGuard {
+    uids: std::sync::Arc<Mutex<std::collections::HashSet<String>>>,
+    uid: String,
+}
+
+impl Busy {
+    /// Marks `uid` busy, or `None` when it already is.
+    pub fn enter(&self, uid: &str) -> Option<BusyGuard> {
+        let fresh = self
+            .uids
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(uid.to_string());
+        fresh.then(|| BusyGuard {
+            uids: self.uids.clone(),
+            uid: uid.to_string(),
+        })
+    }
+}
+
+impl Drop for BusyGuard {
+    fn drop(&mut self) {
+        self.uids
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.uid);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -95,5 +133,15 @@ mod tests {
         assert!(w.is_empty());
         w.wrote("c", "not-a-number");
         assert_eq!(w.check("c", "x"), Freshness::Current);
+    }
+
+    #[test]
+    fn one_reconcile_of_an_object_at_a_time() {
+        let busy = Busy::default();
+        let first = busy.enter("a").expect("free");
+        assert!(busy.enter("a").is_none(), "busy while held");
+        assert!(busy.enter("b").is_some(), "other objects are free");
+        drop(first);
+        assert!(busy.enter("a").is_some(), "free again");
     }
 }
