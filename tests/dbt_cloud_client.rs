@@ -581,33 +581,6 @@ async fn tolerant_decoding_of_unknown_and_missing_fields() {
 }
 
 #[tokio::test]
-async fn discovery_errors_surface_and_data_is_returned() {
-    let s = Script::start().await;
-    let c = s.client(KEY);
-    s.push(canned(
-        200,
-        json!({"data": null, "errors": [{"message": "Field 'x' not found"}]}),
-    ));
-    let e = c
-        .discovery_query("{ x }", json!({"jobId": 1}))
-        .await
-        .unwrap_err();
-    assert_eq!(e.reason(), "GraphQLError");
-    assert!(e.to_string().contains("Field 'x' not found"));
-    s.push(canned(200, json!({"data": {"job": {"id": 1}}})));
-    let d = c
-        .discovery_query("{ job { id } }", json!({}))
-        .await
-        .unwrap();
-    assert_eq!(d, json!({"job": {"id": 1}}));
-    let reqs = s.requests();
-    assert_eq!(reqs[0].uri, "/graphql");
-    assert_eq!(reqs[0].method, Method::POST);
-    let body: Value = serde_json::from_slice(&reqs[0].body).unwrap();
-    assert_eq!(body, json!({"query": "{ x }", "variables": {"jobId": 1}}));
-}
-
-#[tokio::test]
 async fn artifacts_are_raw_bytes() {
     let s = Script::start().await;
     let c = s.client(KEY);
@@ -688,10 +661,6 @@ async fn rate_limiter_counts_permits_and_waits() {
             per_minute: 600,
             burst: 2,
         },
-        discovery: LimitSpec {
-            per_minute: 1,
-            burst: 1,
-        },
     });
     let obs = Arc::new(CountingObserver::default());
     let c1 = make_client(
@@ -718,15 +687,6 @@ async fn rate_limiter_counts_permits_and_waits() {
     assert_eq!(stats.permits, 6);
     assert!(stats.waits >= 1, "{stats:?}");
     assert_eq!(obs.waits.load(Ordering::Relaxed), stats.waits);
-    // Discovery has its own budget: its single token is still there.
-    assert!(registry
-        .for_account("cloud.getdbt.com", 1)
-        .discovery()
-        .try_acquire());
-    assert!(!registry
-        .for_account("cloud.getdbt.com", 1)
-        .discovery()
-        .try_acquire());
     // Other accounts are independent.
     assert_eq!(
         registry
@@ -960,25 +920,6 @@ mod sim {
             .await
             .unwrap_err();
         assert_eq!(e.reason(), "NotFound");
-
-        // Discovery: data, then a GraphQL error at HTTP 200.
-        let q = "query Models($jobId: Int!, $runId: Int) { job(id: $jobId, runId: $runId) { models { uniqueId name status } } }";
-        let data = c
-            .discovery_query(q, json!({"jobId": JOB_OK, "runId": run.id}))
-            .await
-            .unwrap();
-        assert!(
-            data["job"]["models"]
-                .as_array()
-                .is_some_and(|m| !m.is_empty()),
-            "{data}"
-        );
-        let e = c
-            .discovery_query("{ noSuchField }", json!({}))
-            .await
-            .unwrap_err();
-        assert_eq!(e.reason(), "GraphQLError");
-        assert!(!e.is_retryable());
     }
 
     #[tokio::test]
@@ -1412,7 +1353,6 @@ mod sim {
                 per_minute: 300, // one per 200 ms
                 burst: 1,
             },
-            discovery: LimitSpec::per_minute(500),
         });
         let obs = Arc::new(CountingObserver::default());
         let mk = || {

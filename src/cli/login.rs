@@ -334,7 +334,6 @@ fn build(
             ClusterDbtCloudCredentialsSpec {
                 account_id: account.id,
                 host: host.to_string(),
-                discovery_url: None,
                 api_key_secret_ref: secret_ref,
                 allowed_namespaces: AllowedNamespaces {
                     names: args.allow_namespaces.clone(),
@@ -350,7 +349,6 @@ fn build(
             DbtCloudCredentialsSpec {
                 account_id: account.id,
                 host: host.to_string(),
-                discovery_url: None,
                 api_key_secret_ref: secret_ref,
             },
         );

@@ -77,9 +77,6 @@ pub struct RunArgs {
     /// Requests per minute allowed per dbt Cloud account (Administrative API; dbt Cloud allows 5,000).
     #[arg(long, env = "RATE_LIMIT_PER_MINUTE", default_value_t = 5000)]
     pub rate_limit_per_minute: u32,
-    /// Requests per minute allowed per account on the Discovery API (dbt Cloud allows 500).
-    #[arg(long, env = "DISCOVERY_RATE_LIMIT_PER_MINUTE", default_value_t = 500)]
-    pub discovery_rate_limit_per_minute: u32,
     /// Extra host suffixes the API key may be sent to (single-tenant hosts), besides getdbt.com
     /// and dbt.com. Repeat or comma-separate.
     #[arg(long, env = "ALLOWED_HOST_SUFFIXES", value_delimiter = ',')]
@@ -130,7 +127,6 @@ impl RunArgs {
             client,
             rate_limits: RateLimitConfig {
                 admin: LimitSpec::per_minute(self.rate_limit_per_minute.max(1)),
-                discovery: LimitSpec::per_minute(self.discovery_rate_limit_per_minute.max(1)),
             },
             max_concurrent_reconciles: self.max_concurrent_reconciles.max(1),
             reporter: "dbt-cloud-operator".into(),

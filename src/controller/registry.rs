@@ -355,7 +355,6 @@ mod tests {
             spec: DbtCloudCredentialsSpec {
                 account_id: account,
                 host: "cloud.getdbt.com".into(),
-                discovery_url: None,
                 api_key_secret_ref: SecretKeyRef {
                     name: "dbt".into(),
                     key: "apiKey".into(),
@@ -375,7 +374,6 @@ mod tests {
             spec: ClusterDbtCloudCredentialsSpec {
                 account_id: 7,
                 host: "cloud.getdbt.com".into(),
-                discovery_url: None,
                 api_key_secret_ref: SecretKeyRef {
                     name: "dbt".into(),
                     key: "apiKey".into(),

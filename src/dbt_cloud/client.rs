@@ -70,7 +70,7 @@ pub struct ClientConfig {
     pub request_timeout: Duration,
     /// TCP/TLS connect timeout (used by [`http_client`]).
     pub connect_timeout: Duration,
-    /// Attempts of an idempotent call (GET, cancel, Discovery); at least 1.
+    /// Attempts of an idempotent call (GET, cancel); at least 1.
     pub max_attempts: u32,
     /// First backoff delay; doubles per attempt, with jitter.
     pub backoff_base: Duration,
@@ -86,13 +86,11 @@ pub struct ClientConfig {
     pub max_response_bytes: u64,
     /// Largest artifact (`run_results.json`, `manifest.json`, …) read, in bytes; as above.
     pub max_artifact_bytes: u64,
-    /// Host suffixes the API key may be sent to (also checks `discovery_url_override`).
+    /// Host suffixes the API key may be sent to.
     pub allowed_host_suffixes: Vec<String>,
     /// Dev/test only: a base URL (e.g. `http://127.0.0.1:PORT`) used instead of
     /// `https://<host>`. Plain HTTP is accepted only here.
     pub insecure_base_url_override: Option<Url>,
-    /// Discovery API URL replacing the derived one (HTTPS, allowed host).
-    pub discovery_url_override: Option<Url>,
 }
 
 impl Default for ClientConfig {
@@ -109,7 +107,6 @@ impl Default for ClientConfig {
             max_artifact_bytes: DEFAULT_MAX_ARTIFACT_BYTES,
             allowed_host_suffixes: default_allowed_suffixes(),
             insecure_base_url_override: None,
-            discovery_url_override: None,
         }
     }
 }
@@ -128,19 +125,12 @@ pub fn http_client(config: &ClientConfig) -> Result<reqwest::Client, DbtCloudErr
         .map_err(|e| DbtCloudError::invalid_request(format!("cannot build HTTP client: {e}")))
 }
 
-#[derive(Clone, Copy)]
-enum Budget {
-    Admin,
-    Discovery,
-}
-
 struct Call {
     endpoint: &'static str,
     method: Method,
     url: Url,
     body: Option<Vec<u8>>,
     retry: bool,
-    budget: Budget,
     accept: &'static str,
     /// Largest success body read.
     max_body: u64,
@@ -156,7 +146,6 @@ struct Inner {
     config: Arc<ClientConfig>,
     observer: Arc<dyn ApiObserver>,
     base_url: String,
-    discovery_url: Url,
 }
 
 /// A dbt Cloud API client for one account. Cheap to clone (shared inside).
@@ -174,7 +163,6 @@ impl fmt::Debug for DbtCloudClient {
             .field("host", &self.inner.host.as_str())
             .field("account_id", &self.inner.account_id)
             .field("base_url", &self.inner.base_url)
-            .field("discovery_url", &self.inner.discovery_url.as_str())
             .field("api_key", &"[REDACTED]")
             .finish()
     }
@@ -217,30 +205,6 @@ impl DbtCloudClient {
             }
             None => host.base_url(),
         };
-        let discovery_url = match (
-            &config.discovery_url_override,
-            &config.insecure_base_url_override,
-        ) {
-            (Some(u), insecure) => {
-                let schemes: &[&str] = if insecure.is_some() {
-                    &["http", "https"]
-                } else {
-                    &["https"]
-                };
-                check_plain_url(u, "discovery_url_override", schemes)?;
-                if insecure.is_none() {
-                    AccessHost::parse(u.host_str().unwrap_or(""), &config.allowed_host_suffixes)?;
-                    if u.port().is_some() {
-                        return Err(DbtCloudError::invalid_request(
-                            "discovery_url_override must not name a port",
-                        ));
-                    }
-                }
-                u.clone()
-            }
-            (None, Some(_)) => parse_url(&format!("{base_url}/graphql"))?,
-            (None, None) => parse_url(&host.discovery_url())?,
-        };
         Ok(DbtCloudClient {
             inner: Arc::new(Inner {
                 host,
@@ -252,7 +216,6 @@ impl DbtCloudClient {
                 config,
                 observer,
                 base_url,
-                discovery_url,
             }),
         })
     }
@@ -270,11 +233,6 @@ impl DbtCloudClient {
     /// Base URL of API calls, without trailing slash (e.g. `https://cloud.getdbt.com`).
     pub fn base_url(&self) -> &str {
         &self.inner.base_url
-    }
-
-    /// The Discovery API (GraphQL) URL.
-    pub fn discovery_url(&self) -> &Url {
-        &self.inner.discovery_url
     }
 
     /// The account's rate-limit budgets.
@@ -545,62 +503,6 @@ impl DbtCloudClient {
         self.raw_get("get_job_artifact", url).await
     }
 
-    // ----- discovery -----
-
-    /// Runs a GraphQL query against the Discovery API and returns its `data`.
-    /// GraphQL `errors` (even with HTTP 200) become [`DbtCloudError::GraphQl`].
-    pub async fn discovery_query(
-        &self,
-        query: &str,
-        variables: serde_json::Value,
-    ) -> Result<serde_json::Value, DbtCloudError> {
-        const EP: &str = "discovery";
-        let body =
-            serde_json::to_vec(&serde_json::json!({ "query": query, "variables": variables }))
-                .map_err(|e| DbtCloudError::invalid_request(format!("cannot encode query: {e}")))?;
-        let bytes = self
-            .execute(Call {
-                endpoint: EP,
-                method: Method::POST,
-                url: self.inner.discovery_url.clone(),
-                body: Some(body),
-                retry: true,
-                budget: Budget::Discovery,
-                accept: ACCEPT_JSON,
-                max_body: self.inner.config.max_response_bytes,
-            })
-            .await?;
-        #[derive(serde::Deserialize)]
-        struct GqlError {
-            message: Option<String>,
-        }
-        #[derive(serde::Deserialize)]
-        struct GqlResponse {
-            data: Option<serde_json::Value>,
-            errors: Option<Vec<GqlError>>,
-        }
-        let resp: GqlResponse =
-            serde_json::from_slice(&bytes).map_err(|e| DbtCloudError::Decode {
-                endpoint: EP,
-                message: e.to_string(),
-            })?;
-        if let Some(errors) = resp.errors.filter(|e| !e.is_empty()) {
-            return Err(DbtCloudError::GraphQl {
-                messages: errors
-                    .into_iter()
-                    .map(|e| e.message.unwrap_or_else(|| "unknown error".into()))
-                    .collect(),
-            });
-        }
-        match resp.data {
-            Some(d) if !d.is_null() => Ok(d),
-            _ => Err(DbtCloudError::Decode {
-                endpoint: EP,
-                message: "response has neither `data` nor `errors`".into(),
-            }),
-        }
-    }
-
     // ----- plumbing -----
 
     /// `<base>/api/v2/accounts/<this account>/<tail>` with a query.
@@ -634,7 +536,6 @@ impl DbtCloudClient {
                 url,
                 body: None,
                 retry: true,
-                budget: Budget::Admin,
                 accept: ACCEPT_JSON,
                 max_body: self.inner.config.max_response_bytes,
             })
@@ -656,7 +557,6 @@ impl DbtCloudClient {
                 url,
                 body: Some(body),
                 retry,
-                budget: Budget::Admin,
                 accept: ACCEPT_JSON,
                 max_body: self.inner.config.max_response_bytes,
             })
@@ -671,7 +571,6 @@ impl DbtCloudClient {
             url,
             body: None,
             retry: true,
-            budget: Budget::Admin,
             accept: ACCEPT_ARTIFACT,
             max_body: self.inner.config.max_artifact_bytes,
         })
@@ -773,10 +672,7 @@ impl DbtCloudClient {
 
     async fn attempt(&self, call: &Call) -> Result<Vec<u8>, DbtCloudError> {
         let inner = &self.inner;
-        let waited = match call.budget {
-            Budget::Admin => inner.limits.admin().acquire().await,
-            Budget::Discovery => inner.limits.discovery().acquire().await,
-        };
+        let waited = inner.limits.admin().acquire().await;
         if !waited.is_zero() {
             inner.observer.on_rate_limit_wait(waited);
         }
@@ -1148,10 +1044,6 @@ mod tests {
         assert!(!dbg.contains("supersecret"), "{dbg}");
         assert!(dbg.contains("REDACTED"));
         assert_eq!(c.base_url(), "https://cloud.getdbt.com");
-        assert_eq!(
-            c.discovery_url().as_str(),
-            "https://metadata.cloud.getdbt.com/graphql"
-        );
         assert_eq!(c.account_id(), 42);
         assert_eq!(
             c.run_web_url(7, 9),
@@ -1169,55 +1061,16 @@ mod tests {
         client_with("dbtc_abc\n", ClientConfig::default(), "cloud.getdbt.com").unwrap();
 
         let cfg = ClientConfig {
-            discovery_url_override: Some(
-                Url::parse("http://metadata.cloud.getdbt.com/graphql").unwrap(),
-            ),
-            ..Default::default()
-        };
-        assert!(client_with("dbtc_x", cfg, "cloud.getdbt.com").is_err());
-        let cfg = ClientConfig {
-            discovery_url_override: Some(Url::parse("https://evil.example.com/graphql").unwrap()),
-            ..Default::default()
-        };
-        assert_eq!(
-            client_with("dbtc_x", cfg, "cloud.getdbt.com")
-                .unwrap_err()
-                .reason(),
-            "InvalidHost"
-        );
-        let cfg = ClientConfig {
-            discovery_url_override: Some(
-                Url::parse("https://custom.metadata.getdbt.com/graphql").unwrap(),
-            ),
-            ..Default::default()
-        };
-        let c = client_with("dbtc_x", cfg, "cloud.getdbt.com").unwrap();
-        assert_eq!(
-            c.discovery_url().as_str(),
-            "https://custom.metadata.getdbt.com/graphql"
-        );
-
-        let cfg = ClientConfig {
             insecure_base_url_override: Some(Url::parse("http://127.0.0.1:8080/").unwrap()),
             ..Default::default()
         };
         let c = client_with("dbtc_x", cfg, "ab1.us1.dbt.com").unwrap();
         assert_eq!(c.base_url(), "http://127.0.0.1:8080");
-        assert_eq!(c.discovery_url().as_str(), "http://127.0.0.1:8080/graphql");
         let cfg = ClientConfig {
             insecure_base_url_override: Some(Url::parse("ftp://127.0.0.1/").unwrap()),
             ..Default::default()
         };
         assert!(client_with("dbtc_x", cfg, "cloud.getdbt.com").is_err());
-    }
-
-    #[test]
-    fn cell_based_discovery() {
-        let c = client_with("dbtc_x", ClientConfig::default(), "ab1.eu2.dbt.com").unwrap();
-        assert_eq!(
-            c.discovery_url().as_str(),
-            "https://ab1.metadata.eu2.dbt.com/graphql"
-        );
     }
 
     #[test]
