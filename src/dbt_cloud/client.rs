@@ -14,9 +14,8 @@ use super::error::DbtCloudError;
 use super::host::{default_allowed_suffixes, AccessHost};
 use super::rate_limit::AccountLimits;
 use super::types::{
-    bracket_list, Account, Envelope, Environment, ErrorEnvelope, Job, ListEnvironmentsParams,
-    ListJobsParams, ListProjectsParams, ListRunsParams, Page, Project, Run, RunFailureDetails,
-    TriggerRunRequest,
+    bracket_list, Account, Envelope, Environment, ErrorEnvelope, Job, ListJobsParams,
+    ListRunsParams, Page, Project, Run, TriggerRunRequest,
 };
 
 /// `User-Agent` sent with every request.
@@ -220,32 +219,8 @@ impl DbtCloudClient {
         })
     }
 
-    /// The access host.
-    pub fn host(&self) -> &AccessHost {
-        &self.inner.host
-    }
-
-    /// The account id.
-    pub fn account_id(&self) -> i64 {
+    fn account_id(&self) -> i64 {
         self.inner.account_id
-    }
-
-    /// Base URL of API calls, without trailing slash (e.g. `https://cloud.getdbt.com`).
-    pub fn base_url(&self) -> &str {
-        &self.inner.base_url
-    }
-
-    /// The account's rate-limit budgets.
-    pub fn limits(&self) -> &AccountLimits {
-        &self.inner.limits
-    }
-
-    /// The dbt Cloud web page of a run (prefer `Run::href` when present).
-    pub fn run_web_url(&self, project_id: i64, run_id: i64) -> String {
-        format!(
-            "{}/deploy/{}/projects/{project_id}/runs/{run_id}/",
-            self.inner.base_url, self.inner.account_id
-        )
     }
 
     // ----- accounts, projects, environments, jobs -----
@@ -264,105 +239,43 @@ impl DbtCloudClient {
         self.get_json("get_account", url).await.map(|e| e.data)
     }
 
-    /// `GET /api/v3/accounts/{a}/projects/` (one page).
-    pub async fn list_projects(
-        &self,
-        params: &ListProjectsParams,
-    ) -> Result<Page<Project>, DbtCloudError> {
-        let (path, query) = self.projects_query(params);
-        self.list_page("list_projects", &path, query, params.limit, params.offset)
-            .await
-    }
-
-    /// All projects matching `name__icontains`, across pages.
+    /// All projects matching `name__icontains` (`GET /api/v3/accounts/{a}/projects/`), across
+    /// pages.
     pub async fn list_all_projects(
         &self,
         name_icontains: Option<&str>,
     ) -> Result<Vec<Project>, DbtCloudError> {
-        let params = ListProjectsParams {
-            name_icontains: name_icontains.map(str::to_string),
-            ..Default::default()
-        };
-        let (path, query) = self.projects_query(&params);
+        let mut query = Vec::new();
+        push_opt(&mut query, "name__icontains", &name_icontains);
+        let path = format!("/api/v3/accounts/{}/projects/", self.account_id());
         self.paginate("list_projects", &path, query).await
     }
 
-    fn projects_query(&self, p: &ListProjectsParams) -> (String, Vec<(&'static str, String)>) {
-        let mut q = Vec::new();
-        push_opt(&mut q, "name__icontains", &p.name_icontains);
-        (
-            format!("/api/v3/accounts/{}/projects/", self.account_id()),
-            q,
-        )
-    }
-
-    /// `GET /api/v3/accounts/{a}/projects/{p}/environments/` (one page).
-    pub async fn list_environments(
-        &self,
-        project_id: i64,
-        params: &ListEnvironmentsParams,
-    ) -> Result<Page<Environment>, DbtCloudError> {
-        let (path, query) = self.environments_query(project_id, params);
-        self.list_page(
-            "list_environments",
-            &path,
-            query,
-            params.limit,
-            params.offset,
-        )
-        .await
-    }
-
-    /// All environments of a project matching `name__icontains`, across pages.
+    /// All environments of a project matching `name__icontains`
+    /// (`GET /api/v3/accounts/{a}/projects/{p}/environments/`), across pages.
     pub async fn list_all_environments(
         &self,
         project_id: i64,
         name_icontains: Option<&str>,
     ) -> Result<Vec<Environment>, DbtCloudError> {
-        let params = ListEnvironmentsParams {
-            name_icontains: name_icontains.map(str::to_string),
-            ..Default::default()
-        };
-        let (path, query) = self.environments_query(project_id, &params);
+        let mut query = Vec::new();
+        push_opt(&mut query, "name__icontains", &name_icontains);
+        let path = format!(
+            "/api/v3/accounts/{}/projects/{project_id}/environments/",
+            self.account_id()
+        );
         self.paginate("list_environments", &path, query).await
     }
 
-    fn environments_query(
-        &self,
-        project_id: i64,
-        p: &ListEnvironmentsParams,
-    ) -> (String, Vec<(&'static str, String)>) {
-        let mut q = Vec::new();
-        push_opt(&mut q, "name__icontains", &p.name_icontains);
-        (
-            format!(
-                "/api/v3/accounts/{}/projects/{project_id}/environments/",
-                self.account_id()
-            ),
-            q,
-        )
-    }
-
-    /// `GET /api/v2/accounts/{a}/jobs/` (one page).
-    pub async fn list_jobs(&self, params: &ListJobsParams) -> Result<Page<Job>, DbtCloudError> {
-        let (path, query) = self.jobs_query(params);
-        self.list_page("list_jobs", &path, query, params.limit, params.offset)
-            .await
-    }
-
-    /// All jobs matching the filters (limit/offset ignored), across pages.
-    pub async fn list_all_jobs(&self, params: &ListJobsParams) -> Result<Vec<Job>, DbtCloudError> {
-        let (path, query) = self.jobs_query(params);
+    /// All jobs matching the filters (`GET /api/v2/accounts/{a}/jobs/`), across pages.
+    pub async fn list_all_jobs(&self, p: &ListJobsParams) -> Result<Vec<Job>, DbtCloudError> {
+        let mut query = Vec::new();
+        push_opt(&mut query, "project_id", &p.project_id);
+        push_opt(&mut query, "environment_id", &p.environment_id);
+        push_opt(&mut query, "name__icontains", &p.name_icontains);
+        push_opt(&mut query, "order_by", &p.order_by);
+        let path = format!("/api/v2/accounts/{}/jobs/", self.account_id());
         self.paginate("list_jobs", &path, query).await
-    }
-
-    fn jobs_query(&self, p: &ListJobsParams) -> (String, Vec<(&'static str, String)>) {
-        let mut q = Vec::new();
-        push_opt(&mut q, "project_id", &p.project_id);
-        push_opt(&mut q, "environment_id", &p.environment_id);
-        push_opt(&mut q, "name__icontains", &p.name_icontains);
-        push_opt(&mut q, "order_by", &p.order_by);
-        (format!("/api/v2/accounts/{}/jobs/", self.account_id()), q)
     }
 
     /// `GET /api/v2/accounts/{a}/jobs/{j}/`.
@@ -408,12 +321,6 @@ impl DbtCloudClient {
             .await
     }
 
-    /// All runs matching the filters (limit/offset ignored), across pages.
-    pub async fn list_all_runs(&self, params: &ListRunsParams) -> Result<Vec<Run>, DbtCloudError> {
-        let (path, query) = self.runs_query(params);
-        self.paginate("list_runs", &path, query).await
-    }
-
     fn runs_query(&self, p: &ListRunsParams) -> (String, Vec<(&'static str, String)>) {
         let mut q = Vec::new();
         push_opt(&mut q, "job_definition_id", &p.job_definition_id);
@@ -441,14 +348,6 @@ impl DbtCloudClient {
             .await
     }
 
-    /// `POST /api/v2/accounts/{a}/jobs/{j}/rerun/`: rerun from the point of failure
-    /// (or a new run if the last did not fail). Never retried.
-    pub async fn rerun_job(&self, job_id: i64) -> Result<Run, DbtCloudError> {
-        let url = self.v2_url(&format!("jobs/{job_id}/rerun/"), &[])?;
-        self.post_json("rerun_job", url, b"{}".to_vec(), false)
-            .await
-    }
-
     /// `POST /api/v2/accounts/{a}/runs/{r}/retry/`: retry a failed run. Never retried.
     pub async fn retry_run(&self, run_id: i64) -> Result<Run, DbtCloudError> {
         let url = self.v2_url(&format!("runs/{run_id}/retry/"), &[])?;
@@ -456,26 +355,7 @@ impl DbtCloudClient {
             .await
     }
 
-    /// `GET /api/v2/accounts/{a}/runs/{r}/retry/`: failure details of a retryable run.
-    pub async fn get_run_failure_details(
-        &self,
-        run_id: i64,
-    ) -> Result<RunFailureDetails, DbtCloudError> {
-        let url = self.v2_url(&format!("runs/{run_id}/retry/"), &[])?;
-        self.get_json("get_run_failure_details", url)
-            .await
-            .map(|e| e.data)
-    }
-
     // ----- artifacts -----
-
-    /// `GET /api/v2/accounts/{a}/runs/{r}/artifacts/`: artifact paths of a run.
-    pub async fn list_run_artifacts(&self, run_id: i64) -> Result<Vec<String>, DbtCloudError> {
-        let url = self.v2_url(&format!("runs/{run_id}/artifacts/"), &[])?;
-        self.get_json("list_run_artifacts", url)
-            .await
-            .map(|e| e.data)
-    }
 
     /// `GET /api/v2/accounts/{a}/runs/{r}/artifacts/{path}` (optionally of a 1-based
     /// `step`): the raw file bytes.
@@ -490,17 +370,6 @@ impl DbtCloudClient {
         push_opt(&mut q, "step", &step);
         let url = self.v2_url(&format!("runs/{run_id}/artifacts/{path}"), &q)?;
         self.raw_get("get_run_artifact", url).await
-    }
-
-    /// `GET /api/v2/accounts/{a}/jobs/{j}/artifacts/{path}`: the job's latest artifact, raw.
-    pub async fn get_job_artifact(
-        &self,
-        job_id: i64,
-        path: &str,
-    ) -> Result<Vec<u8>, DbtCloudError> {
-        let path = encode_artifact_path(path)?;
-        let url = self.v2_url(&format!("jobs/{job_id}/artifacts/{path}"), &[])?;
-        self.raw_get("get_job_artifact", url).await
     }
 
     // ----- plumbing -----
@@ -834,7 +703,7 @@ async fn read_capped(mut resp: reqwest::Response, limit: u64) -> Result<Vec<u8>,
 /// never overflows: more digits than a `u64` holds saturate, a date in the past means zero, and the
 /// result is clamped to `ceiling`. Anything else (negative, fractional, garbage) is `None`, and the
 /// caller falls back to its own backoff.
-pub fn parse_retry_after(value: &str, now: SystemTime, ceiling: Duration) -> Option<Duration> {
+fn parse_retry_after(value: &str, now: SystemTime, ceiling: Duration) -> Option<Duration> {
     let v = value.trim();
     if v.is_empty() {
         return None;
@@ -1043,12 +912,8 @@ mod tests {
         let dbg = format!("{c:?}");
         assert!(!dbg.contains("supersecret"), "{dbg}");
         assert!(dbg.contains("REDACTED"));
-        assert_eq!(c.base_url(), "https://cloud.getdbt.com");
+        assert_eq!(c.inner.base_url, "https://cloud.getdbt.com");
         assert_eq!(c.account_id(), 42);
-        assert_eq!(
-            c.run_web_url(7, 9),
-            "https://cloud.getdbt.com/deploy/42/projects/7/runs/9/"
-        );
     }
 
     #[test]
@@ -1065,7 +930,7 @@ mod tests {
             ..Default::default()
         };
         let c = client_with("dbtc_x", cfg, "ab1.us1.dbt.com").unwrap();
-        assert_eq!(c.base_url(), "http://127.0.0.1:8080");
+        assert_eq!(c.inner.base_url, "http://127.0.0.1:8080");
         let cfg = ClientConfig {
             insecure_base_url_override: Some(Url::parse("ftp://127.0.0.1/").unwrap()),
             ..Default::default()

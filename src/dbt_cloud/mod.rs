@@ -24,7 +24,7 @@ mod rate_limit;
 mod types;
 
 pub use client::{
-    http_client, parse_retry_after, ApiObserver, ClientConfig, DbtCloudClient, NoopObserver,
+    http_client, ApiObserver, ClientConfig, DbtCloudClient, NoopObserver,
     DEFAULT_MAX_ARTIFACT_BYTES, DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_RETRY_AFTER_CEILING,
     MAX_PAGE_SIZE, USER_AGENT_VALUE,
 };
@@ -38,7 +38,6 @@ pub use rate_limit::{
 };
 pub use types::{
     parse_timestamp, truncate_cause, Account, Envelope, Environment, Extra, Job, JobExecution,
-    JobSettings, ListEnvironmentsParams, ListJobsParams, ListProjectsParams, ListRunsParams, Page,
-    Pagination, Project, ResponseStatus, Run, RunFailureDetails, RunStatus, RunStep, RunTrigger,
-    TriggerRunRequest, MAX_CAUSE_CHARS,
+    JobSettings, ListJobsParams, ListRunsParams, Page, Pagination, Project, ResponseStatus, Run,
+    RunStatus, RunStep, RunTrigger, TriggerRunRequest, MAX_CAUSE_CHARS,
 };
