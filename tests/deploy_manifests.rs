@@ -396,11 +396,11 @@ fn deployment_env_and_args_are_flags_the_binary_has() {
 
 #[test]
 fn probes_and_service_use_the_http_port() {
-    let http_rs = read("src/http.rs");
+    let probes_rs = read("src/probes.rs");
     for path in ["/healthz", "/readyz", "/metrics"] {
         assert!(
-            http_rs.contains(&format!(".route(\"{path}\"")),
-            "src/http.rs serves no {path}"
+            probes_rs.contains(&format!(".route(\"{path}\"")),
+            "src/probes.rs serves no {path}"
         );
     }
     for (what, objs) in deployments() {
