@@ -3,7 +3,8 @@
 //! Modules: [`crd`] (custom resource types), [`dbt_cloud`] (API client), [`controller`]
 //! (reconcilers and the pure run lifecycle), [`operator`] (the process: controllers, leader
 //! election, probes, shutdown), [`probes`] (probes and metrics server), [`leader`] (leader
-//! election), [`metrics`], [`telemetry`], [`cli`] (command line).
+//! election), [`metrics`], [`telemetry`], [`sync`] (the lock-poisoning policy), [`cli`] (command
+//! line).
 
 pub mod cli;
 pub mod controller;
@@ -13,6 +14,7 @@ pub mod leader;
 pub mod metrics;
 pub mod operator;
 pub mod probes;
+pub mod sync;
 pub mod telemetry;
 
 /// Errors of the operator's reconcilers.

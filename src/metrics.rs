@@ -240,7 +240,7 @@ impl Metrics {
 
     /// Records the current phase of a run (by `namespace/name`), or forgets it (`None`).
     pub fn set_run_phase(&self, key: &str, phase: Option<RunPhase>) {
-        let mut phases = self.phases.lock().expect("metrics lock");
+        let mut phases = crate::sync::lock(&self.phases);
         let old = match phase {
             Some(p) => phases.insert(key.to_string(), p),
             None => phases.remove(key),
@@ -267,7 +267,7 @@ impl Metrics {
     /// Forgets the phase of every run `keep` rejects (runs deleted while the watch was down).
     pub fn retain_run_phases(&self, keep: impl Fn(&str) -> bool) {
         let gone: Vec<String> = {
-            let phases = self.phases.lock().expect("metrics lock");
+            let phases = crate::sync::lock(&self.phases);
             phases.keys().filter(|k| !keep(k)).cloned().collect()
         };
         for key in gone {
@@ -370,6 +370,27 @@ mod tests {
         assert!(
             text.contains("dbt_cloud_operator_api_throttled_total 1"),
             "{text}"
+        );
+    }
+
+    /// A panic while the lock was held (a bug) does not take every later reconcile down with it.
+    #[test]
+    fn a_poisoned_lock_is_recovered() {
+        let m = Arc::new(Metrics::new());
+        let poisoner = m.clone();
+        let _ = std::thread::spawn(move || {
+            let _guard = poisoner.phases.lock();
+            panic!("poisoning the metrics lock on purpose");
+        })
+        .join();
+        assert!(m.phases.is_poisoned());
+        m.set_run_phase("a/x", Some(RunPhase::Running));
+        m.retain_run_phases(|_| true);
+        assert!(
+            m.encode()
+                .contains("dbt_cloud_operator_runs{phase=\"Running\"} 1"),
+            "{}",
+            m.encode()
         );
     }
 }

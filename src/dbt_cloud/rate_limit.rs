@@ -105,7 +105,7 @@ impl TokenBucket {
     /// Reserves one token; returns how long the caller must wait for it.
     fn reserve(&self, commit_if_waiting: bool) -> Option<Duration> {
         let inner = &self.inner;
-        let mut st = inner.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut st = crate::sync::lock(&inner.state);
         let now = Instant::now();
         let elapsed = now.saturating_duration_since(st.last).as_secs_f64();
         st.tokens = (st.tokens + elapsed * inner.per_second).min(inner.capacity);
@@ -225,7 +225,7 @@ impl RateLimiterRegistry {
     /// The budgets of `account_id` on `host` (created on first use; host is case-insensitive).
     pub fn for_account(&self, host: &str, account_id: i64) -> AccountLimits {
         let key = (host.trim().to_ascii_lowercase(), account_id);
-        let mut map = self.accounts.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = crate::sync::lock(&self.accounts);
         map.retain(|_, budgets| budgets.strong_count() > 0);
         if let Some(inner) = map.get(&key).and_then(Weak::upgrade) {
             return AccountLimits { inner };
@@ -237,7 +237,7 @@ impl RateLimiterRegistry {
 
     /// Number of accounts whose budgets some client still holds.
     pub fn len(&self) -> usize {
-        let mut map = self.accounts.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = crate::sync::lock(&self.accounts);
         map.retain(|_, budgets| budgets.strong_count() > 0);
         map.len()
     }
