@@ -14,7 +14,6 @@
 //! lookup checks the object still exists (see [`super::registry`]).
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
@@ -414,8 +413,7 @@ pub fn on_watch_event<K: CredentialsResource>(
 
 #[instrument(skip_all, fields(kind = kind_name(K::KIND), object = %format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any())))]
 async fn reconcile<K: CredentialsResource>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Action> {
-    let started = Instant::now();
-    let kind = kind_name(K::KIND);
+    let _measure = ctx.metrics.measure_reconcile(kind_name(K::KIND));
     let key = key_of(obj.as_ref());
     let ns = obj.namespace().unwrap_or_default();
     if obj.meta().namespace.is_some() && !ctx.watches_namespace(&ns) {
@@ -524,7 +522,6 @@ async fn reconcile<K: CredentialsResource>(obj: Arc<K>, ctx: Arc<Context>) -> Re
             .await;
         }
     }
-    ctx.metrics.reconciled(kind, started.elapsed());
     let requeue = if ready || a.stalled {
         ctx.config.secret_refresh
     } else {

@@ -4,7 +4,7 @@
 //! server-side apply, only when it changed.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Namespace;
@@ -62,25 +62,21 @@ pub async fn reconcile(run: Arc<DbtCloudJobRun>, ctx: Arc<Context>) -> Result<Ac
     if !ctx.watches_namespace(&ns) {
         return Ok(Action::await_change());
     }
-    let started = Instant::now();
+    let _measure = ctx.metrics.measure_reconcile(KIND);
     let api: Api<DbtCloudJobRun> = Api::namespaced(ctx.client.clone(), &ns);
     // A finished run has nothing to cancel: it needs no finalizer (so thousands of finished runs
     // cost no writes at start-up, and deleting them is immediate).
     if run.status.as_ref().is_some_and(|s| s.phase.is_terminal()) {
-        let result = finished(run, &ctx, &api).await;
-        ctx.metrics.reconciled(KIND, started.elapsed());
-        return result;
+        return finished(run, &ctx, &api).await;
     }
-    let result = finalizer(&api, RUN_FINALIZER, run, |event| async {
+    finalizer(&api, RUN_FINALIZER, run, |event| async {
         match event {
             FinalizerEvent::Apply(run) => apply(run, &ctx).await,
             FinalizerEvent::Cleanup(run) => cleanup(run, &ctx).await,
         }
     })
     .await
-    .map_err(|e| Error::Finalizer(Box::new(e)));
-    ctx.metrics.reconciled(KIND, started.elapsed());
-    result
+    .map_err(|e| Error::Finalizer(Box::new(e)))
 }
 
 /// Requeue policy after a failed reconcile: soon for conflicts, `Retry-After` for rate limits,
