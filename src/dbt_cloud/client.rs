@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use rand::Rng;
+use backon::{BackoffBuilder, ExponentialBuilder, Retryable};
 use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE, USER_AGENT};
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
@@ -71,9 +71,10 @@ pub struct ClientConfig {
     pub connect_timeout: Duration,
     /// Attempts of an idempotent call (GET, cancel); at least 1.
     pub max_attempts: u32,
-    /// First backoff delay; doubles per attempt, with jitter.
+    /// Backoff before the first retry; doubles per retry up to `backoff_max`. Each delay `d` is
+    /// jittered to a uniform value in `[d/2, d)` (see [`retry_backoff`]).
     pub backoff_base: Duration,
-    /// Largest backoff delay.
+    /// Largest backoff delay (before jitter, which only shortens it).
     pub backoff_max: Duration,
     /// Longest `Retry-After` waited in-line; longer ones are returned as `RateLimited`.
     pub max_retry_after: Duration,
@@ -505,38 +506,32 @@ impl DbtCloudClient {
         Ok(out)
     }
 
-    /// Runs a call with rate limiting and (when `call.retry`) bounded retries.
+    /// Runs a call with rate limiting and (when `call.retry`) bounded retries (`backon`): retried
+    /// while the error [is retryable](DbtCloudError::is_retryable), up to `max_attempts`
+    /// attempts, after the [`retry_backoff`] delay or the `Retry-After` dbt Cloud asked for
+    /// (see [`retry_delay`]).
     async fn execute(&self, call: Call) -> Result<Vec<u8>, DbtCloudError> {
-        let cfg = &self.inner.config;
-        let max_attempts = if call.retry {
-            cfg.max_attempts.max(1)
-        } else {
-            1
-        };
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let err = match self.attempt(&call).await {
-                Ok(bytes) => return Ok(bytes),
-                Err(e) => e,
-            };
-            if attempt >= max_attempts || !err.is_retryable() {
-                return Err(err);
-            }
-            let delay = match err.retry_after() {
-                Some(ra) if ra > cfg.max_retry_after => return Err(err),
-                Some(ra) => ra,
-                None => backoff(cfg, attempt),
-            };
-            tracing::debug!(
-                endpoint = call.endpoint,
-                attempt,
-                delay_ms = delay.as_millis() as u64,
-                error = %err,
-                "retrying dbt Cloud request"
-            );
-            tokio::time::sleep(delay).await;
+        if !call.retry {
+            return self.attempt(&call).await;
         }
+        let cfg = &self.inner.config;
+        let mut attempt = 1;
+        (|| self.attempt(&call))
+            .retry(retry_backoff(cfg))
+            .sleep(tokio::time::sleep)
+            .when(DbtCloudError::is_retryable)
+            .adjust(|err, backoff| retry_delay(err, backoff, cfg.max_retry_after))
+            .notify(|err, delay| {
+                tracing::debug!(
+                    endpoint = call.endpoint,
+                    attempt,
+                    delay_ms = delay.as_millis() as u64,
+                    error = %err,
+                    "retrying dbt Cloud request"
+                );
+                attempt += 1;
+            })
+            .await
     }
 
     async fn attempt(&self, call: &Call) -> Result<Vec<u8>, DbtCloudError> {
@@ -727,17 +722,34 @@ fn decode<T: DeserializeOwned>(
     })
 }
 
-/// Full-jitter exponential backoff: uniform in [d/2, d], d = min(max, base·2^(attempt-1)).
-fn backoff(cfg: &ClientConfig, attempt: u32) -> Duration {
-    let exp = cfg
-        .backoff_base
-        .saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
-    let d = exp.min(cfg.backoff_max);
-    if d.is_zero() {
-        return d;
+/// The delays between the attempts of an idempotent call: `max_attempts - 1` of them, the n-th
+/// uniform in `[d/2, d)` with `d = min(backoff_max, backoff_base · 2^(n-1))` ("equal jitter":
+/// spread out, never longer than `backoff_max`). `backon`'s jitter adds up to the delay again, so
+/// the builder starts from half the delays.
+pub(crate) fn retry_backoff(cfg: &ClientConfig) -> impl BackoffBuilder {
+    let max = cfg.backoff_max;
+    ExponentialBuilder::new()
+        .with_min_delay(cfg.backoff_base.min(max) / 2)
+        .with_max_delay(max / 2)
+        .with_factor(2.0)
+        .with_jitter()
+        .with_max_times(cfg.max_attempts.saturating_sub(1) as usize)
+}
+
+/// The delay before retrying after `err`, given the backoff's next delay (`None`: attempts are
+/// used up). dbt Cloud's `Retry-After` replaces the backoff; one longer than `max_retry_after` is
+/// not waited in-line: the error goes to the caller, who requeues for that long.
+pub(crate) fn retry_delay(
+    err: &DbtCloudError,
+    backoff: Option<Duration>,
+    max_retry_after: Duration,
+) -> Option<Duration> {
+    let backoff = backoff?;
+    match err.retry_after() {
+        Some(wait) if wait > max_retry_after => None,
+        Some(wait) => Some(wait),
+        None => Some(backoff),
     }
-    let nanos = d.as_nanos().min(u128::from(u64::MAX)) as u64;
-    Duration::from_nanos(rand::rng().random_range(nanos / 2..=nanos))
 }
 
 /// The envelope's `status.user_message` (or `developer_message`, or DRF's
@@ -1034,17 +1046,74 @@ mod tests {
     }
 
     #[test]
-    fn backoff_is_bounded() {
+    fn backoff_has_max_attempts_minus_one_delays_with_equal_jitter() {
         let cfg = ClientConfig {
+            max_attempts: 8,
             backoff_base: Duration::from_millis(100),
             backoff_max: Duration::from_millis(250),
             ..Default::default()
         };
-        for attempt in 1..40 {
-            let d = backoff(&cfg, attempt);
-            assert!(d <= Duration::from_millis(250));
+        for _ in 0..50 {
+            let delays: Vec<Duration> = retry_backoff(&cfg).build().collect();
+            assert_eq!(delays.len(), 7, "max_attempts - 1 retries");
+            for (n, delay) in delays.iter().enumerate() {
+                // d = min(max, base·2^n): 100, 200, then 250 ms.
+                let d = Duration::from_millis((100u64 << n).min(250));
+                assert!(
+                    *delay >= d / 2 && *delay < d,
+                    "retry {}: {delay:?} not in [{:?}, {d:?})",
+                    n + 1,
+                    d / 2
+                );
+            }
         }
-        let d = backoff(&cfg, 1);
-        assert!(d >= Duration::from_millis(50) && d <= Duration::from_millis(100));
+        // A base above the maximum is capped too; one attempt means no retry.
+        let cfg = ClientConfig {
+            backoff_base: Duration::from_secs(10),
+            backoff_max: Duration::from_secs(1),
+            ..Default::default()
+        };
+        assert!(retry_backoff(&cfg)
+            .build()
+            .all(|d| d < Duration::from_secs(1)));
+        for max_attempts in [0, 1] {
+            let cfg = ClientConfig {
+                max_attempts,
+                ..Default::default()
+            };
+            assert_eq!(retry_backoff(&cfg).build().count(), 0);
+        }
+    }
+
+    #[test]
+    fn retry_after_replaces_the_backoff_up_to_max_retry_after() {
+        let limited = |after: u64| DbtCloudError::RateLimited {
+            endpoint: "get_run",
+            retry_after: Some(Duration::from_secs(after)),
+            user_message: None,
+        };
+        let backoff = Some(Duration::from_millis(300));
+        let max = Duration::from_secs(60);
+        assert_eq!(
+            retry_delay(&limited(7), backoff, max),
+            Some(Duration::from_secs(7))
+        );
+        assert_eq!(
+            retry_delay(&limited(60), backoff, max),
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(retry_delay(&limited(61), backoff, max), None, "returned");
+        assert_eq!(
+            retry_delay(&limited(7), None, max),
+            None,
+            "attempts used up"
+        );
+        let server = DbtCloudError::Server {
+            endpoint: "get_run",
+            status: 503,
+            user_message: None,
+        };
+        assert_eq!(retry_delay(&server, backoff, max), backoff);
+        assert_eq!(retry_delay(&server, None, max), None);
     }
 }

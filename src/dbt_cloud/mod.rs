@@ -4,7 +4,7 @@
 //! * [`AccessHost`] validates the host the API key may be sent to (allow-listed
 //!   suffixes, no IPs, ports, paths or schemes).
 //! * [`DbtCloudClient`] (cheap clone) performs typed calls; idempotent calls
-//!   (GET, cancel) are retried with jittered exponential
+//!   (GET, cancel) are retried (`backon`) with jittered exponential
 //!   backoff honouring `Retry-After` (seconds or HTTP-date, clamped); trigger/retry POSTs
 //!   never are. Response bodies are read with a byte limit while they stream in.
 //! * [`RateLimiterRegistry`] shares one [`AccountLimits`] per account, awaited
