@@ -46,10 +46,14 @@ pub enum Command {
     /// Run the controller (in-cluster, or against the current kubeconfig context).
     Run(Box<run::RunArgs>),
     /// Print the CustomResourceDefinitions (YAML), or write one file per CRD with --out-dir.
+    ///
+    /// The repository keeps three copies, all written by one call:
+    /// `crds --out-dir crds --out-dir deploy/crds --out-dir deploy/helm/dbt-cloud-operator/crds`.
     Crds {
-        /// Write `<name>.yaml` files into this directory instead of printing.
+        /// Write `<name>.yaml` files into this directory instead of printing (repeat it to write
+        /// the same files into several directories).
         #[arg(long)]
-        out_dir: Option<std::path::PathBuf>,
+        out_dir: Vec<std::path::PathBuf>,
     },
     /// Log in to dbt Cloud: validate an API key, pick the account, and store the key as a
     /// Secret plus DbtCloudCredentials (or ClusterDbtCloudCredentials) in the cluster.
@@ -151,20 +155,19 @@ async fn user_command(command: Command) -> ExitCode {
     }
 }
 
-fn crds(out_dir: Option<std::path::PathBuf>) -> ExitCode {
-    match out_dir {
-        None => {
-            print!("{}", crate::crd::yaml());
-            ExitCode::SUCCESS
-        }
-        Some(dir) => {
-            for (name, yaml) in crate::crd::files() {
-                if let Err(e) = std::fs::write(dir.join(&name), yaml) {
-                    eprintln!("error: cannot write {}: {e}", dir.join(&name).display());
-                    return ExitCode::FAILURE;
-                }
+fn crds(out_dirs: Vec<std::path::PathBuf>) -> ExitCode {
+    if out_dirs.is_empty() {
+        print!("{}", crate::crd::yaml());
+        return ExitCode::SUCCESS;
+    }
+    let files = crate::crd::files();
+    for dir in &out_dirs {
+        for (name, yaml) in &files {
+            if let Err(e) = std::fs::write(dir.join(name), yaml) {
+                eprintln!("error: cannot write {}: {e}", dir.join(name).display());
+                return ExitCode::FAILURE;
             }
-            ExitCode::SUCCESS
         }
     }
+    ExitCode::SUCCESS
 }
