@@ -396,13 +396,8 @@ mod tests {
     /// A panic while the lock was held (a bug) does not take every later reconcile down with it.
     #[test]
     fn a_poisoned_lock_is_recovered() {
-        let m = Arc::new(Metrics::new());
-        let poisoner = m.clone();
-        let _ = std::thread::spawn(move || {
-            let _guard = poisoner.phases.lock();
-            panic!("poisoning the metrics lock on purpose");
-        })
-        .join();
+        let m = Metrics::new();
+        crate::sync::poison(|| m.phases.lock());
         assert!(m.phases.is_poisoned());
         m.set_run_phase("a/x", Some(RunPhase::Running));
         m.retain_run_phases(|_| true);

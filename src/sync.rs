@@ -26,21 +26,29 @@ pub fn write<T: ?Sized>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
     lock.write().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// Test helper: poisons `hold`'s lock the way a bug would, by panicking in a thread while `hold`
+/// holds it.
+#[cfg(test)]
+pub(crate) fn poison<G>(hold: impl FnOnce() -> G + Send) {
+    std::thread::scope(|s| {
+        let _ = s
+            .spawn(|| {
+                let _guard = hold();
+                panic!("poisoning a lock on purpose");
+            })
+            .join();
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn guards_are_handed_out_after_a_panic() {
-        let mutex = std::sync::Arc::new(Mutex::new(1));
-        let rw = std::sync::Arc::new(RwLock::new(1));
-        let (m, r) = (mutex.clone(), rw.clone());
-        let _ = std::thread::spawn(move || {
-            let _m = m.lock();
-            let _r = r.write();
-            panic!("poisoning both locks on purpose");
-        })
-        .join();
+        let (mutex, rw) = (Mutex::new(1), RwLock::new(1));
+        poison(|| mutex.lock());
+        poison(|| rw.write());
         assert!(mutex.is_poisoned() && rw.is_poisoned());
         *lock(&mutex) += 1;
         *write(&rw) += 1;

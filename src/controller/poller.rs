@@ -616,12 +616,7 @@ mod tests {
     async fn a_poisoned_lock_is_recovered() {
         let source: ClientSource = Arc::new(|_: &CredentialsKey| None);
         let (poller, _changes) = RunPoller::new(Duration::from_secs(3600), source);
-        let poisoner = poller.clone();
-        let _ = std::thread::spawn(move || {
-            let _guard = poisoner.inner.groups.lock();
-            panic!("poisoning the poller lock on purpose");
-        })
-        .join();
+        crate::sync::poison(|| poller.inner.groups.lock());
         assert!(poller.inner.groups.is_poisoned());
         let a = creds("team-a", "dbt");
         poller.track(&a, 1, obj("x"), Duration::from_secs(3600), None);

@@ -631,12 +631,7 @@ mod tests {
     #[test]
     fn a_poisoned_lock_is_recovered() {
         let registry = CredentialsRegistry::default();
-        let poisoner = registry.clone();
-        let _ = std::thread::spawn(move || {
-            let _guard = poisoner.entries.write();
-            panic!("poisoning the registry lock on purpose");
-        })
-        .join();
+        crate::sync::poison(|| registry.entries.write());
         assert!(registry.entries.is_poisoned());
         let obj = creds("ns", "dbt", "uid-1", 1);
         let key = crate::controller::credentials::key_of(&obj);
