@@ -7,7 +7,7 @@
 //! it can leave behind is at worst a stale entry that the next watch event or reconcile corrects.
 //! Propagating the poison instead would make every later reconcile that touches the lock panic
 //! too, taking the whole operator down for one bug. So every lock in the operator is taken through
-//! [`lock`], [`read`] or [`write`], which hand out the guard whether or not the lock is poisoned.
+//! [`lock`], [`read`] or [`write()`], which hand out the guard whether or not the lock is poisoned.
 
 use std::sync::{Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 

@@ -72,7 +72,7 @@ pub struct ClientConfig {
     /// Attempts of an idempotent call (GET, cancel); at least 1.
     pub max_attempts: u32,
     /// Backoff before the first retry; doubles per retry up to `backoff_max`. Each delay `d` is
-    /// jittered to a uniform value in `[d/2, d)` (see [`retry_backoff`]).
+    /// jittered to a uniform value in `[d/2, d)`.
     pub backoff_base: Duration,
     /// Largest backoff delay (before jitter, which only shortens it).
     pub backoff_max: Duration,
