@@ -14,6 +14,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use backon::{ExponentialBuilder, Retryable};
 use kube::Client;
 use kube_lease_manager::LeaseManagerBuilder;
 use tracing::{error, info};
@@ -62,27 +63,29 @@ where
     W: FnOnce(futures::future::BoxFuture<'static, ()>) -> WF,
     WF: Future<Output = ()>,
 {
-    // Replicas starting together race to create the Lease; the loser retries (bounded).
-    let mut attempt = 0;
-    let manager = loop {
-        let built = LeaseManagerBuilder::new(client.clone(), &config.lease_name)
+    // Replicas starting together race to create the Lease; the loser retries (10 times, from
+    // 200 ms, doubling up to 2 s, jittered).
+    let backoff = ExponentialBuilder::new()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(2))
+        .with_jitter()
+        .with_max_times(10);
+    let manager = (|| {
+        LeaseManagerBuilder::new(client.clone(), &config.lease_name)
             .with_namespace(&config.namespace)
             .with_identity(&config.identity)
             .with_duration(config.duration)
             .with_grace(config.grace)
             .with_field_manager("dbt-cloud-operator-leader")
             .build()
-            .await;
-        match built {
-            Ok(m) => break m,
-            Err(e) if attempt < 10 => {
-                attempt += 1;
-                tracing::warn!(error = %e, attempt, "cannot set up the leader Lease yet; retrying");
-                tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
-            }
-            Err(e) => return Err(LeaderError(e.to_string())),
-        }
-    };
+    })
+    .retry(backoff)
+    .sleep(tokio::time::sleep)
+    .notify(|e, delay| {
+        tracing::warn!(error = %e, ?delay, "cannot set up the leader Lease yet; retrying");
+    })
+    .await
+    .map_err(|e| LeaderError(e.to_string()))?;
     let (mut leading, task) = manager.watch().await;
     let mut shutdown = Box::pin(shutdown);
     info!(identity = %config.identity, lease = %config.lease_name, "waiting to become leader");

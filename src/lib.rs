@@ -1,16 +1,20 @@
 //! dbt-cloud-operator: run dbt Cloud jobs the Kubernetes way.
 //!
 //! Modules: [`crd`] (custom resource types), [`dbt_cloud`] (API client), [`controller`]
-//! (reconcilers and the pure run lifecycle), [`metrics`], [`telemetry`], [`http`] (probes and
-//! metrics endpoint), [`leader`] (leader election), [`cli`] (command line).
+//! (reconcilers and the pure run lifecycle), [`operator`] (the process: controllers, leader
+//! election, probes, shutdown), [`probes`] (probes and metrics server), [`leader`] (leader
+//! election), [`metrics`], [`telemetry`], [`sync`] (the lock-poisoning policy), [`cli`] (command
+//! line).
 
 pub mod cli;
 pub mod controller;
 pub mod crd;
 pub mod dbt_cloud;
-pub mod http;
 pub mod leader;
 pub mod metrics;
+pub mod operator;
+pub mod probes;
+pub mod sync;
 pub mod telemetry;
 
 /// Errors of the operator's reconcilers.

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -217,15 +217,15 @@ impl Metrics {
         out
     }
 
-    /// Counts a reconciliation and its duration.
-    pub fn reconciled(&self, kind: &str, elapsed: Duration) {
-        let labels = KindLabels {
-            kind: kind.to_string(),
-        };
-        self.reconciliations.get_or_create(&labels).inc();
-        self.reconcile_duration
-            .get_or_create(&labels)
-            .observe(elapsed.as_secs_f64());
+    /// Starts measuring one reconcile of `kind`: it is counted and its duration observed when
+    /// the returned guard is dropped, however the reconcile ends (an early `?` included).
+    pub fn measure_reconcile(&self, kind: &str) -> ReconcileMeasurer {
+        ReconcileMeasurer {
+            start: Instant::now(),
+            labels: KindLabels { kind: kind.into() },
+            reconciliations: self.reconciliations.clone(),
+            duration: self.reconcile_duration.clone(),
+        }
     }
 
     /// Counts a reconcile error.
@@ -240,7 +240,7 @@ impl Metrics {
 
     /// Records the current phase of a run (by `namespace/name`), or forgets it (`None`).
     pub fn set_run_phase(&self, key: &str, phase: Option<RunPhase>) {
-        let mut phases = self.phases.lock().expect("metrics lock");
+        let mut phases = crate::sync::lock(&self.phases);
         let old = match phase {
             Some(p) => phases.insert(key.to_string(), p),
             None => phases.remove(key),
@@ -267,7 +267,7 @@ impl Metrics {
     /// Forgets the phase of every run `keep` rejects (runs deleted while the watch was down).
     pub fn retain_run_phases(&self, keep: impl Fn(&str) -> bool) {
         let gone: Vec<String> = {
-            let phases = self.phases.lock().expect("metrics lock");
+            let phases = crate::sync::lock(&self.phases);
             phases.keys().filter(|k| !keep(k)).cloned().collect()
         };
         for key in gone {
@@ -328,6 +328,26 @@ impl ApiObserver for Metrics {
     }
 }
 
+/// Measures one reconcile from [`Metrics::measure_reconcile`] to its drop (as kube-rs's
+/// `controller-rs` example does): `reconciliations_total` and `reconcile_duration_seconds` are
+/// recorded together in `Drop`, so no return path of a reconciler can skip them.
+#[must_use = "the reconcile is measured until this guard is dropped"]
+pub struct ReconcileMeasurer {
+    start: Instant,
+    labels: KindLabels,
+    reconciliations: Family<KindLabels, Counter>,
+    duration: Family<KindLabels, Histogram>,
+}
+
+impl Drop for ReconcileMeasurer {
+    fn drop(&mut self) {
+        self.reconciliations.get_or_create(&self.labels).inc();
+        self.duration
+            .get_or_create(&self.labels)
+            .observe(self.start.elapsed().as_secs_f64());
+    }
+}
+
 /// Shared handle.
 pub type SharedMetrics = Arc<Metrics>;
 
@@ -371,5 +391,42 @@ mod tests {
             text.contains("dbt_cloud_operator_api_throttled_total 1"),
             "{text}"
         );
+    }
+
+    /// A panic while the lock was held (a bug) does not take every later reconcile down with it.
+    #[test]
+    fn a_poisoned_lock_is_recovered() {
+        let m = Metrics::new();
+        crate::sync::poison(|| m.phases.lock());
+        assert!(m.phases.is_poisoned());
+        m.set_run_phase("a/x", Some(RunPhase::Running));
+        m.retain_run_phases(|_| true);
+        assert!(
+            m.encode()
+                .contains("dbt_cloud_operator_runs{phase=\"Running\"} 1"),
+            "{}",
+            m.encode()
+        );
+    }
+
+    #[test]
+    fn a_reconcile_is_measured_on_every_return_path() {
+        fn reconcile(m: &Metrics, fail: bool) -> Result<(), &'static str> {
+            let _measure = m.measure_reconcile("DbtCloudJobRun");
+            if fail {
+                Err("failed half-way")?;
+            }
+            Ok(())
+        }
+        let m = Metrics::new();
+        assert!(reconcile(&m, true).is_err());
+        assert!(reconcile(&m, false).is_ok());
+        let text = m.encode();
+        for series in [
+            "dbt_cloud_operator_reconciliations_total{kind=\"DbtCloudJobRun\"} 2",
+            "dbt_cloud_operator_reconcile_duration_seconds_count{kind=\"DbtCloudJobRun\"} 2",
+        ] {
+            assert!(text.contains(series), "{series}:\n{text}");
+        }
     }
 }

@@ -4,7 +4,7 @@
 
 mod support;
 
-use dbt_cloud_operator::cli::common::{Ctx, ScriptedPrompt};
+use dbt_cloud_operator::cli::terminal::{Ctx, ScriptedPrompt};
 use dbt_cloud_operator::cli::{accounts, inspect, login, logout, Cli, Command};
 use http::Method;
 use k8s_openapi::ByteString;

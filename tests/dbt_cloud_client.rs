@@ -261,7 +261,7 @@ async fn maps_each_status() {
     for (code, reason) in cases {
         // Non-retried POST: exactly one answer consumed per case.
         s.push(canned(code, err_env(code, &format!("message for {code}"))));
-        let e = c.rerun_job(7).await.unwrap_err();
+        let e = c.retry_run(7).await.unwrap_err();
         assert_eq!(e.reason(), reason, "{code}: {e}");
         assert_eq!(e.http_status(), Some(code));
         assert_eq!(
@@ -421,7 +421,7 @@ async fn idempotent_calls_retry_5xx_up_to_max_attempts() {
 }
 
 #[tokio::test]
-async fn trigger_rerun_retry_posts_are_never_retried() {
+async fn trigger_and_retry_posts_are_never_retried() {
     let s = Script::start().await;
     let c = s.client(KEY);
     s.set_default(canned(503, err_env(503, "down")));
@@ -431,10 +431,8 @@ async fn trigger_rerun_retry_posts_are_never_retried() {
         .unwrap_err();
     assert!(e.is_ambiguous_for_trigger());
     assert_eq!(s.requests().len(), 1);
-    c.rerun_job(7).await.unwrap_err();
-    assert_eq!(s.requests().len(), 2);
     c.retry_run(8).await.unwrap_err();
-    assert_eq!(s.requests().len(), 3);
+    assert_eq!(s.requests().len(), 2);
     s.set_default(canned(429, err_env(429, "slow")));
     let e = c
         .trigger_run(7, &TriggerRunRequest::new("x").unwrap())
@@ -442,7 +440,7 @@ async fn trigger_rerun_retry_posts_are_never_retried() {
         .unwrap_err();
     assert_eq!(e.reason(), "RateLimited");
     assert!(!e.is_ambiguous_for_trigger());
-    assert_eq!(s.requests().len(), 4);
+    assert_eq!(s.requests().len(), 3);
 }
 
 #[tokio::test]
@@ -581,33 +579,6 @@ async fn tolerant_decoding_of_unknown_and_missing_fields() {
 }
 
 #[tokio::test]
-async fn discovery_errors_surface_and_data_is_returned() {
-    let s = Script::start().await;
-    let c = s.client(KEY);
-    s.push(canned(
-        200,
-        json!({"data": null, "errors": [{"message": "Field 'x' not found"}]}),
-    ));
-    let e = c
-        .discovery_query("{ x }", json!({"jobId": 1}))
-        .await
-        .unwrap_err();
-    assert_eq!(e.reason(), "GraphQLError");
-    assert!(e.to_string().contains("Field 'x' not found"));
-    s.push(canned(200, json!({"data": {"job": {"id": 1}}})));
-    let d = c
-        .discovery_query("{ job { id } }", json!({}))
-        .await
-        .unwrap();
-    assert_eq!(d, json!({"job": {"id": 1}}));
-    let reqs = s.requests();
-    assert_eq!(reqs[0].uri, "/graphql");
-    assert_eq!(reqs[0].method, Method::POST);
-    let body: Value = serde_json::from_slice(&reqs[0].body).unwrap();
-    assert_eq!(body, json!({"query": "{ x }", "variables": {"jobId": 1}}));
-}
-
-#[tokio::test]
 async fn artifacts_are_raw_bytes() {
     let s = Script::start().await;
     let c = s.client(KEY);
@@ -622,21 +593,13 @@ async fn artifacts_are_raw_bytes() {
         .await
         .unwrap();
     assert_eq!(bytes, b"PAR1raw");
-    s.push(canned(200, json!({"metadata": {"dbt_version": "1.9"}})));
-    let bytes = c.get_job_artifact(7, "manifest.json").await.unwrap();
-    let v: Value = serde_json::from_slice(&bytes).unwrap();
-    assert_eq!(v["metadata"]["dbt_version"], "1.9");
     let reqs = s.requests();
     assert_eq!(
         reqs[0].uri,
         "/api/v2/accounts/1/runs/5/artifacts/run/my%20project/model.sql?step=2"
     );
-    assert_eq!(
-        reqs[1].uri,
-        "/api/v2/accounts/1/jobs/7/artifacts/manifest.json"
-    );
     assert!(c.get_run_artifact(5, "../secrets", None).await.is_err());
-    assert_eq!(s.requests().len(), 2);
+    assert_eq!(s.requests().len(), 1);
 }
 
 #[tokio::test]
@@ -645,7 +608,9 @@ async fn pagination_stops_on_total_count_and_empty_page() {
     let s = Script::start().await;
     let c = s.client(KEY);
     let page = |from: i64, n: i64, total: Option<i64>| {
-        let data: Vec<Value> = (from..from + n).map(|i| run_json(i, 10)).collect();
+        let data: Vec<Value> = (from..from + n)
+            .map(|i| json!({"id": i, "name": format!("job {i}")}))
+            .collect();
         let mut v = json!({"data": data, "status": {"code": 200}});
         if let Some(t) = total {
             v["extra"] = json!({"pagination": {"count": n, "total_count": t}, "order_by": "id", "filters": {}});
@@ -655,27 +620,27 @@ async fn pagination_stops_on_total_count_and_empty_page() {
     s.push(page(0, 100, Some(250)));
     s.push(page(100, 100, Some(250)));
     s.push(page(200, 50, Some(250)));
-    let runs = c
-        .list_all_runs(&ListRunsParams {
-            job_definition_id: Some(7),
+    let jobs = c
+        .list_all_jobs(&ListJobsParams {
+            project_id: Some(7),
             ..Default::default()
         })
         .await
         .unwrap();
-    assert_eq!(runs.len(), 250);
-    assert_eq!(runs[249].id, 249);
+    assert_eq!(jobs.len(), 250);
+    assert_eq!(jobs[249].id, 249);
     let offsets: Vec<String> = s.requests().iter().map(|r| r.uri.clone()).collect();
     assert_eq!(offsets.len(), 3);
     assert!(offsets[2].contains("limit=100") && offsets[2].contains("offset=200"));
-    assert!(offsets[0].contains("job_definition_id=7"));
+    assert!(offsets[0].contains("project_id=7"));
 
     // Defensive: total_count lies (says 1000) but the server runs dry.
     let s = Script::start().await;
     let c = s.client(KEY);
     s.push(page(0, 100, Some(1000)));
     s.push(page(100, 0, Some(1000)));
-    let runs = c.list_all_runs(&ListRunsParams::default()).await.unwrap();
-    assert_eq!(runs.len(), 100);
+    let jobs = c.list_all_jobs(&ListJobsParams::default()).await.unwrap();
+    assert_eq!(jobs.len(), 100);
     assert_eq!(s.requests().len(), 2);
 }
 
@@ -687,10 +652,6 @@ async fn rate_limiter_counts_permits_and_waits() {
         admin: LimitSpec {
             per_minute: 600,
             burst: 2,
-        },
-        discovery: LimitSpec {
-            per_minute: 1,
-            burst: 1,
         },
     });
     let obs = Arc::new(CountingObserver::default());
@@ -718,15 +679,6 @@ async fn rate_limiter_counts_permits_and_waits() {
     assert_eq!(stats.permits, 6);
     assert!(stats.waits >= 1, "{stats:?}");
     assert_eq!(obs.waits.load(Ordering::Relaxed), stats.waits);
-    // Discovery has its own budget: its single token is still there.
-    assert!(registry
-        .for_account("cloud.getdbt.com", 1)
-        .discovery()
-        .try_acquire());
-    assert!(!registry
-        .for_account("cloud.getdbt.com", 1)
-        .discovery()
-        .try_acquire());
     // Other accounts are independent.
     assert_eq!(
         registry
@@ -854,23 +806,12 @@ mod sim {
 
         let projects = c.list_all_projects(Some("ANALY")).await.unwrap();
         assert_eq!(projects.iter().map(|p| p.id).collect::<Vec<_>>(), vec![10]);
-        let page = c
-            .list_projects(&ListProjectsParams {
-                limit: Some(1),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        assert_eq!((page.items.len(), page.total_count), (1, Some(2)));
+        assert_eq!(c.list_all_projects(None).await.unwrap().len(), 2);
 
         let envs = c.list_all_environments(10, Some("prod")).await.unwrap();
         assert_eq!(envs.len(), 1);
         assert_eq!((envs[0].id, envs[0].project_id), (100, Some(10)));
-        let page = c
-            .list_environments(10, &ListEnvironmentsParams::default())
-            .await
-            .unwrap();
-        assert_eq!(page.items.len(), 2);
+        assert_eq!(c.list_all_environments(10, None).await.unwrap().len(), 2);
 
         let jobs = c
             .list_all_jobs(&ListJobsParams {
@@ -939,8 +880,6 @@ mod sim {
         assert!(none.items.is_empty());
         assert_eq!(none.total_count, Some(0));
 
-        let paths = c.list_run_artifacts(run.id).await.unwrap();
-        assert!(paths.contains(&"run_results.json".to_string()), "{paths:?}");
         let rr = c
             .get_run_artifact(run.id, "run_results.json", None)
             .await
@@ -953,36 +892,15 @@ mod sim {
             .await
             .unwrap();
         assert!(serde_json::from_slice::<Value>(&seed).is_ok());
-        let manifest = c.get_job_artifact(JOB_OK, "manifest.json").await.unwrap();
-        assert!(serde_json::from_slice::<Value>(&manifest).is_ok());
         let e = c
             .get_run_artifact(run.id, "nope.json", None)
             .await
             .unwrap_err();
         assert_eq!(e.reason(), "NotFound");
-
-        // Discovery: data, then a GraphQL error at HTTP 200.
-        let q = "query Models($jobId: Int!, $runId: Int) { job(id: $jobId, runId: $runId) { models { uniqueId name status } } }";
-        let data = c
-            .discovery_query(q, json!({"jobId": JOB_OK, "runId": run.id}))
-            .await
-            .unwrap();
-        assert!(
-            data["job"]["models"]
-                .as_array()
-                .is_some_and(|m| !m.is_empty()),
-            "{data}"
-        );
-        let e = c
-            .discovery_query("{ noSuchField }", json!({}))
-            .await
-            .unwrap_err();
-        assert_eq!(e.reason(), "GraphQLError");
-        assert!(!e.is_retryable());
     }
 
     #[tokio::test]
-    async fn failure_details_retry_rerun_cancel() {
+    async fn retry_and_cancel() {
         let sim = setup().await;
         let c = client(&sim, KEY, ACCOUNT);
         let run = c
@@ -992,21 +910,13 @@ mod sim {
         let failed = wait_terminal(&c, run.id).await;
         assert_eq!(failed.status, RunStatus::Error);
 
-        let details = c.get_run_failure_details(run.id).await.unwrap();
-        assert!(details.failed_step.is_some(), "{details:?}");
         let retried = c.retry_run(run.id).await.unwrap();
         assert_ne!(retried.id, run.id);
         let retried = wait_terminal(&c, retried.id).await;
         assert_eq!(retried.status, RunStatus::Success);
-        // Now the last run succeeded: failure details answer 400.
-        let e = c.get_run_failure_details(retried.id).await.unwrap_err();
+        // Now the last run succeeded: a retry is refused with dbt Cloud's reason.
+        let e = c.retry_run(retried.id).await.unwrap_err();
         assert_eq!(e.reason(), "BadRequest");
-        assert!(e
-            .user_message()
-            .is_some_and(|m| m.contains("RETRY_NOT_FAILED_RUN")));
-
-        let rerun = c.rerun_job(JOB_FAILS).await.unwrap();
-        assert!(rerun.id > retried.id);
 
         // Cancel a long-running run.
         sim.set_job_behavior(
@@ -1069,11 +979,6 @@ mod sim {
                 .logs
                 .as_deref()
                 .is_some_and(|l| l.contains("Database Error in model orders")));
-            let details = c.get_run_failure_details(run.id).await.unwrap();
-            assert_eq!(
-                details.failed_step,
-                Some(json!("Invoke dbt with `dbt build`"))
-            );
             // The default artifact is the failing command's; step 4 is `dbt seed`; `dbt deps`
             // (step 3) writes none.
             let rr = c
@@ -1158,7 +1063,7 @@ mod sim {
 
         // 400 with the envelope's message.
         let e = c
-            .list_jobs(&ListJobsParams {
+            .list_all_jobs(&ListJobsParams {
                 order_by: Some("bogus".into()),
                 ..Default::default()
             })
@@ -1232,8 +1137,8 @@ mod sim {
             status: 500,
             scope: FaultScope::ListRuns,
         });
-        let runs = c.list_all_runs(&ListRunsParams::default()).await.unwrap();
-        assert_eq!(runs.len(), 1);
+        let runs = c.list_runs(&ListRunsParams::default()).await.unwrap();
+        assert_eq!(runs.items.len(), 1);
         let statuses: Vec<u16> = sim.requests().iter().map(|r| r.status).collect();
         assert_eq!(statuses, vec![500, 500, 200]);
 
@@ -1296,13 +1201,14 @@ mod sim {
 
         // The caller can find it by listing runs of the job.
         let runs = c
-            .list_all_runs(&ListRunsParams {
+            .list_runs(&ListRunsParams {
                 job_definition_id: Some(JOB_OK),
                 include_related: vec!["trigger".into()],
                 ..Default::default()
             })
             .await
-            .unwrap();
+            .unwrap()
+            .items;
         assert_eq!(runs.len(), 1);
         assert_eq!(runs[0].cause(), Some("lost"));
     }
@@ -1339,20 +1245,35 @@ mod sim {
         assert_eq!(ids.len(), 150);
         assert_eq!(count(&sim, "GET", "/jobs/"), 2);
 
-        // Runs too: 120 triggers, listed in two pages.
+        // Runs too: 120 triggers, read in two pages as the run search reads them.
         for _ in 0..120 {
             c.trigger_run(JOB_OK, &TriggerRunRequest::new("bulk").unwrap())
                 .await
                 .unwrap();
         }
-        let runs = c
-            .list_all_runs(&ListRunsParams {
-                job_definition_id: Some(JOB_OK),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        assert_eq!(runs.len(), 120);
+        let page = |offset| ListRunsParams {
+            job_definition_id: Some(JOB_OK),
+            order_by: Some("-id".into()),
+            limit: Some(MAX_PAGE_SIZE),
+            offset: Some(offset),
+            ..Default::default()
+        };
+        let first = c.list_runs(&page(0)).await.unwrap();
+        let second = c.list_runs(&page(100)).await.unwrap();
+        assert_eq!((first.items.len(), first.total_count), (100, Some(120)));
+        assert_eq!((second.items.len(), second.total_count), (20, Some(120)));
+        let mut ids: Vec<i64> = first
+            .items
+            .iter()
+            .chain(&second.items)
+            .map(|r| r.id)
+            .collect();
+        ids.dedup();
+        assert_eq!(ids.len(), 120);
+        assert!(
+            ids.windows(2).all(|w| w[0] > w[1]),
+            "newest first, no overlap"
+        );
     }
 
     /// The client decodes the live service's form (the simulator's default: absent values and
@@ -1390,8 +1311,8 @@ mod sim {
             // Not asked for: `[]` in the live form, absent in the sparse one.
             assert!(got.run_steps.unwrap_or_default().is_empty());
             assert!(got.trigger.is_none());
-            let listed = c.list_all_runs(&ListRunsParams::default()).await.unwrap();
-            assert_eq!(listed.len(), 1);
+            let listed = c.list_runs(&ListRunsParams::default()).await.unwrap();
+            assert_eq!(listed.items.len(), 1);
             assert!(c.get_job(JOB_OK).await.is_ok());
             assert!(c.list_accounts().await.is_ok());
             sim.finish_run(ACCOUNT, run.id, Outcome::FailAtStep(1));
@@ -1412,7 +1333,6 @@ mod sim {
                 per_minute: 300, // one per 200 ms
                 burst: 1,
             },
-            discovery: LimitSpec::per_minute(500),
         });
         let obs = Arc::new(CountingObserver::default());
         let mk = || {

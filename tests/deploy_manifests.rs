@@ -1,6 +1,8 @@
-//! Properties of the production packaging that matter: deploy/ (rendered with `kubectl kustomize`
-//! when kubectl is available), the Helm chart's static parts, examples/, the Dockerfile.
-//! .ci/check-manifests adds the Helm render and Kubernetes JSON-schema validation.
+//! Properties of the production packaging that matter: the CRD files against what the Rust types
+//! generate, deploy/ (rendered with `kubectl kustomize`), the Helm chart's static parts, examples/
+//! against the CRD schemas, the Dockerfile. .ci/check-manifests adds what needs Helm or Kubernetes'
+//! own JSON schemas: the Helm render, and validation of the rendered manifests and examples with
+//! `kubernetes-validate`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -165,18 +167,45 @@ fn normalized(v: &Value) -> Value {
 // CRDs
 // ---------------------------------------------------------------------------------------------
 
+/// Where the CRD files live: `crds/` (applied by hand and by the tests), and the copies that
+/// kustomize and Helm need inside their own directories. One generator writes all three.
+const CRD_DIRS: [&str; 3] = ["crds", "deploy/crds", "deploy/helm/dbt-cloud-operator/crds"];
+const REGENERATE_CRDS: &str = "cargo run -- crds --out-dir crds --out-dir deploy/crds \
+     --out-dir deploy/helm/dbt-cloud-operator/crds (or .ci/check-manifests --sync)";
+
+/// The one check of the CRD files: every copy is exactly what the Rust types generate, no copy has
+/// a stale extra file, kustomize lists and installs every CRD unchanged.
 #[test]
-fn every_crd_is_installed_and_the_copies_are_identical() {
-    let rendered = base();
-    for (file, text) in crd_files() {
-        for copy in ["deploy/crds", &format!("{CHART}/crds")] {
-            assert_eq!(
-                read(format!("{copy}/{file}")),
-                text,
-                "{copy}/{file} differs from crds/{file}: run .ci/check-manifests --sync"
+fn every_crd_file_is_what_the_rust_types_generate_and_is_installed() {
+    let generated = dbt_cloud_operator::crd::files();
+    assert_eq!(generated.len(), 3, "three kinds");
+    for dir in CRD_DIRS {
+        for (file, yaml) in &generated {
+            let path = format!("{dir}/{file}");
+            let on_disk = std::fs::read_to_string(root().join(&path))
+                .unwrap_or_else(|e| panic!("{path}: {e}; run {REGENERATE_CRDS}"));
+            assert!(
+                on_disk == *yaml,
+                "{path} is not what the Rust types generate: run {REGENERATE_CRDS}"
             );
         }
-        for crd in docs(&text, &file) {
+        let mut files = Vec::new();
+        yaml_files(Path::new(dir), &mut files);
+        for f in files {
+            let file = f.file_name().unwrap().to_string_lossy().to_string();
+            assert!(
+                file == "kustomization.yaml" || generated.iter().any(|(g, _)| *g == file),
+                "{} is no CRD the Rust types generate: remove it",
+                f.display()
+            );
+        }
+    }
+    let listed = strings(&file_docs("deploy/crds/kustomization.yaml")[0]["resources"]);
+    let want: Vec<String> = generated.iter().map(|(f, _)| f.clone()).collect();
+    assert_eq!(listed, want, "deploy/crds/kustomization.yaml resources");
+    let rendered = base();
+    for (file, yaml) in &generated {
+        for crd in docs(yaml, file) {
             let installed = rendered
                 .iter()
                 .find(|o| kind(o) == "CustomResourceDefinition" && name(o) == name(&crd))
@@ -189,22 +218,6 @@ fn every_crd_is_installed_and_the_copies_are_identical() {
             );
         }
     }
-    // No stale extra copies either.
-    for copy in ["deploy/crds", &format!("{CHART}/crds")] {
-        let mut files = Vec::new();
-        yaml_files(Path::new(copy), &mut files);
-        for f in files {
-            let file = f.file_name().unwrap().to_string_lossy().to_string();
-            assert!(
-                file == "kustomization.yaml" || crd_files().contains_key(&file),
-                "{} has no counterpart in crds/",
-                f.display()
-            );
-        }
-    }
-    let listed = strings(&file_docs("deploy/crds/kustomization.yaml")[0]["resources"]);
-    let want: Vec<String> = crd_files().into_keys().collect();
-    assert_eq!(listed, want, "deploy/crds/kustomization.yaml resources");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -396,11 +409,11 @@ fn deployment_env_and_args_are_flags_the_binary_has() {
 
 #[test]
 fn probes_and_service_use_the_http_port() {
-    let http_rs = read("src/http.rs");
+    let probes_rs = read("src/probes.rs");
     for path in ["/healthz", "/readyz", "/metrics"] {
         assert!(
-            http_rs.contains(&format!(".route(\"{path}\"")),
-            "src/http.rs serves no {path}"
+            probes_rs.contains(&format!(".route(\"{path}\"")),
+            "src/probes.rs serves no {path}"
         );
     }
     for (what, objs) in deployments() {
@@ -906,7 +919,8 @@ fn flux_examples_wait_for_the_operator_and_check_runs() {
 // ---------------------------------------------------------------------------------------------
 
 /// Checks `value` against a CRD openAPIV3Schema (types, unknown fields, required fields, enums,
-/// bounds). CEL rules and patterns are not evaluated (.ci/check-manifests does patterns).
+/// bounds, patterns). CEL rules (`x-kubernetes-validations`) are not evaluated: the API server
+/// does that, in the tests that apply manifests (tests/e2e_bad_input.rs).
 fn check_schema(schema: &Value, value: &Value, path: &str, errors: &mut Vec<String>) {
     if value.is_null() {
         if schema["nullable"].as_bool() != Some(true) {
@@ -967,7 +981,16 @@ fn check_schema(schema: &Value, value: &Value, path: &str, errors: &mut Vec<Stri
             }
         }
         "string" => match value.as_str() {
-            Some(text) => bounds(schema, text.chars().count() as f64, "Length", path, errors),
+            Some(text) => {
+                bounds(schema, text.chars().count() as f64, "Length", path, errors);
+                if let Some(pattern) = schema["pattern"].as_str() {
+                    let re = regex::Regex::new(pattern)
+                        .unwrap_or_else(|e| panic!("{path}: bad pattern {pattern}: {e}"));
+                    if !re.is_match(text) {
+                        errors.push(format!("{path}: {text:?} does not match {pattern}"));
+                    }
+                }
+            }
             None => errors.push(format!("{path}: want a string, got {value:?}")),
         },
         "integer" => match value.as_i64() {
@@ -1198,6 +1221,26 @@ fn schema_check_catches_mistakes() {
         assert!(
             !validate_against_crds(&bad, &crds).is_empty(),
             "{what} was not caught"
+        );
+    }
+    // Patterns (the credentials' host).
+    let (_, creds) = examples()
+        .into_iter()
+        .find(|(_, o)| kind(o) == "DbtCloudCredentials")
+        .unwrap();
+    assert!(validate_against_crds(&creds, &crds).is_empty());
+    for host in [
+        "10.0.0.1",
+        "Cloud.GetDbt.com",
+        "cloud.getdbt.com:443",
+        "https://x.dbt.com",
+    ] {
+        let mut bad = creds.clone();
+        bad["spec"]["host"] = host.into();
+        let errors = validate_against_crds(&bad, &crds);
+        assert!(
+            errors.iter().any(|e| e.contains("does not match")),
+            "host {host} was not caught: {errors:?}"
         );
     }
 }

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use dbt_cloud_operator::controller;
 use dbt_cloud_operator::crd::RunPhase;
-use dbt_cloud_operator::http::{self, Role};
 use dbt_cloud_operator::leader::{self, LeaderConfig, Outcome};
 use dbt_cloud_operator::metrics::Metrics;
+use dbt_cloud_operator::probes::{self, Role};
 use dbt_cloud_simulator::{Fault, FaultScope};
 use serde_json::json;
 use support::*;
@@ -178,7 +178,7 @@ async fn metrics_and_probes_tell_the_truth() {
     env.valid_credentials().await;
     let op = env.start_operator();
     let (role_tx, role_rx) = watch::channel(Role::Starting);
-    let addr = http::serve("127.0.0.1:0".parse().unwrap(), op.metrics.clone(), role_rx)
+    let addr = probes::serve("127.0.0.1:0".parse().unwrap(), op.metrics.clone(), role_rx)
         .await
         .unwrap();
     let base = format!("http://{addr}");

@@ -5,10 +5,11 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use secrecy::SecretString;
 
-use super::common::{
-    key_or_prompt, list_accounts, parse_host, CliError, CliResult, Ctx, DbtArgs, KeyArgs, Table,
-    DEFAULT_CREDENTIALS_NAME, DEFAULT_OPERATOR_NAMESPACE,
-};
+use super::access::{key_or_prompt, list_accounts, parse_host, DbtArgs, KeyArgs};
+use super::error::{CliError, CliResult};
+use super::objects::{DEFAULT_CREDENTIALS_NAME, DEFAULT_OPERATOR_NAMESPACE};
+use super::table::Table;
+use super::terminal::Ctx;
 use crate::controller::credentials::key_from_secret;
 use crate::crd::{ClusterDbtCloudCredentials, CredentialsTarget, DbtCloudCredentials};
 use crate::dbt_cloud::ClientConfig;

@@ -4,7 +4,9 @@
 use clap::Args;
 use kube::api::{Api, ListParams};
 
-use super::common::{ellipsize, is_not_found, CliError, CliResult, Ctx, Table};
+use super::error::{is_not_found, CliError, CliResult};
+use super::table::{ellipsize, Table};
+use super::terminal::Ctx;
 use crate::crd::conditions::READY;
 use crate::crd::{
     ClusterDbtCloudCredentials, CredentialsStatus, DbtCloudCredentials, DbtCloudJobRun,

@@ -16,11 +16,13 @@ use k8s_openapi::ByteString;
 use kube::api::{Api, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use secrecy::{ExposeSecret, SecretString};
 
-use super::common::{
-    account_label, check_name, is_managed, is_not_found, list_accounts, parse_host, CliError,
-    CliResult, Ctx, DbtArgs, KeyArgs, DEFAULT_CREDENTIALS_NAME, DEFAULT_OPERATOR_NAMESPACE,
-    FIELD_MANAGER, MANAGED_BY_LABEL, MANAGED_BY_VALUE,
+use super::access::{account_label, key_or_prompt, list_accounts, parse_host, DbtArgs, KeyArgs};
+use super::error::{is_not_found, CliError, CliResult};
+use super::objects::{
+    check_name, is_managed, DEFAULT_CREDENTIALS_NAME, DEFAULT_OPERATOR_NAMESPACE, FIELD_MANAGER,
+    MANAGED_BY_LABEL, MANAGED_BY_VALUE,
 };
+use super::terminal::Ctx;
 use crate::crd::credentials::{AllowedNamespaces, DEFAULT_SECRET_KEY};
 use crate::crd::{
     ClusterDbtCloudCredentials, ClusterDbtCloudCredentialsSpec, DbtCloudCredentials,
@@ -150,7 +152,7 @@ pub async fn login(
         ctx.note("DEVELOPMENT MODE: dbt Cloud requests go to --dev-dbt-cloud-base-url")?;
     }
 
-    let key = super::common::key_or_prompt(
+    let key = key_or_prompt(
         args.key.key.clone(),
         ctx,
         "pass --key KEY (or set DBT_CLOUD_API_KEY) and --account ID to log in non-interactively",
@@ -334,7 +336,6 @@ fn build(
             ClusterDbtCloudCredentialsSpec {
                 account_id: account.id,
                 host: host.to_string(),
-                discovery_url: None,
                 api_key_secret_ref: secret_ref,
                 allowed_namespaces: AllowedNamespaces {
                     names: args.allow_namespaces.clone(),
@@ -350,7 +351,6 @@ fn build(
             DbtCloudCredentialsSpec {
                 account_id: account.id,
                 host: host.to_string(),
-                discovery_url: None,
                 api_key_secret_ref: secret_ref,
             },
         );

@@ -6,10 +6,9 @@ use clap::Args;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 
-use super::common::{
-    is_managed, is_not_found, CliError, CliResult, Ctx, DEFAULT_CREDENTIALS_NAME,
-    DEFAULT_OPERATOR_NAMESPACE,
-};
+use super::error::{is_not_found, CliError, CliResult};
+use super::objects::{is_managed, DEFAULT_CREDENTIALS_NAME, DEFAULT_OPERATOR_NAMESPACE};
+use super::terminal::Ctx;
 use crate::crd::credentials::DEFAULT_SECRET_KEY;
 use crate::crd::{ClusterDbtCloudCredentials, CredentialsTarget, DbtCloudCredentials};
 

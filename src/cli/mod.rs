@@ -1,11 +1,22 @@
 //! Command line: `run` (the controller), `crds` (print the CRDs), and the user commands.
+//!
+//! The user commands (`login`, `accounts`, `status`, `runs`, `open`, `logout`) take their
+//! dependencies as parameters (a `kube::Client`, a dbt Cloud client configuration, a
+//! [`terminal::Ctx`]), so tests drive them against a real API server and the dbt Cloud simulator.
+//! What they share: [`error`] (their error type), [`terminal`] (where they print and how they
+//! ask), [`access`] (how they reach dbt Cloud: API key and host flags, account listing),
+//! [`objects`] (what they write to Kubernetes), [`table`] (text tables).
 
+pub mod access;
 pub mod accounts;
-pub mod common;
+pub mod error;
 pub mod inspect;
 pub mod login;
 pub mod logout;
+pub mod objects;
 pub mod run;
+pub mod table;
+pub mod terminal;
 
 use std::process::ExitCode;
 
@@ -35,10 +46,14 @@ pub enum Command {
     /// Run the controller (in-cluster, or against the current kubeconfig context).
     Run(Box<run::RunArgs>),
     /// Print the CustomResourceDefinitions (YAML), or write one file per CRD with --out-dir.
+    ///
+    /// The repository keeps three copies, all written by one call:
+    /// `crds --out-dir crds --out-dir deploy/crds --out-dir deploy/helm/dbt-cloud-operator/crds`.
     Crds {
-        /// Write `<name>.yaml` files into this directory instead of printing.
+        /// Write `<name>.yaml` files into this directory instead of printing (repeat it to write
+        /// the same files into several directories).
         #[arg(long)]
-        out_dir: Option<std::path::PathBuf>,
+        out_dir: Vec<std::path::PathBuf>,
     },
     /// Log in to dbt Cloud: validate an API key, pick the account, and store the key as a
     /// Secret plus DbtCloudCredentials (or ClusterDbtCloudCredentials) in the cluster.
@@ -89,9 +104,9 @@ async fn user_command(command: Command) -> ExitCode {
     use std::io::IsTerminal;
     let mut out = std::io::stdout();
     let mut err = std::io::stderr();
-    let mut prompt = common::TerminalPrompt;
+    let mut prompt = terminal::TerminalPrompt;
     let interactive = std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
-    let mut ctx = common::Ctx {
+    let mut ctx = terminal::Ctx {
         out: &mut out,
         err: &mut err,
         prompt: &mut prompt,
@@ -115,19 +130,19 @@ async fn user_command(command: Command) -> ExitCode {
         }
         Command::Status(args) => match kube().await {
             Ok(client) => inspect::status(args, client, &mut ctx).await,
-            Err(e) => Err(common::CliError(e)),
+            Err(e) => Err(error::CliError(e)),
         },
         Command::Runs(args) => match kube().await {
             Ok(client) => inspect::runs(args, client, &mut ctx).await,
-            Err(e) => Err(common::CliError(e)),
+            Err(e) => Err(error::CliError(e)),
         },
         Command::Open(args) => match kube().await {
             Ok(client) => inspect::open(args, client, inspect::desktop_opener(), &mut ctx).await,
-            Err(e) => Err(common::CliError(e)),
+            Err(e) => Err(error::CliError(e)),
         },
         Command::Logout(args) => match kube().await {
             Ok(client) => logout::logout(args, client, &mut ctx).await,
-            Err(e) => Err(common::CliError(e)),
+            Err(e) => Err(error::CliError(e)),
         },
         Command::Run(_) | Command::Crds { .. } => unreachable!("handled by dispatch"),
     };
@@ -140,20 +155,19 @@ async fn user_command(command: Command) -> ExitCode {
     }
 }
 
-fn crds(out_dir: Option<std::path::PathBuf>) -> ExitCode {
-    match out_dir {
-        None => {
-            print!("{}", crate::crd::yaml());
-            ExitCode::SUCCESS
-        }
-        Some(dir) => {
-            for (name, yaml) in crate::crd::files() {
-                if let Err(e) = std::fs::write(dir.join(&name), yaml) {
-                    eprintln!("error: cannot write {}: {e}", dir.join(&name).display());
-                    return ExitCode::FAILURE;
-                }
+fn crds(out_dirs: Vec<std::path::PathBuf>) -> ExitCode {
+    if out_dirs.is_empty() {
+        print!("{}", crate::crd::yaml());
+        return ExitCode::SUCCESS;
+    }
+    let files = crate::crd::files();
+    for dir in &out_dirs {
+        for (name, yaml) in &files {
+            if let Err(e) = std::fs::write(dir.join(name), yaml) {
+                eprintln!("error: cannot write {}: {e}", dir.join(name).display());
+                return ExitCode::FAILURE;
             }
-            ExitCode::SUCCESS
         }
     }
+    ExitCode::SUCCESS
 }

@@ -1,21 +1,18 @@
-//! `dbt-cloud-operator run`: flags and environment variables, then the controllers (behind leader
-//! election when enabled), the HTTP endpoints and graceful shutdown.
+//! `dbt-cloud-operator run`: its flags and environment variables, and the [`Settings`] they
+//! describe; the process itself (controllers, leader election, probes, shutdown) is
+//! [`crate::operator`].
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
-use futures::FutureExt;
-use tokio::sync::watch;
-use tracing::{error, info, warn};
+use tracing::{error, warn};
 
-use crate::controller::{self, lifecycle, Config};
+use crate::controller::{lifecycle, Config};
 use crate::dbt_cloud::{allowed_suffixes_with, ClientConfig, LimitSpec, RateLimitConfig};
-use crate::http::{self, Role};
-use crate::leader::{self, LeaderConfig, Outcome};
-use crate::metrics::Metrics;
+use crate::leader::LeaderConfig;
+use crate::operator::{self, Settings};
 use crate::telemetry::{self, LogFormat};
 
 /// Flags of `run`. Every flag can also be set by the environment variable shown in `--help`.
@@ -46,7 +43,8 @@ pub struct RunArgs {
     /// Lease duration in seconds: how long a dead leader blocks a standby.
     #[arg(long, env = "LEASE_DURATION_SECONDS", default_value_t = 15)]
     pub lease_duration_seconds: u64,
-    /// Lease grace period in seconds.
+    /// Lease grace period in seconds: the leader renews the Lease this long before it expires.
+    /// At least 1 and less than --lease-duration-seconds.
     #[arg(long, env = "LEASE_GRACE_SECONDS", default_value_t = 5)]
     pub lease_grace_seconds: u64,
     /// This replica's identity (the pod name).
@@ -77,9 +75,6 @@ pub struct RunArgs {
     /// Requests per minute allowed per dbt Cloud account (Administrative API; dbt Cloud allows 5,000).
     #[arg(long, env = "RATE_LIMIT_PER_MINUTE", default_value_t = 5000)]
     pub rate_limit_per_minute: u32,
-    /// Requests per minute allowed per account on the Discovery API (dbt Cloud allows 500).
-    #[arg(long, env = "DISCOVERY_RATE_LIMIT_PER_MINUTE", default_value_t = 500)]
-    pub discovery_rate_limit_per_minute: u32,
     /// Extra host suffixes the API key may be sent to (single-tenant hosts), besides getdbt.com
     /// and dbt.com. Repeat or comma-separate.
     #[arg(long, env = "ALLOWED_HOST_SUFFIXES", value_delimiter = ',')]
@@ -130,11 +125,35 @@ impl RunArgs {
             client,
             rate_limits: RateLimitConfig {
                 admin: LimitSpec::per_minute(self.rate_limit_per_minute.max(1)),
-                discovery: LimitSpec::per_minute(self.discovery_rate_limit_per_minute.max(1)),
             },
             max_concurrent_reconciles: self.max_concurrent_reconciles.max(1),
             reporter: "dbt-cloud-operator".into(),
             instance: self.pod_name.clone(),
+        }
+    }
+
+    /// The operator process settings: [`RunArgs::config`], the HTTP address, the leader Lease
+    /// (when `--leader-elect`) and the shutdown grace period.
+    pub fn settings(&self) -> Settings {
+        let controllers = self.config();
+        let leader_election = self.leader_elect.then(|| LeaderConfig {
+            lease_name: self.lease_name.clone(),
+            namespace: self
+                .lease_namespace
+                .clone()
+                .unwrap_or_else(|| controllers.operator_namespace.clone()),
+            identity: self
+                .pod_name
+                .clone()
+                .unwrap_or_else(|| format!("dbt-cloud-operator-{}", std::process::id())),
+            duration: self.lease_duration_seconds,
+            grace: self.lease_grace_seconds,
+        });
+        Settings {
+            controllers,
+            http_addr: self.http_addr,
+            leader_election,
+            shutdown_grace: Duration::from_secs(self.shutdown_grace_seconds),
         }
     }
 
@@ -150,113 +169,17 @@ impl RunArgs {
     }
 }
 
-/// Resolves on SIGTERM or Ctrl-C.
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
-        tokio::select! {
-            _ = term.recv() => {},
-            _ = tokio::signal::ctrl_c() => {},
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
-    info!("shutdown requested");
-}
-
 /// Runs the operator until SIGTERM (exit 0) or a fatal error / lost lease (exit 1).
 pub async fn run(args: RunArgs) -> ExitCode {
     telemetry::init(args.log_format);
     if args.dev_dbt_cloud_base_url.is_some() {
         warn!("DEVELOPMENT MODE: every dbt Cloud request goes to --dev-dbt-cloud-base-url");
     }
-    let config = args.config();
-    let client = match kube::Client::try_default().await {
-        Ok(c) => c,
+    match operator::run(args.settings()).await {
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            error!(error = %e, "cannot build a Kubernetes client (no in-cluster config and no usable kubeconfig)");
-            return ExitCode::FAILURE;
+            error!("{e}");
+            ExitCode::FAILURE
         }
-    };
-    let metrics = Arc::new(Metrics::new());
-    let (role_tx, role_rx) = watch::channel(Role::Starting);
-    match http::serve(args.http_addr, metrics.clone(), role_rx).await {
-        Ok(addr) => info!(%addr, "serving /metrics, /healthz, /readyz"),
-        Err(e) => {
-            error!(error = %e, addr = %args.http_addr, "cannot bind the HTTP address");
-            return ExitCode::FAILURE;
-        }
-    }
-    let shutdown = shutdown_signal().shared();
-    let grace = Duration::from_secs(args.shutdown_grace_seconds);
-    let role_tx = Arc::new(role_tx);
-
-    // Runs the controllers until `stop` resolves; bounded by the shutdown grace period after it.
-    let controllers = {
-        let client = client.clone();
-        let config = config.clone();
-        let metrics = metrics.clone();
-        let role_tx = role_tx.clone();
-        move |stop: futures::future::BoxFuture<'static, ()>| async move {
-            let _ = role_tx.send(Role::LeaderSyncing);
-            let (ready_tx, mut ready_rx) = watch::channel(false);
-            let role = role_tx.clone();
-            tokio::spawn(async move {
-                if ready_rx.wait_for(|r| *r).await.is_ok() {
-                    let _ = role.send(Role::Leader);
-                }
-            });
-            let stop = stop.shared();
-            let stopped = stop.clone();
-            let run = controller::run(client, config, metrics, stop, Some(ready_tx));
-            tokio::pin!(run);
-            let result = tokio::select! {
-                r = &mut run => r,
-                _ = stopped => match tokio::time::timeout(grace, &mut run).await {
-                    Ok(r) => r,
-                    Err(_) => {
-                        warn!("reconciles did not finish within the shutdown grace period");
-                        Ok(())
-                    }
-                },
-            };
-            if let Err(e) = result {
-                error!(error = %e, "controllers failed");
-            }
-        }
-    };
-
-    if args.leader_elect {
-        let _ = role_tx.send(Role::Standby);
-        let identity = args
-            .pod_name
-            .clone()
-            .unwrap_or_else(|| format!("dbt-cloud-operator-{}", std::process::id()));
-        let lease = LeaderConfig {
-            lease_name: args.lease_name.clone(),
-            namespace: args
-                .lease_namespace
-                .clone()
-                .unwrap_or_else(|| config.operator_namespace.clone()),
-            identity,
-            duration: args.lease_duration_seconds,
-            grace: args.lease_grace_seconds,
-        };
-        match leader::run_as_leader(client, lease, metrics, shutdown, controllers).await {
-            Ok(Outcome::Shutdown) => ExitCode::SUCCESS,
-            Ok(Outcome::LostLease) => {
-                error!("exiting after losing the leader lease");
-                ExitCode::FAILURE
-            }
-            Err(e) => {
-                error!(error = %e, "leader election failed");
-                ExitCode::FAILURE
-            }
-        }
-    } else {
-        controllers(Box::pin(shutdown)).await;
-        ExitCode::SUCCESS
     }
 }

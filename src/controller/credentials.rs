@@ -14,7 +14,6 @@
 //! lookup checks the object still exists (see [`super::registry`]).
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
@@ -224,38 +223,6 @@ async fn assess<K: CredentialsResource>(
         Ok(h) => h,
         Err(e) => return Assessment::failed("InvalidHost", format!("spec.host: {e}"), true),
     };
-    // A per-credentials Discovery URL must be https on an allowed dbt Cloud host (the key goes there).
-    let mut client_config = ctx.client_config.clone();
-    if let Some(url) = &target.discovery_url {
-        let parsed = url::Url::parse(url)
-            .ok()
-            .filter(|u| {
-                u.scheme() == "https"
-                    && u.port().is_none()
-                    && u.username().is_empty()
-                    && u.query().is_none()
-            })
-            .filter(|u| {
-                u.host_str().is_some_and(|h| {
-                    AccessHost::parse(h, &ctx.config.client.allowed_host_suffixes).is_ok()
-                })
-            });
-        let Some(parsed) = parsed else {
-            return Assessment::failed(
-                "InvalidHost",
-                format!(
-                    "spec.discoveryUrl '{url}' must be an https URL on an allowed dbt Cloud host"
-                ),
-                true,
-            );
-        };
-        if ctx.client_config.insecure_base_url_override.is_none() {
-            client_config = Arc::new(crate::dbt_cloud::ClientConfig {
-                discovery_url_override: Some(parsed),
-                ..(*ctx.client_config).clone()
-            });
-        }
-    }
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &target.secret_namespace);
     let secret = match secrets.get_opt(&target.secret.name).await {
         Ok(Some(s)) => s,
@@ -288,7 +255,7 @@ async fn assess<K: CredentialsResource>(
         SecretString::from(key),
         ctx.http.clone(),
         ctx.limiters.for_account(&target.host, target.account_id),
-        client_config,
+        ctx.client_config.clone(),
         ctx.metrics.clone(),
     ) {
         Ok(c) => c,
@@ -446,8 +413,7 @@ pub fn on_watch_event<K: CredentialsResource>(
 
 #[instrument(skip_all, fields(kind = kind_name(K::KIND), object = %format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any())))]
 async fn reconcile<K: CredentialsResource>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Action> {
-    let started = Instant::now();
-    let kind = kind_name(K::KIND);
+    let _measure = ctx.metrics.measure_reconcile(kind_name(K::KIND));
     let key = key_of(obj.as_ref());
     let ns = obj.namespace().unwrap_or_default();
     if obj.meta().namespace.is_some() && !ctx.watches_namespace(&ns) {
@@ -556,7 +522,6 @@ async fn reconcile<K: CredentialsResource>(obj: Arc<K>, ctx: Arc<Context>) -> Re
             .await;
         }
     }
-    ctx.metrics.reconciled(kind, started.elapsed());
     let requeue = if ready || a.stalled {
         ctx.config.secret_refresh
     } else {
@@ -575,7 +540,6 @@ mod tests {
         CredentialsTarget {
             account_id: 1,
             host: "cloud.getdbt.com".into(),
-            discovery_url: None,
             secret: SecretKeyRef {
                 name: "dbt".into(),
                 key: "apiKey".into(),

@@ -4,7 +4,7 @@
 //! server-side apply, only when it changed.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Namespace;
@@ -76,32 +76,24 @@ pub async fn reconcile(run: Arc<DbtCloudJobRun>, ctx: Arc<Context>) -> Result<Ac
             return Ok(Action::requeue(Duration::from_millis(100)));
         }
     }
-    let started = Instant::now();
+    let _measure = ctx.metrics.measure_reconcile(KIND);
     let api: Api<DbtCloudJobRun> = Api::namespaced(ctx.client.clone(), &ns);
     // A finished run has nothing to cancel: it needs no finalizer (so thousands of finished runs
     // cost no writes at start-up, and deleting them is immediate).
     if run.status.as_ref().is_some_and(|s| s.phase.is_terminal()) {
-        let result = finished(run, &ctx, &api).await;
-        ctx.metrics.reconciled(KIND, started.elapsed());
-        return result;
+        return finished(run, &ctx, &api).await;
     }
     // The finalizer is added with the first trigger's intent (one write, see `intent`): until
     // then there is nothing in dbt Cloud to cancel, and deleting the object is immediate.
     let seen = intent::effective(&run).map(Arc::new).unwrap_or(run);
-    let result = if seen.meta().deletion_timestamp.is_some() {
+    if seen.meta().deletion_timestamp.is_some() {
         if seen.finalizers().iter().any(|f| f == RUN_FINALIZER) {
-            match cleanup(seen.clone(), &ctx).await {
-                Ok(_) => remove_finalizer(&api, &seen).await,
-                Err(e) => Err(e),
-            }
-        } else {
-            Ok(Action::await_change())
+            cleanup(seen.clone(), &ctx).await?;
+            return remove_finalizer(&api, &seen).await;
         }
-    } else {
-        apply(seen, &ctx).await
-    };
-    ctx.metrics.reconciled(KIND, started.elapsed());
-    result
+        return Ok(Action::await_change());
+    }
+    apply(seen, &ctx).await
 }
 
 /// Removes our finalizer (`test` first, so a concurrent change of the list is not overwritten).

@@ -340,7 +340,7 @@ impl RunPoller {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Groups> {
-        self.inner.groups.lock().expect("poller lock")
+        crate::sync::lock(&self.inner.groups)
     }
 }
 
@@ -370,7 +370,7 @@ async fn poll_group(inner: Arc<Inner>, key: CredentialsKey) {
             break;
         }
         let due = {
-            let mut groups = inner.groups.lock().expect("poller lock");
+            let mut groups = crate::sync::lock(&inner.groups);
             match groups.groups.get(&key) {
                 None => break,
                 Some(runs) if runs.is_empty() => {
@@ -403,7 +403,7 @@ async fn poll_group(inner: Arc<Inner>, key: CredentialsKey) {
                     None
                 }
             };
-            let changed = inner.groups.lock().expect("poller lock").record(
+            let changed = crate::sync::lock(&inner.groups).record(
                 &key,
                 chunk,
                 found.as_deref(),
@@ -587,7 +587,7 @@ mod tests {
         let asked = Arc::new(Mutex::new(Vec::<CredentialsKey>::new()));
         let seen = asked.clone();
         let source: ClientSource = Arc::new(move |key: &CredentialsKey| {
-            seen.lock().unwrap().push(key.clone());
+            crate::sync::lock(&seen).push(key.clone());
             None
         });
         let tick = Duration::from_millis(5);
@@ -596,15 +596,33 @@ mod tests {
         poller.track(&a, 1, obj("x"), tick, None);
         // Wait until the loop asked for the key of the group twice (so it was due and looked).
         for _ in 0..1000 {
-            if asked.lock().unwrap().len() >= 2 {
+            if crate::sync::lock(&asked).len() >= 2 {
                 break;
             }
             tokio::time::sleep(tick).await;
         }
-        assert!(asked.lock().unwrap().len() >= 2, "the poll loop never ran");
-        assert!(asked.lock().unwrap().iter().all(|k| k == &a));
+        assert!(
+            crate::sync::lock(&asked).len() >= 2,
+            "the poll loop never ran"
+        );
+        assert!(crate::sync::lock(&asked).iter().all(|k| k == &a));
         assert_eq!(poller.requests_sent(), 0, "no request without a usable key");
         assert_eq!(poller.tracked_count(), 1);
+        poller.stop();
+    }
+
+    /// A panic while the lock was held (a bug) does not take every later reconcile down with it.
+    #[tokio::test]
+    async fn a_poisoned_lock_is_recovered() {
+        let source: ClientSource = Arc::new(|_: &CredentialsKey| None);
+        let (poller, _changes) = RunPoller::new(Duration::from_secs(3600), source);
+        crate::sync::poison(|| poller.inner.groups.lock());
+        assert!(poller.inner.groups.is_poisoned());
+        let a = creds("team-a", "dbt");
+        poller.track(&a, 1, obj("x"), Duration::from_secs(3600), None);
+        assert_eq!(poller.tracked_count(), 1);
+        poller.untrack(&obj("x"));
+        assert!(poller.tracked().is_empty());
         poller.stop();
     }
 }

@@ -160,7 +160,7 @@ impl CredentialsRegistry {
         if live.deleting {
             return Lookup::Deleting;
         }
-        match self.entries.read().expect("registry lock").get(key) {
+        match crate::sync::read(&self.entries).get(key) {
             Some(entry) if entry.is_for(live) => Lookup::Found(Box::new(entry.clone())),
             _ => Lookup::NotValidated,
         }
@@ -187,7 +187,7 @@ impl CredentialsRegistry {
         entry: CredentialsEntry,
         live_now: impl FnOnce() -> Option<LiveCredentials>,
     ) -> bool {
-        let mut entries = self.entries.write().expect("registry lock");
+        let mut entries = crate::sync::write(&self.entries);
         let current = live_now().is_some_and(|live| !live.deleting && entry.is_for(&live));
         if !current {
             return false;
@@ -200,7 +200,7 @@ impl CredentialsRegistry {
     /// Forgets `key` (the object is gone or going). With `uid`, only an entry of that object is
     /// removed, not one of a newer object with the same name. Returns whether one was removed.
     pub fn remove_if(&self, key: &CredentialsKey, uid: Option<&str>) -> bool {
-        let mut entries = self.entries.write().expect("registry lock");
+        let mut entries = crate::sync::write(&self.entries);
         let matches = entries
             .get(key)
             .is_some_and(|e| uid.is_none_or(|u| e.uid == u));
@@ -221,7 +221,7 @@ impl CredentialsRegistry {
         kind: CredentialsKind,
         live: impl Fn(&CredentialsKey) -> Option<LiveCredentials>,
     ) -> Vec<CredentialsKey> {
-        let mut entries = self.entries.write().expect("registry lock");
+        let mut entries = crate::sync::write(&self.entries);
         let mut removed = Vec::new();
         entries.retain(|key, entry| {
             let keep =
@@ -240,20 +240,14 @@ impl CredentialsRegistry {
 
     /// Keys of every entry, sorted (for tests and debugging).
     pub fn keys(&self) -> Vec<CredentialsKey> {
-        let mut keys: Vec<_> = self
-            .entries
-            .read()
-            .expect("registry lock")
-            .keys()
-            .cloned()
-            .collect();
+        let mut keys: Vec<_> = crate::sync::read(&self.entries).keys().cloned().collect();
         keys.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
         keys
     }
 
     /// Number of entries.
     pub fn len(&self) -> usize {
-        self.entries.read().expect("registry lock").len()
+        crate::sync::read(&self.entries).len()
     }
 
     /// True when empty.
@@ -355,7 +349,6 @@ mod tests {
             spec: DbtCloudCredentialsSpec {
                 account_id: account,
                 host: "cloud.getdbt.com".into(),
-                discovery_url: None,
                 api_key_secret_ref: SecretKeyRef {
                     name: "dbt".into(),
                     key: "apiKey".into(),
@@ -375,7 +368,6 @@ mod tests {
             spec: ClusterDbtCloudCredentialsSpec {
                 account_id: 7,
                 host: "cloud.getdbt.com".into(),
-                discovery_url: None,
                 api_key_secret_ref: SecretKeyRef {
                     name: "dbt".into(),
                     key: "apiKey".into(),
@@ -633,5 +625,23 @@ mod tests {
         );
         w.watch(watcher::Event::Apply(acme));
         assert!(matches!(w.lookup(&k), Lookup::Deleting));
+    }
+
+    /// A panic while the lock was held (a bug) does not take every later reconcile down with it.
+    #[test]
+    fn a_poisoned_lock_is_recovered() {
+        let registry = CredentialsRegistry::default();
+        crate::sync::poison(|| registry.entries.write());
+        assert!(registry.entries.is_poisoned());
+        let obj = creds("ns", "dbt", "uid-1", 1);
+        let key = crate::controller::credentials::key_of(&obj);
+        assert_eq!(registry.len(), 0);
+        assert!(registry.keys().is_empty());
+        assert!(!registry.remove_if(&key, None));
+        let live = live_of(&obj, obj.target(), None);
+        assert!(matches!(
+            registry.lookup(&key, Some(&live)),
+            Lookup::NotValidated
+        ));
     }
 }

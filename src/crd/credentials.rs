@@ -61,14 +61,6 @@ pub struct DbtCloudCredentialsSpec {
     #[serde(default = "default_host")]
     #[schemars(length(min = 3, max = 253), regex(pattern = HOST_PATTERN))]
     pub host: String,
-    /// Override of the Discovery (metadata) API URL, e.g. `https://metadata.cloud.getdbt.com/graphql`.
-    /// Derived from `host` when empty. Must be https and on an allowed dbt Cloud host.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(
-        length(max = 512),
-        regex(pattern = r"^https://[a-z0-9.-]+(/[A-Za-z0-9._~/-]*)?$")
-    )]
-    pub discovery_url: Option<String>,
     /// The Secret (in this namespace) and key holding the dbt Cloud API key.
     pub api_key_secret_ref: SecretKeyRef,
 }
@@ -112,13 +104,6 @@ pub struct ClusterDbtCloudCredentialsSpec {
     #[serde(default = "default_host")]
     #[schemars(length(min = 3, max = 253), regex(pattern = HOST_PATTERN))]
     pub host: String,
-    /// Override of the Discovery (metadata) API URL; derived from `host` when empty.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(
-        length(max = 512),
-        regex(pattern = r"^https://[a-z0-9.-]+(/[A-Za-z0-9._~/-]*)?$")
-    )]
-    pub discovery_url: Option<String>,
     /// The Secret and key holding the API key. The Secret must be in the operator's own namespace
     /// (like cert-manager's ClusterIssuer), so that namespace users cannot read it.
     pub api_key_secret_ref: SecretKeyRef,
@@ -193,8 +178,6 @@ pub struct CredentialsTarget {
     pub account_id: i64,
     /// Access host.
     pub host: String,
-    /// Optional Discovery API URL override.
-    pub discovery_url: Option<String>,
     /// Secret reference.
     pub secret: SecretKeyRef,
     /// Namespace in which the Secret lives.
@@ -207,7 +190,6 @@ impl DbtCloudCredentials {
         CredentialsTarget {
             account_id: self.spec.account_id,
             host: self.spec.host.clone(),
-            discovery_url: self.spec.discovery_url.clone(),
             secret: self.spec.api_key_secret_ref.clone(),
             secret_namespace: self.metadata.namespace.clone().unwrap_or_default(),
         }
@@ -220,7 +202,6 @@ impl ClusterDbtCloudCredentials {
         CredentialsTarget {
             account_id: self.spec.account_id,
             host: self.spec.host.clone(),
-            discovery_url: self.spec.discovery_url.clone(),
             secret: self.spec.api_key_secret_ref.clone(),
             secret_namespace: operator_namespace.to_string(),
         }

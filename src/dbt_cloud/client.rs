@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use rand::Rng;
+use backon::{BackoffBuilder, ExponentialBuilder, Retryable};
 use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE, USER_AGENT};
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
@@ -14,9 +14,8 @@ use super::error::DbtCloudError;
 use super::host::{default_allowed_suffixes, AccessHost};
 use super::rate_limit::AccountLimits;
 use super::types::{
-    bracket_list, Account, Envelope, Environment, ErrorEnvelope, Job, ListEnvironmentsParams,
-    ListJobsParams, ListProjectsParams, ListRunsParams, Page, Project, Run, RunFailureDetails,
-    TriggerRunRequest,
+    bracket_list, Account, Envelope, Environment, ErrorEnvelope, Job, ListJobsParams,
+    ListRunsParams, Page, Project, Run, TriggerRunRequest,
 };
 
 /// `User-Agent` sent with every request.
@@ -70,11 +69,12 @@ pub struct ClientConfig {
     pub request_timeout: Duration,
     /// TCP/TLS connect timeout (used by [`http_client`]).
     pub connect_timeout: Duration,
-    /// Attempts of an idempotent call (GET, cancel, Discovery); at least 1.
+    /// Attempts of an idempotent call (GET, cancel); at least 1.
     pub max_attempts: u32,
-    /// First backoff delay; doubles per attempt, with jitter.
+    /// Backoff before the first retry; doubles per retry up to `backoff_max`. Each delay `d` is
+    /// jittered to a uniform value in `[d/2, d)`.
     pub backoff_base: Duration,
-    /// Largest backoff delay.
+    /// Largest backoff delay (before jitter, which only shortens it).
     pub backoff_max: Duration,
     /// Longest `Retry-After` waited in-line; longer ones are returned as `RateLimited`.
     pub max_retry_after: Duration,
@@ -86,13 +86,11 @@ pub struct ClientConfig {
     pub max_response_bytes: u64,
     /// Largest artifact (`run_results.json`, `manifest.json`, …) read, in bytes; as above.
     pub max_artifact_bytes: u64,
-    /// Host suffixes the API key may be sent to (also checks `discovery_url_override`).
+    /// Host suffixes the API key may be sent to.
     pub allowed_host_suffixes: Vec<String>,
     /// Dev/test only: a base URL (e.g. `http://127.0.0.1:PORT`) used instead of
     /// `https://<host>`. Plain HTTP is accepted only here.
     pub insecure_base_url_override: Option<Url>,
-    /// Discovery API URL replacing the derived one (HTTPS, allowed host).
-    pub discovery_url_override: Option<Url>,
 }
 
 impl Default for ClientConfig {
@@ -109,7 +107,6 @@ impl Default for ClientConfig {
             max_artifact_bytes: DEFAULT_MAX_ARTIFACT_BYTES,
             allowed_host_suffixes: default_allowed_suffixes(),
             insecure_base_url_override: None,
-            discovery_url_override: None,
         }
     }
 }
@@ -128,19 +125,12 @@ pub fn http_client(config: &ClientConfig) -> Result<reqwest::Client, DbtCloudErr
         .map_err(|e| DbtCloudError::invalid_request(format!("cannot build HTTP client: {e}")))
 }
 
-#[derive(Clone, Copy)]
-enum Budget {
-    Admin,
-    Discovery,
-}
-
 struct Call {
     endpoint: &'static str,
     method: Method,
     url: Url,
     body: Option<Vec<u8>>,
     retry: bool,
-    budget: Budget,
     accept: &'static str,
     /// Largest success body read.
     max_body: u64,
@@ -156,7 +146,6 @@ struct Inner {
     config: Arc<ClientConfig>,
     observer: Arc<dyn ApiObserver>,
     base_url: String,
-    discovery_url: Url,
 }
 
 /// A dbt Cloud API client for one account. Cheap to clone (shared inside).
@@ -174,7 +163,6 @@ impl fmt::Debug for DbtCloudClient {
             .field("host", &self.inner.host.as_str())
             .field("account_id", &self.inner.account_id)
             .field("base_url", &self.inner.base_url)
-            .field("discovery_url", &self.inner.discovery_url.as_str())
             .field("api_key", &"[REDACTED]")
             .finish()
     }
@@ -217,30 +205,6 @@ impl DbtCloudClient {
             }
             None => host.base_url(),
         };
-        let discovery_url = match (
-            &config.discovery_url_override,
-            &config.insecure_base_url_override,
-        ) {
-            (Some(u), insecure) => {
-                let schemes: &[&str] = if insecure.is_some() {
-                    &["http", "https"]
-                } else {
-                    &["https"]
-                };
-                check_plain_url(u, "discovery_url_override", schemes)?;
-                if insecure.is_none() {
-                    AccessHost::parse(u.host_str().unwrap_or(""), &config.allowed_host_suffixes)?;
-                    if u.port().is_some() {
-                        return Err(DbtCloudError::invalid_request(
-                            "discovery_url_override must not name a port",
-                        ));
-                    }
-                }
-                u.clone()
-            }
-            (None, Some(_)) => parse_url(&format!("{base_url}/graphql"))?,
-            (None, None) => parse_url(&host.discovery_url())?,
-        };
         Ok(DbtCloudClient {
             inner: Arc::new(Inner {
                 host,
@@ -252,42 +216,12 @@ impl DbtCloudClient {
                 config,
                 observer,
                 base_url,
-                discovery_url,
             }),
         })
     }
 
-    /// The access host.
-    pub fn host(&self) -> &AccessHost {
-        &self.inner.host
-    }
-
-    /// The account id.
-    pub fn account_id(&self) -> i64 {
+    fn account_id(&self) -> i64 {
         self.inner.account_id
-    }
-
-    /// Base URL of API calls, without trailing slash (e.g. `https://cloud.getdbt.com`).
-    pub fn base_url(&self) -> &str {
-        &self.inner.base_url
-    }
-
-    /// The Discovery API (GraphQL) URL.
-    pub fn discovery_url(&self) -> &Url {
-        &self.inner.discovery_url
-    }
-
-    /// The account's rate-limit budgets.
-    pub fn limits(&self) -> &AccountLimits {
-        &self.inner.limits
-    }
-
-    /// The dbt Cloud web page of a run (prefer `Run::href` when present).
-    pub fn run_web_url(&self, project_id: i64, run_id: i64) -> String {
-        format!(
-            "{}/deploy/{}/projects/{project_id}/runs/{run_id}/",
-            self.inner.base_url, self.inner.account_id
-        )
     }
 
     // ----- accounts, projects, environments, jobs -----
@@ -306,105 +240,43 @@ impl DbtCloudClient {
         self.get_json("get_account", url).await.map(|e| e.data)
     }
 
-    /// `GET /api/v3/accounts/{a}/projects/` (one page).
-    pub async fn list_projects(
-        &self,
-        params: &ListProjectsParams,
-    ) -> Result<Page<Project>, DbtCloudError> {
-        let (path, query) = self.projects_query(params);
-        self.list_page("list_projects", &path, query, params.limit, params.offset)
-            .await
-    }
-
-    /// All projects matching `name__icontains`, across pages.
+    /// All projects matching `name__icontains` (`GET /api/v3/accounts/{a}/projects/`), across
+    /// pages.
     pub async fn list_all_projects(
         &self,
         name_icontains: Option<&str>,
     ) -> Result<Vec<Project>, DbtCloudError> {
-        let params = ListProjectsParams {
-            name_icontains: name_icontains.map(str::to_string),
-            ..Default::default()
-        };
-        let (path, query) = self.projects_query(&params);
+        let mut query = Vec::new();
+        push_opt(&mut query, "name__icontains", &name_icontains);
+        let path = format!("/api/v3/accounts/{}/projects/", self.account_id());
         self.paginate("list_projects", &path, query).await
     }
 
-    fn projects_query(&self, p: &ListProjectsParams) -> (String, Vec<(&'static str, String)>) {
-        let mut q = Vec::new();
-        push_opt(&mut q, "name__icontains", &p.name_icontains);
-        (
-            format!("/api/v3/accounts/{}/projects/", self.account_id()),
-            q,
-        )
-    }
-
-    /// `GET /api/v3/accounts/{a}/projects/{p}/environments/` (one page).
-    pub async fn list_environments(
-        &self,
-        project_id: i64,
-        params: &ListEnvironmentsParams,
-    ) -> Result<Page<Environment>, DbtCloudError> {
-        let (path, query) = self.environments_query(project_id, params);
-        self.list_page(
-            "list_environments",
-            &path,
-            query,
-            params.limit,
-            params.offset,
-        )
-        .await
-    }
-
-    /// All environments of a project matching `name__icontains`, across pages.
+    /// All environments of a project matching `name__icontains`
+    /// (`GET /api/v3/accounts/{a}/projects/{p}/environments/`), across pages.
     pub async fn list_all_environments(
         &self,
         project_id: i64,
         name_icontains: Option<&str>,
     ) -> Result<Vec<Environment>, DbtCloudError> {
-        let params = ListEnvironmentsParams {
-            name_icontains: name_icontains.map(str::to_string),
-            ..Default::default()
-        };
-        let (path, query) = self.environments_query(project_id, &params);
+        let mut query = Vec::new();
+        push_opt(&mut query, "name__icontains", &name_icontains);
+        let path = format!(
+            "/api/v3/accounts/{}/projects/{project_id}/environments/",
+            self.account_id()
+        );
         self.paginate("list_environments", &path, query).await
     }
 
-    fn environments_query(
-        &self,
-        project_id: i64,
-        p: &ListEnvironmentsParams,
-    ) -> (String, Vec<(&'static str, String)>) {
-        let mut q = Vec::new();
-        push_opt(&mut q, "name__icontains", &p.name_icontains);
-        (
-            format!(
-                "/api/v3/accounts/{}/projects/{project_id}/environments/",
-                self.account_id()
-            ),
-            q,
-        )
-    }
-
-    /// `GET /api/v2/accounts/{a}/jobs/` (one page).
-    pub async fn list_jobs(&self, params: &ListJobsParams) -> Result<Page<Job>, DbtCloudError> {
-        let (path, query) = self.jobs_query(params);
-        self.list_page("list_jobs", &path, query, params.limit, params.offset)
-            .await
-    }
-
-    /// All jobs matching the filters (limit/offset ignored), across pages.
-    pub async fn list_all_jobs(&self, params: &ListJobsParams) -> Result<Vec<Job>, DbtCloudError> {
-        let (path, query) = self.jobs_query(params);
+    /// All jobs matching the filters (`GET /api/v2/accounts/{a}/jobs/`), across pages.
+    pub async fn list_all_jobs(&self, p: &ListJobsParams) -> Result<Vec<Job>, DbtCloudError> {
+        let mut query = Vec::new();
+        push_opt(&mut query, "project_id", &p.project_id);
+        push_opt(&mut query, "environment_id", &p.environment_id);
+        push_opt(&mut query, "name__icontains", &p.name_icontains);
+        push_opt(&mut query, "order_by", &p.order_by);
+        let path = format!("/api/v2/accounts/{}/jobs/", self.account_id());
         self.paginate("list_jobs", &path, query).await
-    }
-
-    fn jobs_query(&self, p: &ListJobsParams) -> (String, Vec<(&'static str, String)>) {
-        let mut q = Vec::new();
-        push_opt(&mut q, "project_id", &p.project_id);
-        push_opt(&mut q, "environment_id", &p.environment_id);
-        push_opt(&mut q, "name__icontains", &p.name_icontains);
-        push_opt(&mut q, "order_by", &p.order_by);
-        (format!("/api/v2/accounts/{}/jobs/", self.account_id()), q)
     }
 
     /// `GET /api/v2/accounts/{a}/jobs/{j}/`.
@@ -450,12 +322,6 @@ impl DbtCloudClient {
             .await
     }
 
-    /// All runs matching the filters (limit/offset ignored), across pages.
-    pub async fn list_all_runs(&self, params: &ListRunsParams) -> Result<Vec<Run>, DbtCloudError> {
-        let (path, query) = self.runs_query(params);
-        self.paginate("list_runs", &path, query).await
-    }
-
     fn runs_query(&self, p: &ListRunsParams) -> (String, Vec<(&'static str, String)>) {
         let mut q = Vec::new();
         push_opt(&mut q, "job_definition_id", &p.job_definition_id);
@@ -483,14 +349,6 @@ impl DbtCloudClient {
             .await
     }
 
-    /// `POST /api/v2/accounts/{a}/jobs/{j}/rerun/`: rerun from the point of failure
-    /// (or a new run if the last did not fail). Never retried.
-    pub async fn rerun_job(&self, job_id: i64) -> Result<Run, DbtCloudError> {
-        let url = self.v2_url(&format!("jobs/{job_id}/rerun/"), &[])?;
-        self.post_json("rerun_job", url, b"{}".to_vec(), false)
-            .await
-    }
-
     /// `POST /api/v2/accounts/{a}/runs/{r}/retry/`: retry a failed run. Never retried.
     pub async fn retry_run(&self, run_id: i64) -> Result<Run, DbtCloudError> {
         let url = self.v2_url(&format!("runs/{run_id}/retry/"), &[])?;
@@ -498,26 +356,7 @@ impl DbtCloudClient {
             .await
     }
 
-    /// `GET /api/v2/accounts/{a}/runs/{r}/retry/`: failure details of a retryable run.
-    pub async fn get_run_failure_details(
-        &self,
-        run_id: i64,
-    ) -> Result<RunFailureDetails, DbtCloudError> {
-        let url = self.v2_url(&format!("runs/{run_id}/retry/"), &[])?;
-        self.get_json("get_run_failure_details", url)
-            .await
-            .map(|e| e.data)
-    }
-
     // ----- artifacts -----
-
-    /// `GET /api/v2/accounts/{a}/runs/{r}/artifacts/`: artifact paths of a run.
-    pub async fn list_run_artifacts(&self, run_id: i64) -> Result<Vec<String>, DbtCloudError> {
-        let url = self.v2_url(&format!("runs/{run_id}/artifacts/"), &[])?;
-        self.get_json("list_run_artifacts", url)
-            .await
-            .map(|e| e.data)
-    }
 
     /// `GET /api/v2/accounts/{a}/runs/{r}/artifacts/{path}` (optionally of a 1-based
     /// `step`): the raw file bytes.
@@ -532,73 +371,6 @@ impl DbtCloudClient {
         push_opt(&mut q, "step", &step);
         let url = self.v2_url(&format!("runs/{run_id}/artifacts/{path}"), &q)?;
         self.raw_get("get_run_artifact", url).await
-    }
-
-    /// `GET /api/v2/accounts/{a}/jobs/{j}/artifacts/{path}`: the job's latest artifact, raw.
-    pub async fn get_job_artifact(
-        &self,
-        job_id: i64,
-        path: &str,
-    ) -> Result<Vec<u8>, DbtCloudError> {
-        let path = encode_artifact_path(path)?;
-        let url = self.v2_url(&format!("jobs/{job_id}/artifacts/{path}"), &[])?;
-        self.raw_get("get_job_artifact", url).await
-    }
-
-    // ----- discovery -----
-
-    /// Runs a GraphQL query against the Discovery API and returns its `data`.
-    /// GraphQL `errors` (even with HTTP 200) become [`DbtCloudError::GraphQl`].
-    pub async fn discovery_query(
-        &self,
-        query: &str,
-        variables: serde_json::Value,
-    ) -> Result<serde_json::Value, DbtCloudError> {
-        const EP: &str = "discovery";
-        let body =
-            serde_json::to_vec(&serde_json::json!({ "query": query, "variables": variables }))
-                .map_err(|e| DbtCloudError::invalid_request(format!("cannot encode query: {e}")))?;
-        let bytes = self
-            .execute(Call {
-                endpoint: EP,
-                method: Method::POST,
-                url: self.inner.discovery_url.clone(),
-                body: Some(body),
-                retry: true,
-                budget: Budget::Discovery,
-                accept: ACCEPT_JSON,
-                max_body: self.inner.config.max_response_bytes,
-            })
-            .await?;
-        #[derive(serde::Deserialize)]
-        struct GqlError {
-            message: Option<String>,
-        }
-        #[derive(serde::Deserialize)]
-        struct GqlResponse {
-            data: Option<serde_json::Value>,
-            errors: Option<Vec<GqlError>>,
-        }
-        let resp: GqlResponse =
-            serde_json::from_slice(&bytes).map_err(|e| DbtCloudError::Decode {
-                endpoint: EP,
-                message: e.to_string(),
-            })?;
-        if let Some(errors) = resp.errors.filter(|e| !e.is_empty()) {
-            return Err(DbtCloudError::GraphQl {
-                messages: errors
-                    .into_iter()
-                    .map(|e| e.message.unwrap_or_else(|| "unknown error".into()))
-                    .collect(),
-            });
-        }
-        match resp.data {
-            Some(d) if !d.is_null() => Ok(d),
-            _ => Err(DbtCloudError::Decode {
-                endpoint: EP,
-                message: "response has neither `data` nor `errors`".into(),
-            }),
-        }
     }
 
     // ----- plumbing -----
@@ -634,7 +406,6 @@ impl DbtCloudClient {
                 url,
                 body: None,
                 retry: true,
-                budget: Budget::Admin,
                 accept: ACCEPT_JSON,
                 max_body: self.inner.config.max_response_bytes,
             })
@@ -656,7 +427,6 @@ impl DbtCloudClient {
                 url,
                 body: Some(body),
                 retry,
-                budget: Budget::Admin,
                 accept: ACCEPT_JSON,
                 max_body: self.inner.config.max_response_bytes,
             })
@@ -671,7 +441,6 @@ impl DbtCloudClient {
             url,
             body: None,
             retry: true,
-            budget: Budget::Admin,
             accept: ACCEPT_ARTIFACT,
             max_body: self.inner.config.max_artifact_bytes,
         })
@@ -737,46 +506,37 @@ impl DbtCloudClient {
         Ok(out)
     }
 
-    /// Runs a call with rate limiting and (when `call.retry`) bounded retries.
+    /// Runs a call with rate limiting and (when `call.retry`) bounded retries (`backon`): retried
+    /// while the error [is retryable](DbtCloudError::is_retryable), up to `max_attempts`
+    /// attempts, after the [`retry_backoff`] delay or the `Retry-After` dbt Cloud asked for
+    /// (see [`retry_delay`]).
     async fn execute(&self, call: Call) -> Result<Vec<u8>, DbtCloudError> {
-        let cfg = &self.inner.config;
-        let max_attempts = if call.retry {
-            cfg.max_attempts.max(1)
-        } else {
-            1
-        };
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let err = match self.attempt(&call).await {
-                Ok(bytes) => return Ok(bytes),
-                Err(e) => e,
-            };
-            if attempt >= max_attempts || !err.is_retryable() {
-                return Err(err);
-            }
-            let delay = match err.retry_after() {
-                Some(ra) if ra > cfg.max_retry_after => return Err(err),
-                Some(ra) => ra,
-                None => backoff(cfg, attempt),
-            };
-            tracing::debug!(
-                endpoint = call.endpoint,
-                attempt,
-                delay_ms = delay.as_millis() as u64,
-                error = %err,
-                "retrying dbt Cloud request"
-            );
-            tokio::time::sleep(delay).await;
+        if !call.retry {
+            return self.attempt(&call).await;
         }
+        let cfg = &self.inner.config;
+        let mut attempt = 1;
+        (|| self.attempt(&call))
+            .retry(retry_backoff(cfg))
+            .sleep(tokio::time::sleep)
+            .when(DbtCloudError::is_retryable)
+            .adjust(|err, backoff| retry_delay(err, backoff, cfg.max_retry_after))
+            .notify(|err, delay| {
+                tracing::debug!(
+                    endpoint = call.endpoint,
+                    attempt,
+                    delay_ms = delay.as_millis() as u64,
+                    error = %err,
+                    "retrying dbt Cloud request"
+                );
+                attempt += 1;
+            })
+            .await
     }
 
     async fn attempt(&self, call: &Call) -> Result<Vec<u8>, DbtCloudError> {
         let inner = &self.inner;
-        let waited = match call.budget {
-            Budget::Admin => inner.limits.admin().acquire().await,
-            Budget::Discovery => inner.limits.discovery().acquire().await,
-        };
+        let waited = inner.limits.admin().acquire().await;
         if !waited.is_zero() {
             inner.observer.on_rate_limit_wait(waited);
         }
@@ -938,7 +698,7 @@ async fn read_capped(mut resp: reqwest::Response, limit: u64) -> Result<Vec<u8>,
 /// never overflows: more digits than a `u64` holds saturate, a date in the past means zero, and the
 /// result is clamped to `ceiling`. Anything else (negative, fractional, garbage) is `None`, and the
 /// caller falls back to its own backoff.
-pub fn parse_retry_after(value: &str, now: SystemTime, ceiling: Duration) -> Option<Duration> {
+fn parse_retry_after(value: &str, now: SystemTime, ceiling: Duration) -> Option<Duration> {
     let v = value.trim();
     if v.is_empty() {
         return None;
@@ -962,17 +722,34 @@ fn decode<T: DeserializeOwned>(
     })
 }
 
-/// Full-jitter exponential backoff: uniform in [d/2, d], d = min(max, base·2^(attempt-1)).
-fn backoff(cfg: &ClientConfig, attempt: u32) -> Duration {
-    let exp = cfg
-        .backoff_base
-        .saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
-    let d = exp.min(cfg.backoff_max);
-    if d.is_zero() {
-        return d;
+/// The delays between the attempts of an idempotent call: `max_attempts - 1` of them, the n-th
+/// uniform in `[d/2, d)` with `d = min(backoff_max, backoff_base · 2^(n-1))` ("equal jitter":
+/// spread out, never longer than `backoff_max`). `backon`'s jitter adds up to the delay again, so
+/// the builder starts from half the delays.
+pub(crate) fn retry_backoff(cfg: &ClientConfig) -> impl BackoffBuilder {
+    let max = cfg.backoff_max;
+    ExponentialBuilder::new()
+        .with_min_delay(cfg.backoff_base.min(max) / 2)
+        .with_max_delay(max / 2)
+        .with_factor(2.0)
+        .with_jitter()
+        .with_max_times(cfg.max_attempts.saturating_sub(1) as usize)
+}
+
+/// The delay before retrying after `err`, given the backoff's next delay (`None`: attempts are
+/// used up). dbt Cloud's `Retry-After` replaces the backoff; one longer than `max_retry_after` is
+/// not waited in-line: the error goes to the caller, who requeues for that long.
+pub(crate) fn retry_delay(
+    err: &DbtCloudError,
+    backoff: Option<Duration>,
+    max_retry_after: Duration,
+) -> Option<Duration> {
+    let backoff = backoff?;
+    match err.retry_after() {
+        Some(wait) if wait > max_retry_after => None,
+        Some(wait) => Some(wait),
+        None => Some(backoff),
     }
-    let nanos = d.as_nanos().min(u128::from(u64::MAX)) as u64;
-    Duration::from_nanos(rand::rng().random_range(nanos / 2..=nanos))
 }
 
 /// The envelope's `status.user_message` (or `developer_message`, or DRF's
@@ -1147,16 +924,8 @@ mod tests {
         let dbg = format!("{c:?}");
         assert!(!dbg.contains("supersecret"), "{dbg}");
         assert!(dbg.contains("REDACTED"));
-        assert_eq!(c.base_url(), "https://cloud.getdbt.com");
-        assert_eq!(
-            c.discovery_url().as_str(),
-            "https://metadata.cloud.getdbt.com/graphql"
-        );
+        assert_eq!(c.inner.base_url, "https://cloud.getdbt.com");
         assert_eq!(c.account_id(), 42);
-        assert_eq!(
-            c.run_web_url(7, 9),
-            "https://cloud.getdbt.com/deploy/42/projects/7/runs/9/"
-        );
     }
 
     #[test]
@@ -1169,55 +938,16 @@ mod tests {
         client_with("dbtc_abc\n", ClientConfig::default(), "cloud.getdbt.com").unwrap();
 
         let cfg = ClientConfig {
-            discovery_url_override: Some(
-                Url::parse("http://metadata.cloud.getdbt.com/graphql").unwrap(),
-            ),
-            ..Default::default()
-        };
-        assert!(client_with("dbtc_x", cfg, "cloud.getdbt.com").is_err());
-        let cfg = ClientConfig {
-            discovery_url_override: Some(Url::parse("https://evil.example.com/graphql").unwrap()),
-            ..Default::default()
-        };
-        assert_eq!(
-            client_with("dbtc_x", cfg, "cloud.getdbt.com")
-                .unwrap_err()
-                .reason(),
-            "InvalidHost"
-        );
-        let cfg = ClientConfig {
-            discovery_url_override: Some(
-                Url::parse("https://custom.metadata.getdbt.com/graphql").unwrap(),
-            ),
-            ..Default::default()
-        };
-        let c = client_with("dbtc_x", cfg, "cloud.getdbt.com").unwrap();
-        assert_eq!(
-            c.discovery_url().as_str(),
-            "https://custom.metadata.getdbt.com/graphql"
-        );
-
-        let cfg = ClientConfig {
             insecure_base_url_override: Some(Url::parse("http://127.0.0.1:8080/").unwrap()),
             ..Default::default()
         };
         let c = client_with("dbtc_x", cfg, "ab1.us1.dbt.com").unwrap();
-        assert_eq!(c.base_url(), "http://127.0.0.1:8080");
-        assert_eq!(c.discovery_url().as_str(), "http://127.0.0.1:8080/graphql");
+        assert_eq!(c.inner.base_url, "http://127.0.0.1:8080");
         let cfg = ClientConfig {
             insecure_base_url_override: Some(Url::parse("ftp://127.0.0.1/").unwrap()),
             ..Default::default()
         };
         assert!(client_with("dbtc_x", cfg, "cloud.getdbt.com").is_err());
-    }
-
-    #[test]
-    fn cell_based_discovery() {
-        let c = client_with("dbtc_x", ClientConfig::default(), "ab1.eu2.dbt.com").unwrap();
-        assert_eq!(
-            c.discovery_url().as_str(),
-            "https://ab1.metadata.eu2.dbt.com/graphql"
-        );
     }
 
     #[test]
@@ -1316,17 +1046,74 @@ mod tests {
     }
 
     #[test]
-    fn backoff_is_bounded() {
+    fn backoff_has_max_attempts_minus_one_delays_with_equal_jitter() {
         let cfg = ClientConfig {
+            max_attempts: 8,
             backoff_base: Duration::from_millis(100),
             backoff_max: Duration::from_millis(250),
             ..Default::default()
         };
-        for attempt in 1..40 {
-            let d = backoff(&cfg, attempt);
-            assert!(d <= Duration::from_millis(250));
+        for _ in 0..50 {
+            let delays: Vec<Duration> = retry_backoff(&cfg).build().collect();
+            assert_eq!(delays.len(), 7, "max_attempts - 1 retries");
+            for (n, delay) in delays.iter().enumerate() {
+                // d = min(max, base·2^n): 100, 200, then 250 ms.
+                let d = Duration::from_millis((100u64 << n).min(250));
+                assert!(
+                    *delay >= d / 2 && *delay < d,
+                    "retry {}: {delay:?} not in [{:?}, {d:?})",
+                    n + 1,
+                    d / 2
+                );
+            }
         }
-        let d = backoff(&cfg, 1);
-        assert!(d >= Duration::from_millis(50) && d <= Duration::from_millis(100));
+        // A base above the maximum is capped too; one attempt means no retry.
+        let cfg = ClientConfig {
+            backoff_base: Duration::from_secs(10),
+            backoff_max: Duration::from_secs(1),
+            ..Default::default()
+        };
+        assert!(retry_backoff(&cfg)
+            .build()
+            .all(|d| d < Duration::from_secs(1)));
+        for max_attempts in [0, 1] {
+            let cfg = ClientConfig {
+                max_attempts,
+                ..Default::default()
+            };
+            assert_eq!(retry_backoff(&cfg).build().count(), 0);
+        }
+    }
+
+    #[test]
+    fn retry_after_replaces_the_backoff_up_to_max_retry_after() {
+        let limited = |after: u64| DbtCloudError::RateLimited {
+            endpoint: "get_run",
+            retry_after: Some(Duration::from_secs(after)),
+            user_message: None,
+        };
+        let backoff = Some(Duration::from_millis(300));
+        let max = Duration::from_secs(60);
+        assert_eq!(
+            retry_delay(&limited(7), backoff, max),
+            Some(Duration::from_secs(7))
+        );
+        assert_eq!(
+            retry_delay(&limited(60), backoff, max),
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(retry_delay(&limited(61), backoff, max), None, "returned");
+        assert_eq!(
+            retry_delay(&limited(7), None, max),
+            None,
+            "attempts used up"
+        );
+        let server = DbtCloudError::Server {
+            endpoint: "get_run",
+            status: 503,
+            user_message: None,
+        };
+        assert_eq!(retry_delay(&server, backoff, max), backoff);
+        assert_eq!(retry_delay(&server, None, max), None);
     }
 }

@@ -138,12 +138,6 @@ pub enum DbtCloudError {
         /// The limit in bytes.
         limit: u64,
     },
-    /// The Discovery API answered with GraphQL `errors`.
-    #[error("dbt Cloud Discovery API returned errors: {}", .messages.join("; "))]
-    GraphQl {
-        /// The `message` of each GraphQL error.
-        messages: Vec<String>,
-    },
     /// The access host failed validation.
     #[error("invalid dbt Cloud access host `{host}`: {reason}")]
     InvalidHost {
@@ -223,7 +217,6 @@ impl DbtCloudError {
             DbtCloudError::Timeout { .. } => "Timeout",
             DbtCloudError::Decode { .. } => "DecodeError",
             DbtCloudError::ResponseTooLarge { .. } => "ResponseTooLarge",
-            DbtCloudError::GraphQl { .. } => "GraphQLError",
             DbtCloudError::InvalidHost { .. } => "InvalidHost",
             DbtCloudError::InvalidRequest { .. } => "InvalidRequest",
         }

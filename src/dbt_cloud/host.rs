@@ -36,31 +36,11 @@ pub fn allowed_suffixes_with(extra: &[String]) -> Vec<String> {
     all
 }
 
-/// What kind of dbt Cloud deployment a host names; decides the Discovery URL.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HostKind {
-    /// `cloud.getdbt.com`, `emea.dbt.com`, `au.dbt.com`.
-    MultiTenant,
-    /// Cell-based multi-tenant: `PREFIX.REGION.dbt.com`, e.g. `ab123.us1.dbt.com`.
-    CellBased {
-        /// The account prefix (first label).
-        prefix: String,
-        /// The cell region, e.g. `us1`, `eu2`.
-        region: String,
-    },
-    /// Account-scoped host such as `abc123.dbt.com`.
-    AccountScoped,
-    /// Any other allowed host (single-tenant / vanity).
-    SingleTenant,
-}
-
 /// A validated, lower-cased dbt Cloud access host (e.g. `cloud.getdbt.com`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct AccessHost {
     host: String,
 }
-
-const MULTI_TENANT: &[&str] = &["cloud.getdbt.com", "emea.dbt.com", "au.dbt.com"];
 
 impl AccessHost {
     /// Validates `host` against `allowed_suffixes` (each entry matches itself and
@@ -163,58 +143,14 @@ impl AccessHost {
         Ok(AccessHost { host })
     }
 
-    /// The default host, `cloud.getdbt.com`.
-    pub fn default_host() -> Self {
-        AccessHost {
-            host: DEFAULT_HOST.to_string(),
-        }
-    }
-
     /// The host name.
     pub fn as_str(&self) -> &str {
         &self.host
     }
 
-    /// Classifies the host (decides the Discovery API host).
-    pub fn kind(&self) -> HostKind {
-        if MULTI_TENANT.contains(&self.host.as_str()) {
-            return HostKind::MultiTenant;
-        }
-        if let Some(rest) = self.host.strip_suffix(".dbt.com") {
-            let labels: Vec<&str> = rest.split('.').collect();
-            match labels.as_slice() {
-                [prefix, region] if is_region(region) => {
-                    return HostKind::CellBased {
-                        prefix: prefix.to_string(),
-                        region: region.to_string(),
-                    }
-                }
-                [_] => return HostKind::AccountScoped,
-                _ => {}
-            }
-        }
-        HostKind::SingleTenant
-    }
-
     /// `https://<host>` (no trailing slash).
     pub fn base_url(&self) -> String {
         format!("https://{}", self.host)
-    }
-
-    /// The Discovery (metadata) API host: `metadata.<host>`, or for cell-based
-    /// hosts `PREFIX.metadata.REGION.dbt.com`.
-    pub fn discovery_host(&self) -> String {
-        match self.kind() {
-            HostKind::CellBased { prefix, region } => {
-                format!("{prefix}.metadata.{region}.dbt.com")
-            }
-            _ => format!("metadata.{}", self.host),
-        }
-    }
-
-    /// `https://<discovery host>/graphql`.
-    pub fn discovery_url(&self) -> String {
-        format!("https://{}/graphql", self.discovery_host())
     }
 }
 
@@ -227,12 +163,6 @@ impl fmt::Display for AccessHost {
 /// Lower-cases and strips a leading `.` / surrounding whitespace from an allow-list entry.
 fn normalise_suffix(s: &str) -> String {
     s.trim().trim_start_matches('.').to_ascii_lowercase()
-}
-
-/// Region labels of cell-based hosts: letters followed by digits (`us1`, `eu2`).
-fn is_region(label: &str) -> bool {
-    let letters = label.bytes().take_while(|b| b.is_ascii_lowercase()).count();
-    letters >= 2 && letters < label.len() && label.bytes().skip(letters).all(|b| b.is_ascii_digit())
 }
 
 fn truncate_for_message(s: &str) -> String {
@@ -307,66 +237,7 @@ mod tests {
     fn configured_single_tenant_hosts_are_allowed() {
         let allowed = ["getdbt.com", "dbt.com", ".Dbt.Acme.Internal"];
         let h = AccessHost::parse("dbt.acme.internal", &allowed).unwrap();
-        assert_eq!(h.kind(), HostKind::SingleTenant);
-        assert_eq!(
-            h.discovery_url(),
-            "https://metadata.dbt.acme.internal/graphql"
-        );
+        assert_eq!(h.base_url(), "https://dbt.acme.internal");
         assert!(AccessHost::parse("other.internal", &allowed).is_err());
-    }
-
-    #[test]
-    fn discovery_urls() {
-        let cases = [
-            (
-                "cloud.getdbt.com",
-                "https://metadata.cloud.getdbt.com/graphql",
-            ),
-            ("emea.dbt.com", "https://metadata.emea.dbt.com/graphql"),
-            ("au.dbt.com", "https://metadata.au.dbt.com/graphql"),
-            ("abc123.dbt.com", "https://metadata.abc123.dbt.com/graphql"),
-            (
-                "ab123.us1.dbt.com",
-                "https://ab123.metadata.us1.dbt.com/graphql",
-            ),
-            (
-                "ab123.eu2.dbt.com",
-                "https://ab123.metadata.eu2.dbt.com/graphql",
-            ),
-            (
-                "acme.getdbt.com",
-                "https://metadata.acme.getdbt.com/graphql",
-            ),
-        ];
-        for (h, url) in cases {
-            assert_eq!(parse(h).unwrap().discovery_url(), url, "{h}");
-        }
-    }
-
-    #[test]
-    fn kinds() {
-        assert_eq!(
-            parse("cloud.getdbt.com").unwrap().kind(),
-            HostKind::MultiTenant
-        );
-        assert_eq!(
-            parse("abc123.dbt.com").unwrap().kind(),
-            HostKind::AccountScoped
-        );
-        assert_eq!(
-            parse("ab1.us1.dbt.com").unwrap().kind(),
-            HostKind::CellBased {
-                prefix: "ab1".into(),
-                region: "us1".into()
-            }
-        );
-        assert_eq!(
-            parse("a.b.c.dbt.com").unwrap().kind(),
-            HostKind::SingleTenant
-        );
-        assert_eq!(
-            parse("x.usa.dbt.com").unwrap().kind(),
-            HostKind::SingleTenant
-        );
     }
 }

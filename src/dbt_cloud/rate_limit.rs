@@ -40,15 +40,12 @@ impl LimitSpec {
 pub struct RateLimitConfig {
     /// Administrative (v2/v3 REST) API budget; default 5,000/min.
     pub admin: LimitSpec,
-    /// Discovery (GraphQL) API budget; default 500/min.
-    pub discovery: LimitSpec,
 }
 
 impl Default for RateLimitConfig {
     fn default() -> Self {
         RateLimitConfig {
             admin: LimitSpec::per_minute(5_000),
-            discovery: LimitSpec::per_minute(500),
         }
     }
 }
@@ -108,7 +105,7 @@ impl TokenBucket {
     /// Reserves one token; returns how long the caller must wait for it.
     fn reserve(&self, commit_if_waiting: bool) -> Option<Duration> {
         let inner = &self.inner;
-        let mut st = inner.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut st = crate::sync::lock(&inner.state);
         let now = Instant::now();
         let elapsed = now.saturating_duration_since(st.last).as_secs_f64();
         st.tokens = (st.tokens + elapsed * inner.per_second).min(inner.capacity);
@@ -166,7 +163,7 @@ impl TokenBucket {
     }
 }
 
-/// The admin and discovery budgets of one account (cheap clone, shared).
+/// The budgets of one account (cheap clone, shared).
 #[derive(Debug, Clone)]
 pub struct AccountLimits {
     inner: Arc<Budgets>,
@@ -175,7 +172,6 @@ pub struct AccountLimits {
 #[derive(Debug)]
 struct Budgets {
     admin: TokenBucket,
-    discovery: TokenBucket,
 }
 
 impl AccountLimits {
@@ -184,7 +180,6 @@ impl AccountLimits {
         AccountLimits {
             inner: Arc::new(Budgets {
                 admin: TokenBucket::new(config.admin),
-                discovery: TokenBucket::new(config.discovery),
             }),
         }
     }
@@ -195,20 +190,12 @@ impl AccountLimits {
             per_minute: u32::MAX,
             burst: u32::MAX,
         };
-        AccountLimits::new(RateLimitConfig {
-            admin: spec,
-            discovery: spec,
-        })
+        AccountLimits::new(RateLimitConfig { admin: spec })
     }
 
     /// The administrative API budget.
     pub fn admin(&self) -> &TokenBucket {
         &self.inner.admin
-    }
-
-    /// The Discovery API budget.
-    pub fn discovery(&self) -> &TokenBucket {
-        &self.inner.discovery
     }
 }
 
@@ -238,7 +225,7 @@ impl RateLimiterRegistry {
     /// The budgets of `account_id` on `host` (created on first use; host is case-insensitive).
     pub fn for_account(&self, host: &str, account_id: i64) -> AccountLimits {
         let key = (host.trim().to_ascii_lowercase(), account_id);
-        let mut map = self.accounts.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = crate::sync::lock(&self.accounts);
         map.retain(|_, budgets| budgets.strong_count() > 0);
         if let Some(inner) = map.get(&key).and_then(Weak::upgrade) {
             return AccountLimits { inner };
@@ -250,7 +237,7 @@ impl RateLimiterRegistry {
 
     /// Number of accounts whose budgets some client still holds.
     pub fn len(&self) -> usize {
-        let mut map = self.accounts.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = crate::sync::lock(&self.accounts);
         map.retain(|_, budgets| budgets.strong_count() > 0);
         map.len()
     }
@@ -303,10 +290,8 @@ mod tests {
         let c = r.for_account("cloud.getdbt.com", 2);
         let d = r.for_account("emea.dbt.com", 1);
         assert!(a.admin().same_bucket(b.admin()));
-        assert!(a.discovery().same_bucket(b.discovery()));
         assert!(!a.admin().same_bucket(c.admin()));
         assert!(!a.admin().same_bucket(d.admin()));
-        assert!(!a.admin().same_bucket(a.discovery()));
         assert_eq!(r.len(), 3);
         assert!(a.admin().try_acquire());
         assert_eq!(b.admin().stats().permits, 1);
@@ -335,6 +320,5 @@ mod tests {
     fn defaults() {
         let c = RateLimitConfig::default();
         assert_eq!(c.admin.per_minute, 5_000);
-        assert_eq!(c.discovery.per_minute, 500);
     }
 }

@@ -512,15 +512,6 @@ impl Run {
     }
 }
 
-/// Failure details of a retryable run (`GET /runs/{id}/retry/`).
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
-pub struct RunFailureDetails {
-    /// The failed step (documented as a string; kept raw).
-    pub failed_step: Option<serde_json::Value>,
-    /// Steps that were skipped (documented as strings; kept raw).
-    pub skipped_steps: Option<Vec<serde_json::Value>>,
-}
-
 /// Longest accepted `cause` of a trigger, in characters.
 pub const MAX_CAUSE_CHARS: usize = 255;
 
@@ -649,28 +640,6 @@ pub fn truncate_cause(cause: &str) -> String {
     s
 }
 
-/// Filters of the v3 project list.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct ListProjectsParams {
-    /// `name__icontains`.
-    pub name_icontains: Option<String>,
-    /// Page size (≤ 100).
-    pub limit: Option<u32>,
-    /// Offset.
-    pub offset: Option<u32>,
-}
-
-/// Filters of the v3 environment list of a project.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct ListEnvironmentsParams {
-    /// `name__icontains`.
-    pub name_icontains: Option<String>,
-    /// Page size (≤ 100).
-    pub limit: Option<u32>,
-    /// Offset.
-    pub offset: Option<u32>,
-}
-
 /// Filters of the v2 job list.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ListJobsParams {
@@ -682,10 +651,6 @@ pub struct ListJobsParams {
     pub name_icontains: Option<String>,
     /// `order_by`.
     pub order_by: Option<String>,
-    /// Page size (≤ 100).
-    pub limit: Option<u32>,
-    /// Offset.
-    pub offset: Option<u32>,
 }
 
 /// Filters of the v2 run list.
@@ -810,11 +775,6 @@ mod tests {
         assert_eq!(env.env_type.as_deref(), Some("deployment"));
         let _: Account =
             serde_json::from_value(json!({"id": 1, "plan": "enterprise", "groups": []})).unwrap();
-        let d: RunFailureDetails = serde_json::from_value(
-            json!({"failed_step": "dbt run", "skipped_steps": ["dbt test"]}),
-        )
-        .unwrap();
-        assert_eq!(d.skipped_steps.unwrap().len(), 1);
     }
 
     #[test]

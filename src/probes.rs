@@ -1,5 +1,5 @@
-//! HTTP endpoints: `/metrics` (Prometheus text), `/healthz` (alive), `/readyz` (ready: the leader
-//! once its caches are synced; a standby at once — the body says which).
+//! The probes and metrics server: `/metrics` (Prometheus text), `/healthz` (alive), `/readyz`
+//! (ready: the leader once its caches are synced; a standby at once — the body says which).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
