@@ -1260,18 +1260,9 @@ impl<'a> Decider<'a> {
         let now = self.now();
         let gen = self.run.metadata.generation;
         self.status.observed_generation = gen;
+        // No Event for a phase a run passes through (Queued, Running): status says it, and each
+        // Event is an API-server write. Events are kept for failures and the final outcome.
         let phase = self.status.phase;
-        if phase != self.old_phase && !phase.is_terminal() && phase != RunPhase::Pending {
-            let note = format!(
-                "Phase {} (dbt Cloud run {})",
-                phase.as_str(),
-                self.status
-                    .run_id
-                    .map(|r| r.to_string())
-                    .unwrap_or_default()
-            );
-            self.events.push(EventNote::normal("PhaseChanged", note));
-        }
         let c = &mut self.status.conditions;
         match &self.obs.credentials {
             CredentialsState::Ready { .. } => {
