@@ -24,6 +24,8 @@ use serde_json::json;
 
 const KEY: &str = "dbtc_benchRealApiKey0123456789";
 const INTERVAL_SECS: u64 = 10;
+const BURST_QUEUED: Duration = Duration::from_secs(30);
+const BURST_RUNNING: Duration = Duration::from_secs(5);
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -120,7 +122,7 @@ async fn count(api: &Api<DbtCloudJobRun>, pred: impl Fn(&DbtCloudJobRun) -> bool
         .unwrap_or(0)
 }
 
-fn job(id: i64, running: Duration) -> JobSpec {
+fn job(id: i64, queued: Duration, running: Duration) -> JobSpec {
     JobSpec {
         id,
         project_id: 10,
@@ -128,7 +130,7 @@ fn job(id: i64, running: Duration) -> JobSpec {
         name: format!("bench-{id}"),
         steps: vec!["dbt build".into()],
         behavior: JobBehavior {
-            queued: Duration::from_millis(10),
+            queued,
             starting: Duration::from_millis(10),
             running,
             outcome: Outcome::Success,
@@ -206,10 +208,18 @@ async fn main() {
     env.sim.add_project(1, 10, "analytics");
     env.sim.add_environment(1, 10, 20, "production");
     for i in 0..n as i64 {
-        env.sim.add_job(1, job(1000 + i, Duration::from_secs(20)));
+        // Queued 30 s, so the trigger figures are not mixed with phase writes; then 5 s running.
+        env.sim
+            .add_job(1, job(1000 + i, BURST_QUEUED, BURST_RUNNING));
     }
-    env.sim.add_job(1, job(900, Duration::from_millis(500)));
-    env.sim.add_job(1, job(901, Duration::from_secs(3600)));
+    env.sim.add_job(
+        1,
+        job(900, Duration::from_millis(10), Duration::from_millis(500)),
+    );
+    env.sim.add_job(
+        1,
+        job(901, Duration::from_millis(10), Duration::from_secs(3600)),
+    );
     env.apply(&TestEnv::credentials_yaml("creds", "dbt-api-key", 1, KEY))
         .expect_ok("credentials");
     let api: Api<DbtCloudJobRun> = Api::namespaced(env.client.clone(), &env.ns);
@@ -373,7 +383,7 @@ async fn main() {
         n + 100
     );
 
-    // Completion detection under the burst: dbt Cloud finishes each run 20 s after it starts.
+    // Completion detection under the burst: dbt Cloud finishes each run 35 s after its trigger.
     wait_count(&api, n, 300, |r| {
         r.metadata
             .name
@@ -401,7 +411,7 @@ async fn main() {
                 if !name.starts_with('b') {
                     return None;
                 }
-                let finished = t.at + Duration::from_millis(20) + Duration::from_secs(20);
+                let finished = t.at + BURST_QUEUED + Duration::from_millis(10) + BURST_RUNNING;
                 Some(
                     seen.get(name)?
                         .saturating_duration_since(finished)

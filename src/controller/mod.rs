@@ -256,12 +256,7 @@ pub async fn run(
             runs_writer,
             watcher::watcher(runs_api, wc.clone())
                 .default_backoff()
-                .modify(|run: &mut DbtCloudJobRun| {
-                    run.metadata.managed_fields = None;
-                    if let Some(a) = run.metadata.annotations.as_mut() {
-                        a.remove("kubectl.kubernetes.io/last-applied-configuration");
-                    }
-                }),
+                .modify(slim_for_cache),
         )
         .inspect_ok(move |event| job_runs_changed(&ctx, &store, event))
         .touched_objects()
@@ -419,6 +414,37 @@ fn job_runs_changed(
     }
 }
 
+/// What the run cache keeps of an object: no managedFields, no kubectl last-applied copy, and for
+/// a finished run only what the operator still reads (phase, times for `ttlSecondsAfterFinished`,
+/// identity): its steps, results, attempts, conditions and intent are dropped. A finished status
+/// is final — re-deciding it changes nothing, so nothing slimmed is ever written back (the
+/// lifecycle's exhaustive tests hold that rule).
+pub fn slim_for_cache(run: &mut DbtCloudJobRun) {
+    run.metadata.managed_fields = None;
+    if let Some(a) = run.metadata.annotations.as_mut() {
+        a.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
+    let finished = run.status.as_ref().is_some_and(|s| s.phase.is_terminal());
+    if !finished {
+        return;
+    }
+    if let Some(a) = run.metadata.annotations.as_mut() {
+        a.remove(intent::INTENT_ANNOTATION);
+    }
+    if let Some(s) = run.status.as_mut() {
+        s.steps = Vec::new();
+        s.steps_omitted = None;
+        s.results = None;
+        s.attempts = Vec::new();
+        // As `bound_status` would count them, so the slim copy is already bounded.
+        s.attempts_omitted = (s.attempt_count > 0).then_some(s.attempt_count);
+        s.conditions = Vec::new();
+        s.status_message = None;
+        s.run_url = None;
+        s.pending_trigger = None;
+    }
+}
+
 fn scoped_api<K>(client: &Client, namespaces: &[String]) -> Api<K>
 where
     K: Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>,
@@ -431,6 +457,63 @@ where
 
 #[cfg(test)]
 mod tests {
+    use super::slim_for_cache;
+    use crate::controller::lifecycle::{decide, CredentialsState, Observation, Settings};
+    use crate::crd::DbtCloudJobRun;
+
+    #[test]
+    fn a_slimmed_finished_run_decides_the_same_and_writes_nothing() {
+        let mut run: DbtCloudJobRun = serde_json::from_value(serde_json::json!({
+            "apiVersion": "dbtcloud.io/v1alpha1", "kind": "DbtCloudJobRun",
+            "metadata": {"name": "r", "namespace": "ns", "uid": "u", "generation": 1,
+                "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "{}", "team": "data"}},
+            "spec": {"credentialsRef": {"name": "c"}, "job": {"id": 1}, "ttlSecondsAfterFinished": 60},
+            "status": {"observedGeneration": 1, "phase": "Succeeded", "runId": 7, "attemptCount": 1,
+                "attempts": [{"attempt": 1, "runId": 7, "kind": "Full", "status": "Success"}],
+                "steps": [{"index": 4, "name": "Invoke dbt with `dbt build`", "status": "Success"}],
+                "results": {"pass": 3, "error": 0, "fail": 0, "skip": 0, "warn": 0},
+                "finishedAt": "2026-11-01T00:00:00Z",
+                "conditions": [{"type": "Ready", "status": "True", "reason": "Succeeded", "message": "done", "lastTransitionTime": "2026-11-01T00:00:00Z"}]}
+        }))
+        .unwrap();
+        let full = run.clone();
+        slim_for_cache(&mut run);
+        let s = run.status.clone().unwrap();
+        assert!(s.steps.is_empty() && s.attempts.is_empty() && s.results.is_none());
+        assert_eq!(
+            s.finished_at,
+            full.status.as_ref().unwrap().finished_at,
+            "TTL still works"
+        );
+        assert_eq!(
+            run.metadata
+                .annotations
+                .as_ref()
+                .unwrap()
+                .keys()
+                .collect::<Vec<_>>(),
+            ["team"]
+        );
+        // Deciding the slim copy: its status comes back unchanged (so no write), the same action.
+        let now = jiff::Timestamp::from_second(1_800_000_000).unwrap();
+        let creds = CredentialsState::NotReady {
+            reason: "x".into(),
+            message: "x".into(),
+            stalled: false,
+        };
+        let settings = Settings::default();
+        let slim_d = decide(&run, &Observation::new(now, creds.clone()), &settings);
+        let full_d = decide(&full, &Observation::new(now, creds), &settings);
+        assert_eq!(Some(&slim_d.status), run.status.as_ref());
+        assert_eq!(slim_d.action, full_d.action);
+        // An in-flight run keeps everything but the bookkeeping copies.
+        let mut live = full.clone();
+        live.status.as_mut().unwrap().phase = crate::crd::RunPhase::Running;
+        let before = live.status.clone();
+        slim_for_cache(&mut live);
+        assert_eq!(live.status, before);
+    }
+
     use super::*;
 
     #[test]
