@@ -16,7 +16,7 @@ use super::{job_run, Context};
 use crate::crd::DbtCloudJobRun;
 
 /// Reconciles in flight in the report lane at most.
-pub const REPORT_CONCURRENCY: usize = 4;
+pub const REPORT_CONCURRENCY: usize = 16;
 
 /// Runs the lane until `changes` ends (the poller stops) or `shutdown` resolves.
 pub async fn run(
