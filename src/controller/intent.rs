@@ -29,6 +29,11 @@ pub struct RecordedIntent {
     pub id: String,
     /// The intent itself.
     pub intent: PendingTrigger,
+    /// The status as decided when the intent was recorded (what the status write before the
+    /// trigger used to persist: job and account ids, the previous attempt's end, conditions). Used
+    /// when the outcome never made it to status, so a crash loses nothing the decision knew.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<Box<DbtCloudJobRunStatus>>,
 }
 
 /// The intent recorded in the object's annotation, if any (an unreadable one counts as none).
@@ -56,10 +61,11 @@ pub fn effective(run: &DbtCloudJobRun) -> Option<DbtCloudJobRun> {
         // Written by an earlier version (or while the intent was pending): status wins.
         return None;
     }
+    let decided = rec.status.map(|s| *s).unwrap_or(status);
     let mut seen = run.clone();
     seen.status = Some(DbtCloudJobRunStatus {
         pending_trigger: Some(rec.intent),
-        ..status
+        ..decided
     });
     Some(seen)
 }
@@ -76,17 +82,22 @@ pub fn mark_resolved(run: &DbtCloudJobRun, status: &DbtCloudJobRunStatus) -> Dbt
     status
 }
 
-/// The metadata merge patch that records `intent` (guarded by `resource_version`) and adds
-/// `finalizer` when missing, as one write. Returns the patch and the object as it will be.
+/// The metadata merge patch that records `intent` with the status `decided` for it (guarded by
+/// `resource_version`) and adds `finalizer` when missing, as one write. Returns the patch and the object as it will be.
 pub fn record_patch(
     run: &DbtCloudJobRun,
     intent: &PendingTrigger,
+    decided: &DbtCloudJobRunStatus,
     resource_version: &str,
     finalizer: &str,
 ) -> (serde_json::Value, DbtCloudJobRun) {
     let rec = RecordedIntent {
         id: resource_version.to_string(),
         intent: intent.clone(),
+        status: Some(Box::new(DbtCloudJobRunStatus {
+            pending_trigger: None,
+            ..decided.clone()
+        })),
     };
     let text = serde_json::to_string(&rec).expect("an intent serializes");
     let mut finalizers = run.metadata.finalizers.clone().unwrap_or_default();
@@ -128,6 +139,16 @@ mod tests {
         }
     }
 
+    /// What the lifecycle decided with the intent: ids it resolved, the previous attempt's end.
+    fn decided() -> DbtCloudJobRunStatus {
+        DbtCloudJobRunStatus {
+            job_id: Some(100),
+            account_id: Some(1),
+            pending_trigger: Some(intent(1)),
+            ..Default::default()
+        }
+    }
+
     fn run() -> DbtCloudJobRun {
         serde_json::from_value(serde_json::json!({
             "apiVersion": "dbtcloud.io/v1alpha1", "kind": "DbtCloudJobRun",
@@ -139,7 +160,13 @@ mod tests {
 
     #[test]
     fn a_recorded_intent_is_pending_until_a_status_resolves_it() {
-        let (patch, mut after) = record_patch(&run(), &intent(1), "41", "dbtcloud.io/cancel-run");
+        let (patch, mut after) = record_patch(
+            &run(),
+            &intent(1),
+            &decided(),
+            "41",
+            "dbtcloud.io/cancel-run",
+        );
         assert_eq!(patch["metadata"]["resourceVersion"], "41");
         assert_eq!(
             patch["metadata"]["finalizers"],
@@ -147,8 +174,13 @@ mod tests {
             "the finalizer is added in the same write, others kept"
         );
         // Crash before the outcome: the intent is the pending trigger the lifecycle sees.
-        let seen = effective(&after).expect("pending");
-        assert_eq!(seen.status.unwrap().pending_trigger, Some(intent(1)));
+        let seen = effective(&after).expect("pending").status.unwrap();
+        assert_eq!(seen.pending_trigger, Some(intent(1)));
+        assert_eq!(
+            (seen.job_id, seen.account_id),
+            (Some(100), Some(1)),
+            "what was decided with the intent survives a crash before the outcome"
+        );
         // The outcome is written: resolved from then on.
         let outcome = DbtCloudJobRunStatus {
             phase: RunPhase::Queued,
@@ -163,10 +195,10 @@ mod tests {
 
     #[test]
     fn an_attempt_recorded_again_gets_a_fresh_id() {
-        let (_, mut after) = record_patch(&run(), &intent(1), "41", "f");
+        let (_, mut after) = record_patch(&run(), &intent(1), &decided(), "41", "f");
         after.status = Some(mark_resolved(&after, &DbtCloudJobRunStatus::default()));
         // The same attempt (same marker) recorded again later, after a rejected trigger.
-        let (patch, again) = record_patch(&after, &intent(1), "57", "f");
+        let (patch, again) = record_patch(&after, &intent(1), &decided(), "57", "f");
         assert_eq!(
             patch["metadata"]["finalizers"],
             serde_json::json!(["other", "f"])
@@ -176,7 +208,7 @@ mod tests {
 
     #[test]
     fn finished_runs_and_status_intents_win() {
-        let (_, mut after) = record_patch(&run(), &intent(2), "41", "f");
+        let (_, mut after) = record_patch(&run(), &intent(2), &decided(), "41", "f");
         after.status = Some(DbtCloudJobRunStatus {
             phase: RunPhase::Succeeded,
             ..Default::default()

@@ -495,9 +495,10 @@ async fn record_intent(
     ctx: &Context,
     run: &DbtCloudJobRun,
     pending: &crate::crd::job_run::PendingTrigger,
+    decided: &DbtCloudJobRunStatus,
 ) -> Result<DbtCloudJobRun> {
     let rv = run.resource_version().unwrap_or_default();
-    let (patch, mut after) = intent::record_patch(run, pending, &rv, RUN_FINALIZER);
+    let (patch, mut after) = intent::record_patch(run, pending, decided, &rv, RUN_FINALIZER);
     let api: Api<DbtCloudJobRun> =
         Api::namespaced(ctx.client.clone(), &run.namespace().unwrap_or_default());
     match api
@@ -563,7 +564,7 @@ async fn start_attempt(
         after_run_id = ?pending.after_run_id,
         "recording the trigger intent"
     );
-    let recorded = match record_intent(ctx, run, pending).await {
+    let recorded = match record_intent(ctx, run, pending, &decision.status).await {
         Err(Error::Conflict(_)) => {
             debug!("object changed since read; not triggering, will re-read");
             return Ok(Action::requeue(Duration::from_millis(500)));
