@@ -4,11 +4,13 @@
 pub mod credentials;
 pub mod intent;
 pub mod job_run;
+pub mod job_trigger;
 pub mod lifecycle;
 pub mod poller;
 pub mod registry;
 pub mod report_lane;
 pub mod search;
+pub mod trigger_policy;
 pub mod written;
 
 use std::sync::Arc;

@@ -1,0 +1,1 @@
+//! Reconciler of `DbtCloudJobTrigger` (work in progress).
