@@ -1,5 +1,5 @@
-//! Controllers: the shared [`Context`], the credentials and job-run reconcilers, the shared run
-//! poller, and the pure run lifecycle.
+//! Controllers: the shared [`Context`], the credentials, job-run and job-trigger reconcilers, the
+//! shared run poller, the pure run lifecycle and the pure trigger decision.
 
 pub mod credentials;
 pub mod intent;
@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use futures::channel::mpsc::{unbounded, UnboundedReceiver, UnboundedSender};
 use futures::{StreamExt, TryStreamExt};
+use jiff::Timestamp;
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
@@ -27,7 +28,9 @@ use kube::{Api, Client, Resource, ResourceExt};
 use rand::Rng;
 use tracing::{info, warn};
 
-use crate::crd::{ClusterDbtCloudCredentials, DbtCloudCredentials, DbtCloudJobRun};
+use crate::crd::{
+    ClusterDbtCloudCredentials, DbtCloudCredentials, DbtCloudJobRun, DbtCloudJobTrigger,
+};
 use crate::dbt_cloud::{http_client, ClientConfig, RateLimitConfig, RateLimiterRegistry};
 use crate::metrics::Metrics;
 use crate::Result;
@@ -69,6 +72,8 @@ pub struct Config {
     pub reporter: String,
     /// Pod name, reported as the Event instance.
     pub instance: Option<String>,
+    /// The clock of schedules (`DbtCloudJobTrigger`): the system's, or a manual one in tests.
+    pub clock: Clock,
 }
 
 impl Default for Config {
@@ -86,7 +91,85 @@ impl Default for Config {
             max_concurrent_reconciles: 16,
             reporter: "dbt-cloud-operator".into(),
             instance: None,
+            clock: Clock::system(),
         }
+    }
+}
+
+/// The time schedules are computed against: the system clock, or a manual clock that tests set
+/// and advance (every trigger is then reconciled again at once). Cheap to clone; clones share
+/// the time.
+#[derive(Clone, Default)]
+pub struct Clock {
+    manual: Option<Arc<tokio::sync::watch::Sender<Timestamp>>>,
+}
+
+impl std::fmt::Debug for Clock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.manual {
+            None => f.write_str("Clock(system)"),
+            Some(t) => write!(f, "Clock(manual {})", *t.borrow()),
+        }
+    }
+}
+
+impl Clock {
+    /// The system clock.
+    pub fn system() -> Self {
+        Self::default()
+    }
+
+    /// A clock that stands at `start` until [`Clock::set`] or [`Clock::advance`] moves it.
+    pub fn manual(start: Timestamp) -> Self {
+        Self {
+            manual: Some(Arc::new(tokio::sync::watch::Sender::new(start))),
+        }
+    }
+
+    /// The current time.
+    pub fn now(&self) -> Timestamp {
+        match &self.manual {
+            None => Timestamp::now(),
+            Some(t) => *t.borrow(),
+        }
+    }
+
+    /// Sets a manual clock (the system clock ignores it).
+    pub fn set(&self, now: Timestamp) {
+        if let Some(t) = &self.manual {
+            t.send_replace(now);
+        }
+    }
+
+    /// Moves a manual clock forward (the system clock ignores it).
+    pub fn advance(&self, by: std::time::Duration) {
+        if let Some(t) = &self.manual {
+            t.send_modify(|now| {
+                *now = now
+                    .saturating_add(
+                        jiff::SignedDuration::try_from(by).unwrap_or(jiff::SignedDuration::MAX),
+                    )
+                    .unwrap_or(*now)
+            });
+        }
+    }
+
+    /// Yields once per change of a manual clock; never for the system clock.
+    pub fn changes(&self) -> futures::stream::BoxStream<'static, ()> {
+        match &self.manual {
+            None => futures::stream::pending().boxed(),
+            Some(t) => futures::stream::unfold(t.subscribe(), |mut rx| async move {
+                rx.changed().await.ok()?;
+                Some(((), rx))
+            })
+            .boxed(),
+        }
+    }
+
+    /// How long from now until `at` (zero when past), as a timer delay.
+    pub fn until(&self, at: Timestamp) -> Duration {
+        let d = at.duration_since(self.now());
+        Duration::try_from(d).unwrap_or(Duration::ZERO)
     }
 }
 
@@ -230,6 +313,9 @@ pub async fn run(
     let runs_api: Api<DbtCloudJobRun> = scoped_api(&client, &config.watch_namespaces);
     let creds_api: Api<DbtCloudCredentials> = scoped_api(&client, &config.watch_namespaces);
     let cluster_creds_api: Api<ClusterDbtCloudCredentials> = Api::all(client.clone());
+    let triggers_api: Api<DbtCloudJobTrigger> = scoped_api(&client, &config.watch_namespaces);
+    // Changes of runs owned by a trigger reconcile the trigger: fed from the one run watch.
+    let (owner_tx, owner_rx) = unbounded();
 
     // One watch per credentials kind, shared (kube's shared-stream pattern): it fills the store
     // every lookup checks, feeds the credentials controller, and tells the registry and the runs
@@ -262,6 +348,11 @@ pub async fn run(
         )
         .inspect_ok(move |event| job_runs_changed(&ctx, &store, event))
         .touched_objects()
+        .inspect(move |run| {
+            if let Some(owner) = run.as_ref().ok().and_then(job_trigger::trigger_of) {
+                let _ = owner_tx.unbounded_send(owner);
+            }
+        })
     };
 
     // Runs to reconcile because their credentials changed or went away.
@@ -313,7 +404,7 @@ pub async fn run(
         )
         .for_each(|_| async {});
     let cluster_creds = Controller::for_shared_stream(cluster_subscriber, cluster_store)
-        .with_config(controller_config)
+        .with_config(controller_config.clone())
         .graceful_shutdown_on(shutdown.clone())
         .run(
             credentials::reconcile_cluster,
@@ -332,6 +423,36 @@ pub async fn run(
         .await;
     };
 
+    let triggers = Controller::new(triggers_api, wc.clone()).with_config(controller_config.clone());
+    let trigger_store = triggers.store();
+    let every_trigger = config.clock.changes().flat_map(move |()| {
+        futures::stream::iter(
+            trigger_store
+                .state()
+                .iter()
+                .map(|t| ObjectRef::from_obj(t.as_ref()))
+                .collect::<Vec<_>>(),
+        )
+    });
+    let trigger_ctx = Arc::new(job_trigger::TriggerContext {
+        base: ctx.clone(),
+        runs: runs_store.clone(),
+    });
+    let triggers = triggers
+        .reconcile_on(owner_rx)
+        .reconcile_on(every_trigger)
+        .graceful_shutdown_on(shutdown.clone())
+        .run(
+            job_trigger::reconcile,
+            job_trigger::error_policy,
+            trigger_ctx,
+        )
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                tracing::debug!(error = %e, "job trigger reconcile failed");
+            }
+        });
+
     if let Some(ready) = ready {
         let store = runs_store.clone();
         tokio::spawn(async move {
@@ -341,7 +462,7 @@ pub async fn run(
         });
     }
     info!(namespaces = ?config.watch_namespaces, "controllers started");
-    futures::join!(runs, creds, cluster_creds, watches, reports);
+    futures::join!(runs, creds, cluster_creds, watches, reports, triggers);
     ctx.poller.stop();
     info!("controllers stopped");
     Ok(())
