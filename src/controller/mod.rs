@@ -639,6 +639,31 @@ mod tests {
 
     use super::*;
 
+    #[tokio::test]
+    async fn a_manual_clock_moves_only_when_told_and_says_so() {
+        let start: Timestamp = "2026-11-25T00:00:00Z".parse().unwrap();
+        let clock = Clock::manual(start);
+        let copy = clock.clone();
+        let mut changes = clock.changes();
+        assert_eq!(copy.now(), start);
+        clock.advance(Duration::from_secs(90));
+        assert_eq!(copy.now(), start + jiff::SignedDuration::from_secs(90));
+        assert_eq!(changes.next().await, Some(()));
+        assert_eq!(
+            clock.until(start + jiff::SignedDuration::from_secs(100)),
+            Duration::from_secs(10)
+        );
+        assert_eq!(clock.until(start), Duration::ZERO);
+        copy.set(start);
+        assert_eq!(clock.now(), start);
+        // The system clock ignores both and never reports a change.
+        let system = Clock::system();
+        let long_ago: Timestamp = "2000-01-01T00:00:00Z".parse().unwrap();
+        system.set(long_ago);
+        assert!(system.now() > long_ago);
+        assert!(futures::FutureExt::now_or_never(system.changes().next()).is_none());
+    }
+
     #[test]
     fn jitter_of_any_delay_is_bounded_and_fits_the_clock() {
         for d in [
