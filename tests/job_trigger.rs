@@ -238,6 +238,14 @@ async fn a_schedule_starts_exactly_one_run_per_slot_across_crashes_and_restarts(
     op.kill().await;
     let op = start_with_clock(&env, &clock);
     wait_children(&env, "nightly", 2).await;
+    wait_trigger(&env, "nightly", "slot 2 recorded", |t| {
+        t.status
+            .as_ref()
+            .and_then(|s| s.last_schedule_time.as_ref())
+            .map(|x| x.0)
+            == Some(slot2)
+    })
+    .await;
 
     // Slot 3: the run is created, then the operator dies before its status write lands.
     env.faults.fail_next(
