@@ -131,6 +131,15 @@ async fn apply(trigger: &DbtCloudJobTrigger, ctx: &TriggerContext, ns: &str) -> 
         status: &status,
     };
     let decision = trigger_policy::decide(view, &children, now);
+    debug!(
+        %now,
+        runs = children.len(),
+        start = decision.start.len(),
+        cancel = decision.cancel.len(),
+        delete = decision.delete.len(),
+        requeue_at = ?decision.requeue_at,
+        "decided"
+    );
     let mut status = decision.status.clone();
     let mut notes: Vec<Note> = decision.events.clone();
     let post = PostParams {
@@ -220,6 +229,7 @@ async fn apply(trigger: &DbtCloudJobTrigger, ctx: &TriggerContext, ns: &str) -> 
     }
     match write_status(ctx, trigger, &status).await {
         Err(Error::Conflict(_)) => {
+            debug!("status changed since read; deciding again");
             // Changed since read (our own previous write, a spec change): decide again on the new
             // version; every effect above is idempotent. What was done is reported now (the next
             // decision finds it done and says nothing).
