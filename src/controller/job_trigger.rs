@@ -5,6 +5,7 @@
 //! guarded by the resourceVersion it read, publishes Events, and requeues at the next schedule
 //! slot.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,6 +34,18 @@ pub struct TriggerContext {
     pub base: Arc<Context>,
     /// Every `DbtCloudJobRun` the operator watches (the run controller's cache).
     pub runs: Store<DbtCloudJobRun>,
+    /// Set once the run watch has listed every run ([`runs_listed`] on its events). Reconciles
+    /// check it instead of awaiting `Store::wait_until_ready`: that future keeps only the last
+    /// waiter's waker, so a reconcile waiting on it could take the wake-up from another waiter
+    /// of the same store (the run controller, the readiness probe) or never be woken itself.
+    pub runs_listed: Arc<AtomicBool>,
+}
+
+/// Marks `listed` once a watch event stream reports its initial list complete.
+pub fn runs_listed<K>(listed: &AtomicBool, event: &kube::runtime::watcher::Event<K>) {
+    if matches!(event, kube::runtime::watcher::Event::InitDone) {
+        listed.store(true, Ordering::Release);
+    }
 }
 
 /// The trigger that controls `run`, if a trigger does.
@@ -91,8 +104,13 @@ async fn apply(trigger: &DbtCloudJobTrigger, ctx: &TriggerContext, ns: &str) -> 
         return Err(Error::Invalid("the trigger has no UID".into()));
     };
     let runs: Api<DbtCloudJobRun> = Api::namespaced(ctx.base.client.clone(), ns);
-    // Children are only complete once the run cache has listed everything.
-    let _ = ctx.runs.wait_until_ready().await;
+    // Children are only complete once the run cache has listed everything: until then, look
+    // again soon (deciding without them would still never start a run twice, names being
+    // deterministic, but could miss a run to cancel or delete).
+    if !ctx.runs_listed.load(Ordering::Acquire) {
+        debug!("run cache not listed yet");
+        return Ok(Action::requeue(Duration::from_millis(200)));
+    }
     let clock = &ctx.base.config.clock;
     let now = clock.now();
     let created = trigger

@@ -316,6 +316,7 @@ pub async fn run(
     let triggers_api: Api<DbtCloudJobTrigger> = scoped_api(&client, &config.watch_namespaces);
     // Changes of runs owned by a trigger reconcile the trigger: fed from the one run watch.
     let (owner_tx, owner_rx) = unbounded();
+    let runs_listed = Arc::new(std::sync::atomic::AtomicBool::new(false));
 
     // One watch per credentials kind, shared (kube's shared-stream pattern): it fills the store
     // every lookup checks, feeds the credentials controller, and tells the registry and the runs
@@ -347,6 +348,10 @@ pub async fn run(
                 .modify(slim_for_cache),
         )
         .inspect_ok(move |event| job_runs_changed(&ctx, &store, event))
+        .inspect_ok({
+            let listed = runs_listed.clone();
+            move |event| job_trigger::runs_listed(&listed, event)
+        })
         .touched_objects()
         .inspect(move |run| {
             if let Some(owner) = run.as_ref().ok().and_then(job_trigger::trigger_of) {
@@ -437,6 +442,7 @@ pub async fn run(
     let trigger_ctx = Arc::new(job_trigger::TriggerContext {
         base: ctx.clone(),
         runs: runs_store.clone(),
+        runs_listed,
     });
     let triggers = triggers
         .reconcile_on(owner_rx)
