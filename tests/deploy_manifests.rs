@@ -178,7 +178,7 @@ const REGENERATE_CRDS: &str = "cargo run -- crds --out-dir crds --out-dir deploy
 #[test]
 fn every_crd_file_is_what_the_rust_types_generate_and_is_installed() {
     let generated = dbt_cloud_operator::crd::files();
-    assert_eq!(generated.len(), 3, "three kinds");
+    assert_eq!(generated.len(), 4, "four kinds");
     for dir in CRD_DIRS {
         for (file, yaml) in &generated {
             let path = format!("{dir}/{file}");
