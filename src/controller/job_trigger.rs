@@ -19,6 +19,7 @@ use super::trigger_policy::{
     self, build_run, child_of, record_name_taken, record_rejected, record_start, Child, Note,
     StartRun, TriggerView,
 };
+use super::written::Freshness;
 use super::{jittered, Context, FIELD_MANAGER, MAX_REQUEUE_DELAY};
 use crate::crd::{DbtCloudJobRun, DbtCloudJobTrigger, DbtCloudJobTriggerStatus};
 use crate::{Error, Result};
@@ -91,9 +92,23 @@ pub async fn reconcile(
     ctx: Arc<TriggerContext>,
 ) -> Result<Action> {
     let ns = trigger.namespace().unwrap_or_default();
-    if !ctx.base.watches_namespace(&ns) || trigger.meta().deletion_timestamp.is_some() {
-        // Its runs go with it (owner references: the garbage collector deletes them).
+    if !ctx.base.watches_namespace(&ns) {
         return Ok(Action::await_change());
+    }
+    if trigger.meta().deletion_timestamp.is_some() {
+        // Its runs go with it (owner references: the garbage collector deletes them).
+        if let Some(uid) = trigger.uid() {
+            ctx.base.written.forget(&uid);
+        }
+        return Ok(Action::await_change());
+    }
+    // The watch cache may still hold the trigger as it was before our own last status write
+    // (runs it just started report in first): wait for the watch rather than decide on stale
+    // state, which could only end in a rejected write.
+    if let (Some(uid), Some(rv)) = (trigger.uid(), trigger.resource_version()) {
+        if ctx.base.written.check(&uid, &rv) == Freshness::Stale {
+            return Ok(Action::requeue(Duration::from_millis(100)));
+        }
     }
     let _measure = ctx.base.metrics.measure_reconcile(KIND);
     apply(&trigger, &ctx, &ns).await
@@ -317,7 +332,13 @@ async fn write_status(
         )
         .await
     {
-        Ok(_) => Ok(()),
+        Ok(written) => {
+            ctx.base.written.wrote(
+                &written.uid().unwrap_or_default(),
+                &written.resource_version().unwrap_or_default(),
+            );
+            Ok(())
+        }
         Err(kube::Error::Api(s)) if s.code == 409 => Err(Error::Conflict(s.message.clone())),
         Err(e) => Err(e.into()),
     }
