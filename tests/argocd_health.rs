@@ -21,6 +21,10 @@ fn credentials_script() -> String {
     repo_file("deploy/argocd/credentials-health.lua")
 }
 
+fn trigger_script() -> String {
+    repo_file("deploy/argocd/dbtcloudjobtrigger-health.lua")
+}
+
 /// JSON to Lua as gopher-lua (Argo CD) does it: objects and arrays become tables, numbers floats,
 /// null nothing.
 fn to_lua(lua: &Lua, value: &Value) -> LuaValue {
@@ -448,6 +452,106 @@ fn credentials_with_an_unobserved_spec_are_progressing_even_if_ready() {
     }
 }
 
+/// A DbtCloudJobTrigger at generation `generation` with the status the operator's own decision
+/// writes for it (the pure core, no cluster), or none.
+fn trigger(spec: Value, generation: i64, decided: bool) -> Value {
+    use dbt_cloud_operator::controller::trigger_policy::{decide, TriggerView};
+    use dbt_cloud_operator::crd::{DbtCloudJobTriggerSpec, DbtCloudJobTriggerStatus};
+    let mut full = json!({
+        "runTemplate": {"spec": {"credentialsRef": {"name": "dbt-cloud"}, "job": {"id": 42}}}
+    });
+    for (k, v) in spec.as_object().unwrap() {
+        full[k] = v.clone();
+    }
+    let typed: DbtCloudJobTriggerSpec = serde_json::from_value(full.clone()).unwrap();
+    let mut obj = json!({
+        "apiVersion": "dbtcloud.io/v1alpha1",
+        "kind": "DbtCloudJobTrigger",
+        "metadata": {"name": "nightly", "namespace": "analytics", "generation": generation},
+        "spec": full
+    });
+    if decided {
+        let now: jiff::Timestamp = "2026-11-25T12:00:00Z".parse().unwrap();
+        let status = DbtCloudJobTriggerStatus::default();
+        let view = TriggerView {
+            name: "nightly",
+            namespace: "analytics",
+            uid: "uid-1",
+            generation: Some(1),
+            created: now,
+            spec: &typed,
+            status: &status,
+        };
+        obj["status"] = serde_json::to_value(decide(view, &[], now).status).unwrap();
+    }
+    obj
+}
+
+#[test]
+fn triggers_are_healthy_when_they_work_and_degraded_when_they_cannot() {
+    assert_eq!(
+        health(
+            &trigger_script(),
+            trigger(json!({"schedule": "0 2 * * *"}), 1, false)
+        ),
+        ("Progressing".into(), "Waiting for the operator".into())
+    );
+    let (status, message) = health(
+        &trigger_script(),
+        trigger(
+            json!({"schedule": "0 2 * * *", "timeZone": "Europe/Berlin"}),
+            1,
+            true,
+        ),
+    );
+    assert_eq!(status, "Healthy");
+    assert!(
+        message.starts_with("Scheduled: next run at 2026-11-26T01:00:00Z"),
+        "{message}"
+    );
+    let (status, message) = health(
+        &trigger_script(),
+        trigger(json!({"revision": "abc"}), 1, true),
+    );
+    assert_eq!(status, "Healthy", "{message}");
+    let (status, message) = health(
+        &trigger_script(),
+        trigger(
+            json!({"schedule": "0 2 * * *", "timeZone": "Mars/Base"}),
+            1,
+            true,
+        ),
+    );
+    assert_eq!(status, "Degraded");
+    assert!(
+        message.starts_with("InvalidTimeZone: spec.timeZone"),
+        "{message}"
+    );
+    let (status, message) = health(
+        &trigger_script(),
+        trigger(json!({"schedule": "0 2 * * *", "suspend": true}), 1, true),
+    );
+    assert_eq!(status, "Suspended");
+    assert!(message.contains("suspended"), "{message}");
+    // A spec the operator has not seen yet: its old health is not trusted.
+    assert_eq!(
+        health(
+            &trigger_script(),
+            trigger(json!({"schedule": "0 2 * * *"}), 2, true)
+        ),
+        (
+            "Progressing".into(),
+            "Waiting for the operator to observe generation 2".into()
+        )
+    );
+    // Stalled wins over suspend (the spec needs a fix either way).
+    let (status, _) = health(
+        &trigger_script(),
+        trigger(json!({"schedule": "0 99 * * *", "suspend": true}), 1, true),
+    );
+    assert_eq!(status, "Degraded");
+}
+
 #[test]
 fn argocd_cm_snippet_embeds_the_lua_files_verbatim() {
     let cm: serde_yaml::Value =
@@ -457,6 +561,7 @@ fn argocd_cm_snippet_embeds_the_lua_files_verbatim() {
     let data = cm["data"].as_mapping().expect("data");
     let expected = [
         ("DbtCloudJobRun", run_script()),
+        ("DbtCloudJobTrigger", trigger_script()),
         ("DbtCloudCredentials", credentials_script()),
         ("ClusterDbtCloudCredentials", credentials_script()),
     ];
@@ -496,6 +601,7 @@ fn scripts_use_only_lua_5_1_syntax() {
     ];
     for (name, script) in [
         ("dbtcloudjobrun-health.lua", run_script()),
+        ("dbtcloudjobtrigger-health.lua", trigger_script()),
         ("credentials-health.lua", credentials_script()),
     ] {
         for (n, line) in script.lines().enumerate() {

@@ -178,7 +178,7 @@ const REGENERATE_CRDS: &str = "cargo run -- crds --out-dir crds --out-dir deploy
 #[test]
 fn every_crd_file_is_what_the_rust_types_generate_and_is_installed() {
     let generated = dbt_cloud_operator::crd::files();
-    assert_eq!(generated.len(), 3, "three kinds");
+    assert_eq!(generated.len(), 4, "four kinds");
     for dir in CRD_DIRS {
         for (file, yaml) in &generated {
             let path = format!("{dir}/{file}");
@@ -573,7 +573,30 @@ fn expected_operator_grants(lease_name: &str) -> BTreeSet<Grant> {
         "",
         "dbtcloud.io",
         &["dbtcloudjobruns"],
-        &["delete"],
+        &["create", "delete"],
+    ));
+    // DbtCloudJobTrigger (src/controller/job_trigger.rs): watched, status written, and its runs
+    // carry an owner reference with blockOwnerDeletion (the finalizers subresource).
+    out.extend(expand(
+        cr,
+        "",
+        "dbtcloud.io",
+        &["dbtcloudjobtriggers"],
+        &["get", "list", "watch", "patch"],
+    ));
+    out.extend(expand(
+        cr,
+        "",
+        "dbtcloud.io",
+        &["dbtcloudjobtriggers/status"],
+        &["get", "patch"],
+    ));
+    out.extend(expand(
+        cr,
+        "",
+        "dbtcloud.io",
+        &["dbtcloudjobtriggers/finalizers"],
+        &["update"],
     ));
     out.extend(expand(
         cr,
@@ -1123,6 +1146,10 @@ fn examples_fit_together() {
         "run-by-id.yaml",
         "run-by-name-with-retry.yaml",
         "cluster-credentials.yaml",
+        "trigger-nightly.yaml",
+        "trigger-revision-flux.yaml",
+        "trigger-revision-argocd.yaml",
+        "argocd-postsync-run.yaml",
     ] {
         assert!(files.contains(f), "examples/{f} is missing");
     }
@@ -1134,8 +1161,14 @@ fn examples_fit_together() {
     };
     // Each run's credentials exist; namespaced credentials' Secret is in their namespace; the
     // cluster credentials allow the run's namespace.
-    for (_, run) in all.iter().filter(|(_, o)| kind(o) == "DbtCloudJobRun") {
-        let r = &run["spec"]["credentialsRef"];
+    // Runs, and the runs of triggers (their template's spec).
+    let runs = all.iter().filter_map(|(_, o)| match kind(o) {
+        "DbtCloudJobRun" => Some((o, &o["spec"])),
+        "DbtCloudJobTrigger" => Some((o, &o["spec"]["runTemplate"]["spec"])),
+        _ => None,
+    });
+    for (run, spec) in runs {
+        let r = &spec["credentialsRef"];
         let cred_kind = r["kind"].as_str().unwrap_or("DbtCloudCredentials");
         let cred = find(cred_kind, s(&r["name"]));
         if cred_kind == "DbtCloudCredentials" {

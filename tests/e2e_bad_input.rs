@@ -281,7 +281,7 @@ async fn e2e_bad_input_is_rejected_or_explained() {
         &env.cluster.kubeconfig,
         &[
             "get",
-            "dbtcloudjobruns,dbtcloudcredentials,clusterdbtcloudcredentials",
+            "dbtcloudjobruns,dbtcloudjobtriggers,dbtcloudcredentials,clusterdbtcloudcredentials",
             "-A",
             "-o",
             "json",

@@ -82,9 +82,10 @@ async fn e2e_crds_install_and_explain() {
         None,
     );
     let text = out.expect_ok("re-apply CRDs");
-    assert_eq!(text.matches("serverside-applied").count(), 3, "{text}");
+    assert_eq!(text.matches("serverside-applied").count(), 4, "{text}");
     for crd in [
         "dbtcloudjobruns.dbtcloud.io",
+        "dbtcloudjobtriggers.dbtcloud.io",
         "dbtcloudcredentials.dbtcloud.io",
         "clusterdbtcloudcredentials.dbtcloud.io",
     ] {
@@ -118,9 +119,45 @@ async fn e2e_crds_install_and_explain() {
         "{}",
         out.stdout
     );
-    // Short names and the category work.
-    env.kubectl(&["get", "dbtrun,dbtcred"])
+    let out = env.kubectl(&["explain", "dbtcloudjobtrigger.spec"]);
+    let text = out.expect_ok("explain trigger");
+    for fragment in [
+        "runTemplate",
+        "five fields",
+        "timeZone",
+        "revision",
+        "concurrencyPolicy",
+        "startingDeadlineSeconds",
+        "successfulRunsHistoryLimit",
+    ] {
+        assert!(
+            text.contains(fragment),
+            "explain lacks {fragment:?}:\n{text}"
+        );
+    }
+    // Short names and the category work; a trigger shows its schedule columns.
+    env.kubectl(&["get", "dbtrun,dbtcred,dbttrigger"])
         .expect_ok("short names");
+    env.apply("apiVersion: dbtcloud.io/v1alpha1\nkind: DbtCloudJobTrigger\nmetadata:\n  name: nightly\nspec:\n  schedule: \"30 2 * * *\"\n  suspend: true\n  runTemplate:\n    spec:\n      credentialsRef:\n        name: acme\n      job:\n        id: 100\n")
+        .expect_ok("apply trigger");
+    let out = env.kubectl(&["get", "dbttrigger", "nightly"]);
+    let header = out
+        .expect_ok("get trigger")
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let columns: Vec<&str> = header.split_whitespace().collect();
+    assert_eq!(
+        columns,
+        ["NAME", "SCHEDULE", "SUSPEND", "ACTIVE", "LAST", "RUN", "NEXT", "AGE"],
+        "{header}"
+    );
+    assert!(
+        out.stdout.contains("30 2 * * *") && out.stdout.contains("true"),
+        "{}",
+        out.stdout
+    );
     env.kubectl(&["get", "dbtcloud"]).expect_ok("category");
 }
 

@@ -1,8 +1,9 @@
 //! "Run it in production": `kubectl apply -k deploy/` against a real kube-apiserver, then the
 //! operator binary runs locally as the operator's ServiceAccount (a TokenRequest token, not admin),
 //! so RBAC is enforced exactly as in the cluster: credentials validate, runs succeed (namespaced and
-//! cluster credentials), Events are published, finished runs are deleted after their TTL, leader
-//! election works and hands over, and the ServiceAccount cannot list Secrets.
+//! cluster credentials, and one started by a DbtCloudJobTrigger), Events are published, finished
+//! runs are deleted after their TTL, leader election works and hands over, and the ServiceAccount
+//! cannot list Secrets.
 
 #[path = "e2e/harness.rs"]
 mod harness;
@@ -91,6 +92,17 @@ async fn e2e_deploy_kustomize_and_run_as_service_account() {
     assert_eq!(
         can(&["patch", "dbtcloudjobruns.dbtcloud.io/status", "-A"]),
         "yes"
+    );
+    for verb in ["create", "delete"] {
+        assert_eq!(can(&[verb, "dbtcloudjobruns.dbtcloud.io", "-A"]), "yes");
+    }
+    assert_eq!(
+        can(&["patch", "dbtcloudjobtriggers.dbtcloud.io/status", "-A"]),
+        "yes"
+    );
+    assert_eq!(
+        can(&["delete", "dbtcloudjobtriggers.dbtcloud.io", "-A"]),
+        "no"
     );
     assert_eq!(
         can(&["create", "leases.coordination.k8s.io", "-n", NS]),
@@ -247,6 +259,25 @@ async fn e2e_deploy_kustomize_and_run_as_service_account() {
     assert_eq!(env.sim.trigger_count(1, 100), 1);
     assert_eq!(env.sim.trigger_count(2, 100), 1);
 
+    // A DbtCloudJobTrigger, as the ServiceAccount: its status is written and its run created
+    // (with an owner reference that blocks the trigger's deletion) and run.
+    env.apply("apiVersion: dbtcloud.io/v1alpha1\nkind: DbtCloudJobTrigger\nmetadata:\n  name: on-deploy\nspec:\n  revision: r1\n  runTemplate:\n    spec:\n      credentialsRef:\n        name: acme\n      job:\n        id: 100\n      pollIntervalSeconds: 1\n")
+        .expect_ok("trigger");
+    env.wait_for("dbtcloudjobtrigger/on-deploy", "Ready", 30)
+        .expect_ok("trigger Ready");
+    let mut started = String::new();
+    env.wait_until("the trigger started a run", 30, || {
+        started = env.get_json("dbtcloudjobtrigger/on-deploy")["status"]["lastRunName"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        !started.is_empty()
+    })
+    .await;
+    env.wait_for(&format!("dbtcloudjobrun/{started}"), "Complete", 60)
+        .expect_ok("the trigger's run Complete");
+    assert_eq!(env.sim.trigger_count(1, 100), 2);
+
     // Events were published with the ServiceAccount's rights.
     let events = env.kubectl(&[
         "get",
@@ -311,7 +342,7 @@ async fn e2e_deploy_kustomize_and_run_as_service_account() {
     .expect_ok("run after hand-over");
     env.wait_for("dbtcloudjobrun/after-handover", "Complete", 60)
         .expect_ok("run after hand-over Complete");
-    assert_eq!(env.sim.trigger_count(1, 100), 2);
+    assert_eq!(env.sim.trigger_count(1, 100), 3);
     let log_b = b.logs();
     assert!(panics(&log_b).is_empty());
     assert!(
@@ -319,7 +350,7 @@ async fn e2e_deploy_kustomize_and_run_as_service_account() {
         "RBAC denial for the standby:\n{log_b}"
     );
     say(format!(
-        "deploy: kustomize applied, operator as ServiceAccount ran 3 runs (namespaced + cluster credentials), TTL deletion, leader hand-over; {:.1}s",
+        "deploy: kustomize applied, operator as ServiceAccount ran 4 runs (namespaced + cluster credentials, one by a trigger), TTL deletion, leader hand-over; {:.1}s",
         env.elapsed()
     ));
 }

@@ -1,7 +1,7 @@
 //! Command line: `run` (the controller), `crds` (print the CRDs), and the user commands.
 //!
-//! The user commands (`login`, `accounts`, `status`, `runs`, `open`, `logout`) take their
-//! dependencies as parameters (a `kube::Client`, a dbt Cloud client configuration, a
+//! The user commands (`login`, `accounts`, `status`, `runs`, `open`, `logout`, `trigger`) take
+//! their dependencies as parameters (a `kube::Client`, a dbt Cloud client configuration, a
 //! [`terminal::Ctx`]), so tests drive them against a real API server and the dbt Cloud simulator.
 //! What they share: [`error`] (their error type), [`terminal`] (where they print and how they
 //! ask), [`access`] (how they reach dbt Cloud: API key and host flags, account listing),
@@ -17,6 +17,7 @@ pub mod objects;
 pub mod run;
 pub mod table;
 pub mod terminal;
+pub mod trigger;
 
 use std::process::ExitCode;
 
@@ -68,6 +69,9 @@ pub enum Command {
     Open(inspect::OpenArgs),
     /// Delete credentials created by `login`, and their Secret.
     Logout(logout::LogoutArgs),
+    /// Start a run of a DbtCloudJobTrigger now, from its template (like `kubectl create job
+    /// --from=cronjob/NAME`); prints the new DbtCloudJobRun's name.
+    Trigger(trigger::TriggerArgs),
 }
 
 /// The name shown in usage lines: `kubectl dbtcloud` when run as the kubectl plugin
@@ -142,6 +146,10 @@ async fn user_command(command: Command) -> ExitCode {
         },
         Command::Logout(args) => match kube().await {
             Ok(client) => logout::logout(args, client, &mut ctx).await,
+            Err(e) => Err(error::CliError(e)),
+        },
+        Command::Trigger(args) => match kube().await {
+            Ok(client) => trigger::trigger(args, client, &mut ctx).await,
             Err(e) => Err(error::CliError(e)),
         },
         Command::Run(_) | Command::Crds { .. } => unreachable!("handled by dispatch"),

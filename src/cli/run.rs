@@ -129,6 +129,7 @@ impl RunArgs {
             max_concurrent_reconciles: self.max_concurrent_reconciles.max(1),
             reporter: "dbt-cloud-operator".into(),
             instance: self.pod_name.clone(),
+            clock: crate::controller::Clock::system(),
         }
     }
 

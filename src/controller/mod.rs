@@ -1,14 +1,16 @@
-//! Controllers: the shared [`Context`], the credentials and job-run reconcilers, the shared run
-//! poller, and the pure run lifecycle.
+//! Controllers: the shared [`Context`], the credentials, job-run and job-trigger reconcilers, the
+//! shared run poller, the pure run lifecycle and the pure trigger decision.
 
 pub mod credentials;
 pub mod intent;
 pub mod job_run;
+pub mod job_trigger;
 pub mod lifecycle;
 pub mod poller;
 pub mod registry;
 pub mod report_lane;
 pub mod search;
+pub mod trigger_policy;
 pub mod written;
 
 use std::sync::Arc;
@@ -16,6 +18,7 @@ use std::time::Duration;
 
 use futures::channel::mpsc::{unbounded, UnboundedReceiver, UnboundedSender};
 use futures::{StreamExt, TryStreamExt};
+use jiff::Timestamp;
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
@@ -25,7 +28,9 @@ use kube::{Api, Client, Resource, ResourceExt};
 use rand::Rng;
 use tracing::{info, warn};
 
-use crate::crd::{ClusterDbtCloudCredentials, DbtCloudCredentials, DbtCloudJobRun};
+use crate::crd::{
+    ClusterDbtCloudCredentials, DbtCloudCredentials, DbtCloudJobRun, DbtCloudJobTrigger,
+};
 use crate::dbt_cloud::{http_client, ClientConfig, RateLimitConfig, RateLimiterRegistry};
 use crate::metrics::Metrics;
 use crate::Result;
@@ -67,6 +72,8 @@ pub struct Config {
     pub reporter: String,
     /// Pod name, reported as the Event instance.
     pub instance: Option<String>,
+    /// The clock of schedules (`DbtCloudJobTrigger`): the system's, or a manual one in tests.
+    pub clock: Clock,
 }
 
 impl Default for Config {
@@ -84,7 +91,85 @@ impl Default for Config {
             max_concurrent_reconciles: 16,
             reporter: "dbt-cloud-operator".into(),
             instance: None,
+            clock: Clock::system(),
         }
+    }
+}
+
+/// The time schedules are computed against: the system clock, or a manual clock that tests set
+/// and advance (every trigger is then reconciled again at once). Cheap to clone; clones share
+/// the time.
+#[derive(Clone, Default)]
+pub struct Clock {
+    manual: Option<Arc<tokio::sync::watch::Sender<Timestamp>>>,
+}
+
+impl std::fmt::Debug for Clock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.manual {
+            None => f.write_str("Clock(system)"),
+            Some(t) => write!(f, "Clock(manual {})", *t.borrow()),
+        }
+    }
+}
+
+impl Clock {
+    /// The system clock.
+    pub fn system() -> Self {
+        Self::default()
+    }
+
+    /// A clock that stands at `start` until [`Clock::set`] or [`Clock::advance`] moves it.
+    pub fn manual(start: Timestamp) -> Self {
+        Self {
+            manual: Some(Arc::new(tokio::sync::watch::Sender::new(start))),
+        }
+    }
+
+    /// The current time.
+    pub fn now(&self) -> Timestamp {
+        match &self.manual {
+            None => Timestamp::now(),
+            Some(t) => *t.borrow(),
+        }
+    }
+
+    /// Sets a manual clock (the system clock ignores it).
+    pub fn set(&self, now: Timestamp) {
+        if let Some(t) = &self.manual {
+            t.send_replace(now);
+        }
+    }
+
+    /// Moves a manual clock forward (the system clock ignores it).
+    pub fn advance(&self, by: std::time::Duration) {
+        if let Some(t) = &self.manual {
+            t.send_modify(|now| {
+                *now = now
+                    .saturating_add(
+                        jiff::SignedDuration::try_from(by).unwrap_or(jiff::SignedDuration::MAX),
+                    )
+                    .unwrap_or(*now)
+            });
+        }
+    }
+
+    /// Yields once per change of a manual clock; never for the system clock.
+    pub fn changes(&self) -> futures::stream::BoxStream<'static, ()> {
+        match &self.manual {
+            None => futures::stream::pending().boxed(),
+            Some(t) => futures::stream::unfold(t.subscribe(), |mut rx| async move {
+                rx.changed().await.ok()?;
+                Some(((), rx))
+            })
+            .boxed(),
+        }
+    }
+
+    /// How long from now until `at` (zero when past), as a timer delay.
+    pub fn until(&self, at: Timestamp) -> Duration {
+        let d = at.duration_since(self.now());
+        Duration::try_from(d).unwrap_or(Duration::ZERO)
     }
 }
 
@@ -228,6 +313,10 @@ pub async fn run(
     let runs_api: Api<DbtCloudJobRun> = scoped_api(&client, &config.watch_namespaces);
     let creds_api: Api<DbtCloudCredentials> = scoped_api(&client, &config.watch_namespaces);
     let cluster_creds_api: Api<ClusterDbtCloudCredentials> = Api::all(client.clone());
+    let triggers_api: Api<DbtCloudJobTrigger> = scoped_api(&client, &config.watch_namespaces);
+    // Changes of runs owned by a trigger reconcile the trigger: fed from the one run watch.
+    let (owner_tx, owner_rx) = unbounded();
+    let runs_listed = Arc::new(std::sync::atomic::AtomicBool::new(false));
 
     // One watch per credentials kind, shared (kube's shared-stream pattern): it fills the store
     // every lookup checks, feeds the credentials controller, and tells the registry and the runs
@@ -259,7 +348,16 @@ pub async fn run(
                 .modify(slim_for_cache),
         )
         .inspect_ok(move |event| job_runs_changed(&ctx, &store, event))
+        .inspect_ok({
+            let listed = runs_listed.clone();
+            move |event| job_trigger::runs_listed(&listed, event)
+        })
         .touched_objects()
+        .inspect(move |run| {
+            if let Some(owner) = run.as_ref().ok().and_then(job_trigger::trigger_of) {
+                let _ = owner_tx.unbounded_send(owner);
+            }
+        })
     };
 
     // Runs to reconcile because their credentials changed or went away.
@@ -311,7 +409,7 @@ pub async fn run(
         )
         .for_each(|_| async {});
     let cluster_creds = Controller::for_shared_stream(cluster_subscriber, cluster_store)
-        .with_config(controller_config)
+        .with_config(controller_config.clone())
         .graceful_shutdown_on(shutdown.clone())
         .run(
             credentials::reconcile_cluster,
@@ -330,6 +428,37 @@ pub async fn run(
         .await;
     };
 
+    let triggers = Controller::new(triggers_api, wc.clone()).with_config(controller_config.clone());
+    let trigger_store = triggers.store();
+    let every_trigger = config.clock.changes().flat_map(move |()| {
+        futures::stream::iter(
+            trigger_store
+                .state()
+                .iter()
+                .map(|t| ObjectRef::from_obj(t.as_ref()))
+                .collect::<Vec<_>>(),
+        )
+    });
+    let trigger_ctx = Arc::new(job_trigger::TriggerContext {
+        base: ctx.clone(),
+        runs: runs_store.clone(),
+        runs_listed,
+    });
+    let triggers = triggers
+        .reconcile_on(owner_rx)
+        .reconcile_on(every_trigger)
+        .graceful_shutdown_on(shutdown.clone())
+        .run(
+            job_trigger::reconcile,
+            job_trigger::error_policy,
+            trigger_ctx,
+        )
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                tracing::debug!(error = %e, "job trigger reconcile failed");
+            }
+        });
+
     if let Some(ready) = ready {
         let store = runs_store.clone();
         tokio::spawn(async move {
@@ -339,7 +468,7 @@ pub async fn run(
         });
     }
     info!(namespaces = ?config.watch_namespaces, "controllers started");
-    futures::join!(runs, creds, cluster_creds, watches, reports);
+    futures::join!(runs, creds, cluster_creds, watches, reports, triggers);
     ctx.poller.stop();
     info!("controllers stopped");
     Ok(())
@@ -515,6 +644,31 @@ mod tests {
     }
 
     use super::*;
+
+    #[tokio::test]
+    async fn a_manual_clock_moves_only_when_told_and_says_so() {
+        let start: Timestamp = "2026-11-25T00:00:00Z".parse().unwrap();
+        let clock = Clock::manual(start);
+        let copy = clock.clone();
+        let mut changes = clock.changes();
+        assert_eq!(copy.now(), start);
+        clock.advance(Duration::from_secs(90));
+        assert_eq!(copy.now(), start + jiff::SignedDuration::from_secs(90));
+        assert_eq!(changes.next().await, Some(()));
+        assert_eq!(
+            clock.until(start + jiff::SignedDuration::from_secs(100)),
+            Duration::from_secs(10)
+        );
+        assert_eq!(clock.until(start), Duration::ZERO);
+        copy.set(start);
+        assert_eq!(clock.now(), start);
+        // The system clock ignores both and never reports a change.
+        let system = Clock::system();
+        let long_ago: Timestamp = "2000-01-01T00:00:00Z".parse().unwrap();
+        system.set(long_ago);
+        assert!(system.now() > long_ago);
+        assert!(futures::FutureExt::now_or_never(system.changes().next()).is_none());
+    }
 
     #[test]
     fn jitter_of_any_delay_is_bounded_and_fits_the_clock() {

@@ -4,12 +4,16 @@
 pub mod conditions;
 pub mod credentials;
 pub mod job_run;
+pub mod job_trigger;
 
 pub use credentials::{
     ClusterDbtCloudCredentials, ClusterDbtCloudCredentialsSpec, CredentialsStatus,
     CredentialsTarget, DbtCloudCredentials, DbtCloudCredentialsSpec, SecretKeyRef,
 };
 pub use job_run::{DbtCloudJobRun, DbtCloudJobRunSpec, DbtCloudJobRunStatus, RunPhase};
+pub use job_trigger::{
+    ConcurrencyPolicy, DbtCloudJobTrigger, DbtCloudJobTriggerSpec, DbtCloudJobTriggerStatus,
+};
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
@@ -25,6 +29,7 @@ pub fn all() -> Vec<CustomResourceDefinition> {
         DbtCloudCredentials::crd(),
         ClusterDbtCloudCredentials::crd(),
         DbtCloudJobRun::crd(),
+        DbtCloudJobTrigger::crd(),
     ]
 }
 

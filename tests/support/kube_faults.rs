@@ -61,6 +61,11 @@ impl KubeFaults {
         });
     }
 
+    /// Drops every failure rule not used up yet.
+    pub fn clear_failures(&self) {
+        self.state.lock().unwrap().rules.clear();
+    }
+
     /// Every request recorded so far (watch requests are recorded when their response starts).
     pub fn requests(&self) -> Vec<RecordedRequest> {
         self.state.lock().unwrap().requests.clone()
