@@ -317,6 +317,7 @@ pub async fn run(
     // Changes of runs owned by a trigger reconcile the trigger: fed from the one run watch.
     let (owner_tx, owner_rx) = unbounded();
     let runs_listed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let listed_for_ready = runs_listed.clone();
 
     // One watch per credentials kind, shared (kube's shared-stream pattern): it fills the store
     // every lookup checks, feeds the credentials controller, and tells the registry and the runs
@@ -459,12 +460,14 @@ pub async fn run(
             }
         });
 
+    // Ready once the run watch has listed. Not `Store::wait_until_ready`: in kube-runtime 5 it
+    // wakes only the last of several waiters, and the run controller waits on the same store.
     if let Some(ready) = ready {
-        let store = runs_store.clone();
         tokio::spawn(async move {
-            if store.wait_until_ready().await.is_ok() {
-                let _ = ready.send(true);
+            while !listed_for_ready.load(std::sync::atomic::Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
+            let _ = ready.send(true);
         });
     }
     info!(namespaces = ?config.watch_namespaces, "controllers started");
