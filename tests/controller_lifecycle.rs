@@ -91,18 +91,27 @@ async fn run_succeeds_and_status_tells_everything() {
     // The write budget, counted at the API server's door: the trigger costs two writes (intent
     // and finalizer in one metadata patch, then the outcome in status), the whole run at most
     // five (plus a phase write when a poll sees the run between Queued and its end).
-    let writes: Vec<String> = env
-        .requests()
-        .iter()
-        .filter(|r| r.method == "PATCH" && r.path.contains("/dbtcloudjobruns/nightly"))
-        .map(|r| {
-            if r.path.ends_with("/status") {
-                "status".to_string()
-            } else {
-                "metadata".to_string()
-            }
-        })
-        .collect();
+    let writes_so_far = || -> Vec<String> {
+        env.requests()
+            .iter()
+            .filter(|r| r.method == "PATCH" && r.path.contains("/dbtcloudjobruns/nightly"))
+            .map(|r| {
+                if r.path.ends_with("/status") {
+                    "status".to_string()
+                } else {
+                    "metadata".to_string()
+                }
+            })
+            .collect()
+    };
+    // The operator's client records a write when its response arrives, which can be just after
+    // the object already shows it: wait (bounded) for the finalizer removal to be recorded.
+    env.wait_until("the finalizer removal is recorded", || {
+        writes_so_far().last().map(String::as_str) == Some("metadata")
+            && writes_so_far().iter().filter(|w| *w == "metadata").count() >= 2
+    })
+    .await;
+    let writes = writes_so_far();
     eprintln!("writes for one successful run: {writes:?}");
     // (A status write may come first while the new credentials are still being validated.)
     let intent = writes
