@@ -35,9 +35,11 @@ pub enum ConfigError {
     /// A run from a trigger whose answer was lost can appear in dbt Cloud as late as the request
     /// timeout; a window that does not exceed it would send the trigger again too early.
     #[error(
-        "--trigger-confirm-window-seconds ({window:?}) must exceed --request-timeout-seconds \
-         ({timeout:?}): a run whose trigger answer was lost may appear that late, and would be \
-         triggered a second time; raise the window or lower the timeout"
+        "--trigger-confirm-window-seconds ({window:?}) must exceed twice \
+         --request-timeout-seconds ({timeout:?}): a trigger is sent up to one request timeout \
+         after it is recorded and may take another to be answered, so a run whose answer was \
+         lost may appear that late, and would be triggered a second time; raise the window or \
+         lower the timeout"
     )]
     ConfirmWindowNotAboveRequestTimeout {
         /// The trigger confirm window.
@@ -65,7 +67,7 @@ impl Settings {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let window = self.controllers.lifecycle.ambiguity_window;
         let timeout = self.controllers.client.request_timeout;
-        if window <= timeout {
+        if window <= timeout * 2 {
             return Err(ConfigError::ConfirmWindowNotAboveRequestTimeout { window, timeout });
         }
         if let Some(lease) = &self.leader_election {
@@ -223,7 +225,7 @@ mod tests {
 
     #[test]
     fn the_defaults_are_valid() {
-        let defaults = settings(60, 30, Some((15, 5)));
+        let defaults = settings(90, 30, Some((15, 5)));
         assert_eq!(
             defaults.controllers.lifecycle.ambiguity_window,
             controller::lifecycle::Settings::default().ambiguity_window
@@ -237,8 +239,8 @@ mod tests {
 
     #[test]
     fn the_confirm_window_must_exceed_the_request_timeout() {
-        assert_eq!(settings(31, 30, None).validate(), Ok(()));
-        for window in [0, 10, 30] {
+        assert_eq!(settings(61, 30, None).validate(), Ok(()));
+        for window in [0, 10, 30, 31, 60] {
             let e = settings(window, 30, None).validate().unwrap_err();
             assert_eq!(
                 e,
@@ -258,15 +260,15 @@ mod tests {
 
     #[test]
     fn the_lease_grace_must_be_positive_and_below_the_duration() {
-        assert_eq!(settings(60, 30, Some((2, 1))).validate(), Ok(()));
+        assert_eq!(settings(90, 30, Some((2, 1))).validate(), Ok(()));
         for (duration, grace) in [(15, 0), (5, 5), (5, 9), (0, 0)] {
-            let e = settings(60, 30, Some((duration, grace)))
+            let e = settings(90, 30, Some((duration, grace)))
                 .validate()
                 .unwrap_err();
             assert_eq!(e, ConfigError::LeaseGraceOutOfRange { grace, duration });
             assert!(e.to_string().contains("--lease-grace-seconds"), "{e}");
         }
         // Without leader election the Lease settings do not exist.
-        assert_eq!(settings(60, 30, None).validate(), Ok(()));
+        assert_eq!(settings(90, 30, None).validate(), Ok(()));
     }
 }

@@ -103,10 +103,61 @@ async fn kills_and_faults_never_duplicate_or_lose_a_run() {
         *per_marker.entry(marker).or_default() += 1;
     }
     let duplicates: Vec<_> = per_marker.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(
-        duplicates.is_empty(),
-        "duplicate triggers {duplicates:?} (seed {seed})"
-    );
+    if !duplicates.is_empty() {
+        // Everything that tells how: the triggers of the marker, the object, its Events, and
+        // the simulator's requests naming the job since the first of them.
+        let start = std::time::Instant::now();
+        let mut report = String::new();
+        for (marker, _) in &duplicates {
+            let uid = marker.trim_end_matches(']').split('#').next().unwrap_or("");
+            let triggers: Vec<_> = env
+                .sim
+                .triggers()
+                .into_iter()
+                .filter(|t| t.cause.contains(marker.as_str()))
+                .collect();
+            for t in &triggers {
+                report += &format!(
+                    "trigger run {} job {} at -{:?}: {}\n",
+                    t.run_id,
+                    t.job_id,
+                    start.duration_since(t.at),
+                    t.cause
+                );
+            }
+            let all = env.runs().list(&ListParams::default()).await.unwrap().items;
+            if let Some(run) = all.iter().find(|r| r.metadata.uid.as_deref() == Some(uid)) {
+                let name = run.metadata.name.clone().unwrap_or_default();
+                report += &format!(
+                    "object {name}: annotations {:?}\nstatus {}\nevents {:?}\n",
+                    run.metadata.annotations,
+                    serde_json::to_string_pretty(&run.status).unwrap(),
+                    env.event_reasons(&name).await
+                );
+            }
+            if let Some(first) = triggers.first() {
+                let job = first.job_id;
+                let names_it = |r: &dbt_cloud_simulator::RequestRecord| {
+                    r.query.contains(&format!("job_definition_id={job}"))
+                        || r.path.contains(&format!("/jobs/{job}/"))
+                        || triggers
+                            .iter()
+                            .any(|t| r.path.contains(&format!("/runs/{}/", t.run_id)))
+                };
+                for r in env.sim.requests().iter().filter(|r| names_it(r)) {
+                    report += &format!(
+                        "  -{:?} {} {}?{} -> {}\n",
+                        start.duration_since(r.at),
+                        r.method,
+                        r.path,
+                        r.query,
+                        r.status
+                    );
+                }
+            }
+        }
+        panic!("duplicate triggers {duplicates:?} (seed {seed})\n{report}");
+    }
     let all = env.runs().list(&ListParams::default()).await.unwrap().items;
     for run in &all {
         let s = run.status.as_ref().unwrap();
@@ -296,10 +347,61 @@ async fn a_busy_shared_job_never_gets_a_duplicate_or_loses_a_run() {
         }
     }
     let duplicates: Vec<_> = per_marker.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(
-        duplicates.is_empty(),
-        "duplicate triggers {duplicates:?} (seed {seed})"
-    );
+    if !duplicates.is_empty() {
+        // Everything that tells how: the triggers of the marker, the object, its Events, and
+        // the simulator's requests naming the job since the first of them.
+        let start = std::time::Instant::now();
+        let mut report = String::new();
+        for (marker, _) in &duplicates {
+            let uid = marker.trim_end_matches(']').split('#').next().unwrap_or("");
+            let triggers: Vec<_> = env
+                .sim
+                .triggers()
+                .into_iter()
+                .filter(|t| t.cause.contains(marker.as_str()))
+                .collect();
+            for t in &triggers {
+                report += &format!(
+                    "trigger run {} job {} at -{:?}: {}\n",
+                    t.run_id,
+                    t.job_id,
+                    start.duration_since(t.at),
+                    t.cause
+                );
+            }
+            let all = env.runs().list(&ListParams::default()).await.unwrap().items;
+            if let Some(run) = all.iter().find(|r| r.metadata.uid.as_deref() == Some(uid)) {
+                let name = run.metadata.name.clone().unwrap_or_default();
+                report += &format!(
+                    "object {name}: annotations {:?}\nstatus {}\nevents {:?}\n",
+                    run.metadata.annotations,
+                    serde_json::to_string_pretty(&run.status).unwrap(),
+                    env.event_reasons(&name).await
+                );
+            }
+            if let Some(first) = triggers.first() {
+                let job = first.job_id;
+                let names_it = |r: &dbt_cloud_simulator::RequestRecord| {
+                    r.query.contains(&format!("job_definition_id={job}"))
+                        || r.path.contains(&format!("/jobs/{job}/"))
+                        || triggers
+                            .iter()
+                            .any(|t| r.path.contains(&format!("/runs/{}/", t.run_id)))
+                };
+                for r in env.sim.requests().iter().filter(|r| names_it(r)) {
+                    report += &format!(
+                        "  -{:?} {} {}?{} -> {}\n",
+                        start.duration_since(r.at),
+                        r.method,
+                        r.path,
+                        r.query,
+                        r.status
+                    );
+                }
+            }
+        }
+        panic!("duplicate triggers {duplicates:?} (seed {seed})\n{report}");
+    }
     let all = env.runs().list(&ListParams::default()).await.unwrap().items;
     for run in &all {
         let s = run.status.as_ref().unwrap();

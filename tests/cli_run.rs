@@ -28,8 +28,8 @@ fn run(args: &[&str]) -> (bool, String) {
 }
 
 #[test]
-fn a_confirm_window_not_above_the_request_timeout_is_refused() {
-    for window in ["10", "30"] {
+fn a_confirm_window_not_above_twice_the_request_timeout_is_refused() {
+    for window in ["10", "30", "60"] {
         let (ok, text) = run(&[
             "--trigger-confirm-window-seconds",
             window,

@@ -728,3 +728,35 @@ async fn a_finished_run_is_reported_while_triggers_hold_every_slot() {
         "the finished run was reported before any held trigger returned"
     );
 }
+
+/// A killed instance (its task aborted, as a crash or a lost Lease ends it) leaves nothing behind
+/// that still talks to dbt Cloud: no poll loop, no reconcile of the report lane. A leftover would
+/// act next to the instance that takes over.
+#[tokio::test]
+async fn a_killed_operator_leaves_nothing_running() {
+    let env = Env::new().await;
+    env.valid_credentials().await;
+    let first = env.start_operator();
+    env.create_run("long", by_id(JOB_SLOW)).await;
+    env.wait_phase("long", RunPhase::Running).await;
+    // Polled at least once more after it is running (the poll loop is alive).
+    let polls = |env: &Env| {
+        env.sim
+            .requests()
+            .iter()
+            .filter(|r| r.method == "GET" && r.path.contains("/runs"))
+            .count()
+    };
+    let before = polls(&env);
+    env.wait_until("the run is polled", || polls(&env) > before)
+        .await;
+    first.kill().await;
+    let after_kill = env.sim.requests().len();
+    // Three poll intervals (1 s each) with no instance running: nothing may reach dbt Cloud.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let late: Vec<_> = env.sim.requests()[after_kill..]
+        .iter()
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect();
+    assert!(late.is_empty(), "requests after the kill: {late:?}");
+}

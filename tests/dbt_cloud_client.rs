@@ -690,6 +690,46 @@ async fn rate_limiter_counts_permits_and_waits() {
     );
 }
 
+/// A trigger held back by the account's rate limit past its send deadline is not sent at all
+/// (so whoever waits for its run knows when it can no longer appear); in time, it is sent.
+#[tokio::test]
+async fn a_trigger_is_not_sent_after_its_deadline() {
+    let s = Script::start().await;
+    let registry = RateLimiterRegistry::new(RateLimitConfig {
+        // Burst 1, then one token per 200 ms.
+        admin: LimitSpec {
+            per_minute: 300,
+            burst: 1,
+        },
+    });
+    let obs = Arc::new(CountingObserver::default());
+    let c = make_client(
+        KEY,
+        1,
+        test_config(&s.base),
+        registry.for_account("cloud.getdbt.com", 1),
+        obs.clone(),
+    );
+    s.set_default(canned(200, ok_env(run_json(1, 1))));
+    let req = TriggerRunRequest::new("x").unwrap();
+    let far = std::time::Instant::now() + Duration::from_secs(60);
+    c.trigger_run_by(7, &req, Some(far)).await.unwrap();
+    assert_eq!(s.requests().len(), 1);
+    // The bucket is empty: the next token comes after the deadline below.
+    let soon = std::time::Instant::now() + Duration::from_millis(20);
+    let e = c.trigger_run_by(7, &req, Some(soon)).await.unwrap_err();
+    assert!(matches!(e, DbtCloudError::NotSent { .. }), "{e:?}");
+    assert_eq!(e.reason(), "NotSent");
+    assert!(!e.is_ambiguous_for_trigger(), "nothing left: not ambiguous");
+    assert!(e.to_string().contains("rate limit"), "{e}");
+    assert_eq!(s.requests().len(), 1, "nothing reached dbt Cloud");
+    // A retry's POST keeps the same rule.
+    let past = std::time::Instant::now();
+    let e = c.retry_run_by(8, Some(past)).await.unwrap_err();
+    assert!(matches!(e, DbtCloudError::NotSent { .. }), "{e:?}");
+    assert_eq!(s.requests().len(), 1);
+}
+
 #[tokio::test]
 async fn trigger_cause_too_long_is_rejected_before_sending() {
     let s = Script::start().await;

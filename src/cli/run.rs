@@ -57,8 +57,9 @@ pub struct RunArgs {
     #[arg(long, env = "REVALIDATE_SECONDS", default_value_t = 3600)]
     pub revalidate_seconds: u64,
     /// How long after a trigger whose answer was lost a run may still appear in dbt Cloud; only
-    /// then is the trigger sent again. Must exceed --request-timeout-seconds.
-    #[arg(long, env = "TRIGGER_CONFIRM_WINDOW_SECONDS", default_value_t = 60)]
+    /// then is the trigger sent again. Must exceed twice --request-timeout-seconds (a trigger is
+    /// sent within one request timeout of being recorded, and answered within another).
+    #[arg(long, env = "TRIGGER_CONFIRM_WINDOW_SECONDS", default_value_t = 90)]
     pub trigger_confirm_window_seconds: u64,
     /// Longest wait for the dbt Cloud cancel when a run is deleted.
     #[arg(long, env = "DELETION_TIMEOUT_SECONDS", default_value_t = 300)]

@@ -562,6 +562,9 @@ async fn start_attempt(
         attempt = pending.attempt,
         kind = ?pending.kind,
         after_run_id = ?pending.after_run_id,
+        resource_version = run.resource_version().unwrap_or_default(),
+        previous_intent = ?intent::recorded(run).map(|r| r.id),
+        resolved_intent = ?run.status.as_ref().and_then(|s| s.resolved_intent.clone()),
         "recording the trigger intent"
     );
     let recorded = match record_intent(ctx, run, pending, &decision.status).await {
@@ -571,14 +574,16 @@ async fn start_attempt(
         }
         other => other?,
     };
-    // 2. Send it.
+    // 2. Send it, within one request timeout of the recorded time or not at all: whoever finds
+    //    the intent unresolved waits the confirm window (more than two request timeouts) before
+    //    sending it again, so this send has ended long before.
+    let send_by = send_deadline(pending, ctx.config.client.request_timeout);
     let result = match &request {
         StartRequest::Trigger { job_id, cause } => {
-            client
-                .trigger_run(*job_id, &trigger_request(run.spec.trigger.as_ref(), cause)?)
-                .await
+            let body = trigger_request(run.spec.trigger.as_ref(), cause)?;
+            client.trigger_run_by(*job_id, &body, Some(send_by)).await
         }
-        StartRequest::Retry { run_id, .. } => client.retry_run(*run_id).await,
+        StartRequest::Retry { run_id, .. } => client.retry_run_by(*run_id, Some(send_by)).await,
     };
     let now = Timestamp::now();
     // 3. Record the outcome (a crash before this is resolved by the pending-trigger search). The
@@ -627,6 +632,23 @@ async fn start_attempt(
             .await;
             Ok(Action::requeue(ctx.config.lifecycle.confirm_retry))
         }
+        Err(e @ DbtCloudError::NotSent { .. }) => {
+            // Nothing left: the intent is void and the start is decided again (a fresh intent).
+            let (status, _) = after_start_rejected(
+                run,
+                &decision.status,
+                "TriggerNotSent",
+                &format!(
+                    "Attempt {} was not sent ({e}); it is tried again",
+                    pending.attempt
+                ),
+                false,
+                now,
+            );
+            write_status(ctx, &recorded, &status).await?;
+            warn!(error = %e, "trigger not sent before its deadline; deciding again");
+            Ok(Action::requeue(jittered(Duration::from_secs(1))))
+        }
         Err(e) => {
             let permanent = matches!(
                 e,
@@ -663,6 +685,21 @@ async fn start_attempt(
             }
         }
     }
+}
+
+/// The instant a recorded trigger must be on the wire by: one request timeout after the time in
+/// its intent (the in-memory value, finer than the second kept in the object).
+fn send_deadline(
+    pending: &crate::crd::job_run::PendingTrigger,
+    request_timeout: Duration,
+) -> std::time::Instant {
+    let elapsed = pending.requested_at.0.duration_until(Timestamp::now());
+    let left = if elapsed.is_negative() {
+        request_timeout
+    } else {
+        request_timeout.saturating_sub(elapsed.unsigned_abs())
+    };
+    std::time::Instant::now() + left
 }
 
 /// Resolves project/environment/job names to exactly one job id.
@@ -942,8 +979,11 @@ async fn cleanup(run: Arc<DbtCloudJobRun>, ctx: &Context) -> Result<Action> {
                     .await;
                     Vec::new()
                 }
-                _ if Timestamp::now().as_second() - p.requested_at.0.as_second()
-                    < ctx.config.lifecycle.ambiguity_window.as_secs() as i64 =>
+                _ if lifecycle::trigger_may_still_appear(
+                    p,
+                    Timestamp::now(),
+                    &ctx.config.lifecycle,
+                ) =>
                 {
                     return Err(Error::DeletionPending {
                         message: format!(

@@ -60,8 +60,10 @@ pub const MAX_URL_LEN: usize = 2048;
 /// Tunables of the lifecycle (from the operator's configuration).
 #[derive(Clone, Debug)]
 pub struct Settings {
-    /// How long after recording a trigger a missing run may still appear (POST timeout plus dbt
-    /// Cloud's visibility delay). Only after this window is a trigger considered not sent.
+    /// How long after recording a trigger a missing run may still appear: the send (started
+    /// within one request timeout of the record, bounded by another), plus dbt Cloud's own delay
+    /// in processing it. Only after this window is a trigger considered not sent, so it must
+    /// exceed twice the request timeout (checked at start-up).
     pub ambiguity_window: Duration,
     /// Requeue delay while waiting for credentials to become ready, and after transient dbt Cloud
     /// errors.
@@ -73,7 +75,7 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Self {
-            ambiguity_window: Duration::from_secs(60),
+            ambiguity_window: Duration::from_secs(90),
             credentials_retry: Duration::from_secs(30),
             confirm_retry: Duration::from_secs(3),
         }
@@ -387,6 +389,25 @@ fn in_flight_phase(status: RunStatus) -> RunPhase {
 
 fn time(ts: Option<Timestamp>) -> Option<Time> {
     ts.map(Time)
+}
+
+/// Whole seconds a recorded trigger has certainly been waiting for its run at `now`. The recorded
+/// time is kept to the second by the API server (it may have been up to a second later than
+/// written), so the wait is counted from the second after it: never more than the real wait.
+pub fn confirm_waited(pending: &PendingTrigger, now: Timestamp) -> i64 {
+    (now.as_second() - pending.requested_at.0.as_second() - 1).max(0)
+}
+
+/// Whether a run of a recorded trigger that a search did not find may still appear: the sender
+/// puts the request on the wire within one request timeout of recording it and gives up one
+/// timeout later (see `job_run::start_attempt`), and dbt Cloud may process it after that; only
+/// after the whole `ambiguity_window` is the trigger considered not sent.
+pub fn trigger_may_still_appear(
+    pending: &PendingTrigger,
+    now: Timestamp,
+    settings: &Settings,
+) -> bool {
+    confirm_waited(pending, now) < settings.ambiguity_window.as_secs() as i64
 }
 
 /// Decides the next step for a run. Pure: same inputs, same output.
@@ -877,7 +898,7 @@ impl<'a> Decider<'a> {
                 None
             }
             PendingSearch::NotFound => {
-                let waited = self.now().as_second() - pending.requested_at.0.as_second();
+                let waited = confirm_waited(pending, self.now());
                 let window = self.settings.ambiguity_window.as_secs() as i64;
                 if waited < window {
                     self.status.status_message = Some(format!(

@@ -336,6 +336,9 @@ pub async fn run(
         operator_namespace: config.operator_namespace.clone(),
     };
     let (ctx, changes) = Context::new(client.clone(), config.clone(), metrics, stores)?;
+    // However this future ends (returns, or is dropped: killed, or stopped after a lost Lease),
+    // the poll loops it started stop too.
+    let _stop_polling = StopPolling(ctx.poller.clone());
 
     // The run cache holds every DbtCloudJobRun (finished ones too): keep it lean by dropping
     // managedFields and kubectl's last-applied copy of the object before it is stored.
@@ -472,9 +475,17 @@ pub async fn run(
     }
     info!(namespaces = ?config.watch_namespaces, "controllers started");
     futures::join!(runs, creds, cluster_creds, watches, reports, triggers);
-    ctx.poller.stop();
     info!("controllers stopped");
     Ok(())
+}
+
+/// Stops the poller's loops when dropped.
+struct StopPolling(poller::RunPoller);
+
+impl Drop for StopPolling {
+    fn drop(&mut self) {
+        self.0.stop();
+    }
 }
 
 /// Events of a shared stream buffered for its slowest subscriber.

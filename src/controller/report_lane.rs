@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use futures::channel::mpsc::{UnboundedReceiver, UnboundedSender};
 use futures::StreamExt;
 use kube::runtime::reflector::{ObjectRef, Store};
-use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 
 use super::{job_run, Context};
 use crate::crd::DbtCloudJobRun;
@@ -18,7 +18,9 @@ use crate::crd::DbtCloudJobRun;
 /// Reconciles in flight in the report lane at most.
 pub const REPORT_CONCURRENCY: usize = 16;
 
-/// Runs the lane until `changes` ends (the poller stops) or `shutdown` resolves.
+/// Runs the lane until `changes` ends (the poller stops) or `shutdown` resolves; then waits for
+/// the reconciles in flight. Dropped (the operator killed, or the controllers stopped after losing
+/// the Lease), it aborts them: nothing it started outlives it.
 pub async fn run(
     mut changes: UnboundedReceiver<ObjectRef<DbtCloudJobRun>>,
     store: Store<DbtCloudJobRun>,
@@ -26,45 +28,56 @@ pub async fn run(
     fallback: UnboundedSender<ObjectRef<DbtCloudJobRun>>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
-    let permits = Arc::new(Semaphore::new(REPORT_CONCURRENCY));
     let busy: Arc<Mutex<HashSet<ObjectRef<DbtCloudJobRun>>>> = Arc::default();
-    let lane = async {
-        while let Some(obj_ref) = changes.next().await {
-            let Some(obj) = store.get(&obj_ref) else {
-                continue;
-            };
-            // The controller is on it: it queues behind that reconcile instead.
-            if obj
-                .metadata
-                .uid
-                .as_deref()
-                .is_some_and(|uid| ctx.busy.enter(uid).is_none())
-            {
-                let _ = fallback.unbounded_send(obj_ref);
-                continue;
+    let mut tasks = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        // At most REPORT_CONCURRENCY reconciles at once: wait for one to end first.
+        if tasks.len() >= REPORT_CONCURRENCY {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = tasks.join_next() => continue,
             }
-            let fresh = busy
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(obj_ref.clone());
-            if !fresh {
-                let _ = fallback.unbounded_send(obj_ref);
-                continue;
-            }
-            let Ok(permit) = permits.clone().acquire_owned().await else {
-                break;
-            };
-            let (ctx, busy, fallback) = (ctx.clone(), busy.clone(), fallback.clone());
-            tokio::spawn(async move {
-                let _permit = permit;
-                if job_run::reconcile(obj, ctx).await.is_err() {
-                    let _ = fallback.unbounded_send(obj_ref.clone());
-                }
-                busy.lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&obj_ref);
-            });
         }
-    };
-    futures::future::select(Box::pin(lane), Box::pin(shutdown)).await;
+        let obj_ref = tokio::select! {
+            _ = &mut shutdown => break,
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
+            next = changes.next() => match next {
+                Some(obj_ref) => obj_ref,
+                None => break,
+            },
+        };
+        let Some(obj) = store.get(&obj_ref) else {
+            continue;
+        };
+        // The controller is on it: it queues behind that reconcile instead.
+        if obj
+            .metadata
+            .uid
+            .as_deref()
+            .is_some_and(|uid| ctx.busy.enter(uid).is_none())
+        {
+            let _ = fallback.unbounded_send(obj_ref);
+            continue;
+        }
+        let fresh = busy
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(obj_ref.clone());
+        if !fresh {
+            let _ = fallback.unbounded_send(obj_ref);
+            continue;
+        }
+        let (ctx, busy, fallback) = (ctx.clone(), busy.clone(), fallback.clone());
+        tasks.spawn(async move {
+            if job_run::reconcile(obj, ctx).await.is_err() {
+                let _ = fallback.unbounded_send(obj_ref.clone());
+            }
+            busy.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&obj_ref);
+        });
+    }
+    // Stopping: the reconciles in flight finish (the caller bounds this by its grace period).
+    while tasks.join_next().await.is_some() {}
 }

@@ -131,6 +131,8 @@ struct Call {
     url: Url,
     body: Option<Vec<u8>>,
     retry: bool,
+    /// Not sent at all once this has passed (checked after the rate limiter).
+    send_by: Option<Instant>,
     accept: &'static str,
     /// Largest success body read.
     max_body: u64,
@@ -294,11 +296,25 @@ impl DbtCloudClient {
         job_id: i64,
         request: &TriggerRunRequest,
     ) -> Result<Run, DbtCloudError> {
+        self.trigger_run_by(job_id, request, None).await
+    }
+
+    /// [`Self::trigger_run`], sent only if it can leave before `send_by` (after waiting for the
+    /// account's rate limit); otherwise nothing is sent and the error is
+    /// [`DbtCloudError::NotSent`]. Together with the request timeout this bounds when dbt Cloud
+    /// can receive a trigger recorded at a known time.
+    pub async fn trigger_run_by(
+        &self,
+        job_id: i64,
+        request: &TriggerRunRequest,
+        send_by: Option<Instant>,
+    ) -> Result<Run, DbtCloudError> {
         request.validate()?;
         let body = serde_json::to_vec(request)
             .map_err(|e| DbtCloudError::invalid_request(format!("cannot encode request: {e}")))?;
         let url = self.v2_url(&format!("jobs/{job_id}/run/"), &[])?;
-        self.post_json("trigger_run", url, body, false).await
+        self.post_json("trigger_run", url, body, false, send_by)
+            .await
     }
 
     /// `GET /api/v2/accounts/{a}/runs/{r}/` with `include_related` (e.g. `["trigger", "run_steps"]`).
@@ -345,14 +361,23 @@ impl DbtCloudClient {
     /// `POST /api/v2/accounts/{a}/runs/{r}/cancel/` (idempotent: retried).
     pub async fn cancel_run(&self, run_id: i64) -> Result<Run, DbtCloudError> {
         let url = self.v2_url(&format!("runs/{run_id}/cancel/"), &[])?;
-        self.post_json("cancel_run", url, b"{}".to_vec(), true)
+        self.post_json("cancel_run", url, b"{}".to_vec(), true, None)
             .await
     }
 
     /// `POST /api/v2/accounts/{a}/runs/{r}/retry/`: retry a failed run. Never retried.
     pub async fn retry_run(&self, run_id: i64) -> Result<Run, DbtCloudError> {
+        self.retry_run_by(run_id, None).await
+    }
+
+    /// [`Self::retry_run`] with a send deadline, as [`Self::trigger_run_by`].
+    pub async fn retry_run_by(
+        &self,
+        run_id: i64,
+        send_by: Option<Instant>,
+    ) -> Result<Run, DbtCloudError> {
         let url = self.v2_url(&format!("runs/{run_id}/retry/"), &[])?;
-        self.post_json("retry_run", url, b"{}".to_vec(), false)
+        self.post_json("retry_run", url, b"{}".to_vec(), false, send_by)
             .await
     }
 
@@ -406,6 +431,7 @@ impl DbtCloudClient {
                 url,
                 body: None,
                 retry: true,
+                send_by: None,
                 accept: ACCEPT_JSON,
                 max_body: self.inner.config.max_response_bytes,
             })
@@ -419,6 +445,7 @@ impl DbtCloudClient {
         url: Url,
         body: Vec<u8>,
         retry: bool,
+        send_by: Option<Instant>,
     ) -> Result<T, DbtCloudError> {
         let bytes = self
             .execute(Call {
@@ -427,6 +454,7 @@ impl DbtCloudClient {
                 url,
                 body: Some(body),
                 retry,
+                send_by,
                 accept: ACCEPT_JSON,
                 max_body: self.inner.config.max_response_bytes,
             })
@@ -441,6 +469,7 @@ impl DbtCloudClient {
             url,
             body: None,
             retry: true,
+            send_by: None,
             accept: ACCEPT_ARTIFACT,
             max_body: self.inner.config.max_artifact_bytes,
         })
@@ -539,6 +568,16 @@ impl DbtCloudClient {
         let waited = inner.limits.admin().acquire().await;
         if !waited.is_zero() {
             inner.observer.on_rate_limit_wait(waited);
+        }
+        if call.send_by.is_some_and(|by| Instant::now() >= by) {
+            tracing::debug!(
+                endpoint = call.endpoint,
+                "not sent: its send deadline passed"
+            );
+            return Err(DbtCloudError::NotSent {
+                endpoint: call.endpoint,
+                waited,
+            });
         }
         let mut req = inner
             .http

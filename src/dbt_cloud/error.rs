@@ -111,6 +111,15 @@ pub enum DbtCloudError {
         /// False when the request provably never left (connect failure).
         request_sent: bool,
     },
+    /// The request was not sent: it could not leave before its send deadline (e.g. it waited
+    /// that long for the account's rate limit). Nothing reached dbt Cloud.
+    #[error("did not call dbt Cloud {endpoint}: it could not be sent before its deadline ({waited:?} spent waiting for the account's rate limit)")]
+    NotSent {
+        /// Endpoint label.
+        endpoint: &'static str,
+        /// Time spent waiting for the rate limiter.
+        waited: Duration,
+    },
     /// The per-request timeout elapsed.
     #[error("timed out calling dbt Cloud {endpoint}")]
     Timeout {
@@ -186,6 +195,7 @@ impl DbtCloudError {
                 | DbtCloudError::Server { .. }
                 | DbtCloudError::Transport { .. }
                 | DbtCloudError::Timeout { .. }
+                | DbtCloudError::NotSent { .. }
         )
     }
 
@@ -215,6 +225,7 @@ impl DbtCloudError {
             DbtCloudError::Redirect { .. } => "Redirect",
             DbtCloudError::Transport { .. } => "TransportError",
             DbtCloudError::Timeout { .. } => "Timeout",
+            DbtCloudError::NotSent { .. } => "NotSent",
             DbtCloudError::Decode { .. } => "DecodeError",
             DbtCloudError::ResponseTooLarge { .. } => "ResponseTooLarge",
             DbtCloudError::InvalidHost { .. } => "InvalidHost",

@@ -653,8 +653,9 @@ impl Operator {
             .args(["--dev-dbt-cloud-base-url", &self.sim_url])
             .args(["--http-addr", "127.0.0.1:0"])
             .args(["--poll-tick-millis", "50"])
-            // Well above the 2 s request timeout: a trigger the loaded simulator answers late is
-            // still found by the search rather than sent again (production: 60 s vs 30 s).
+            // Above twice the 2 s request timeout, as the operator requires: a trigger the loaded
+            // simulator answers late is still found by the search rather than sent again
+            // (production: 90 s vs 30 s).
             .args(["--trigger-confirm-window-seconds", "8"])
             .args(["--request-timeout-seconds", "2"])
             .args(["--secret-refresh-seconds", "1"])

@@ -105,7 +105,7 @@ pub fn test_config(sim: &Simulator, ns: &str) -> Config {
         ..Config::default()
     };
     config.lifecycle = lifecycle::Settings {
-        ambiguity_window: Duration::from_secs(3),
+        ambiguity_window: Duration::from_secs(6),
         credentials_retry: Duration::from_millis(200),
         confirm_retry: Duration::from_millis(100),
     };
@@ -126,6 +126,13 @@ impl Env {
     /// Simulator seeded with one account, one project/environment and a few jobs; empty cluster.
     pub async fn new() -> Self {
         let _ = rustls::crypto::ring::default_provider().install_default();
+        // `TEST_LOG=dbt_cloud_operator=debug` shows the operators' logs (captured per test).
+        if let Ok(filter) = std::env::var("TEST_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_test_writer()
+                .try_init();
+        }
         let sim = Simulator::start().await.expect("simulator starts");
         sim.add_account(ACCOUNT, "Acme");
         sim.add_token(TOKEN, &[ACCOUNT]);
