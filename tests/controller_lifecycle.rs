@@ -568,6 +568,44 @@ async fn hidden_new_runs_are_waited_for_not_duplicated() {
     assert_eq!(env.sim.trigger_count(ACCOUNT, JOB_OK), 1);
 }
 
+/// Attempt 1's answer is lost and its run is hidden at first (so the intent is copied into status
+/// while it is being confirmed); once found, the run has failed and the same reconcile records
+/// attempt 2, whose answer is lost too. Attempt 2 must then be searched for and adopted, not
+/// triggered again (the duplicate the in-process chaos test found: status's older copy of
+/// attempt 1 hid attempt 2's intent).
+#[tokio::test]
+async fn a_retry_whose_answer_is_lost_after_an_adopted_attempt_is_not_duplicated() {
+    let env = Env::new().await;
+    let _op = env.start_operator();
+    env.valid_credentials().await;
+    env.sim.inject(Fault::HideNewRuns {
+        duration: Duration::from_millis(1500),
+    });
+    env.sim.inject(Fault::LoseTriggerResponse { count: 2 });
+    let mut spec = by_id(JOB_FAILS);
+    spec["retry"] = json!({"maxAttempts": 2, "strategy": "Full"});
+    env.create_run("lost-twice", spec).await;
+    let run = env.wait_phase("lost-twice", RunPhase::Failed).await;
+    let s = run.status.unwrap();
+    assert_eq!(
+        env.sim.trigger_count(ACCOUNT, JOB_FAILS),
+        2,
+        "one trigger per attempt: {:?}",
+        env.sim
+            .triggers()
+            .iter()
+            .map(|t| (t.run_id, t.cause.clone()))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(s.attempt_count, 2, "{:?}", s.attempts);
+    let triggered: Vec<i64> = env.sim.triggers().iter().map(|t| t.run_id).collect();
+    let followed: Vec<i64> = s.attempts.iter().map(|a| a.run_id).collect();
+    assert_eq!(
+        followed, triggered,
+        "each attempt follows its own trigger's run"
+    );
+}
+
 #[tokio::test]
 async fn finished_runs_drop_the_finalizer_and_honour_ttl() {
     use kube::ResourceExt;

@@ -57,10 +57,13 @@ pub fn unresolved(run: &DbtCloudJobRun) -> Option<RecordedIntent> {
 pub fn effective(run: &DbtCloudJobRun) -> Option<DbtCloudJobRun> {
     let rec = unresolved(run)?;
     let status = run.status.clone().unwrap_or_default();
-    if status.pending_trigger.is_some() {
-        // Written by an earlier version (or while the intent was pending): status wins.
+    if status.pending_trigger.as_ref() == Some(&rec.intent) {
+        // Status already carries this intent (written while it was pending): it is as new.
         return None;
     }
+    // Every intent is recorded here first, so an unresolved one is the newest: a different
+    // `pendingTrigger` in status is an older intent's copy (resolved by the decision that
+    // recorded this one), and must not hide it.
     let decided = rec.status.map(|s| *s).unwrap_or(status);
     let mut seen = run.clone();
     seen.status = Some(DbtCloudJobRunStatus {
@@ -206,6 +209,34 @@ mod tests {
         assert_eq!(unresolved(&again).map(|r| r.id), Some("57".into()));
     }
 
+    /// The duplicate the chaos test found: attempt 1's intent was copied into status while it was
+    /// being confirmed; the reconcile that adopted its run saw it fail and recorded attempt 2 in
+    /// the annotation (status still holding attempt 1's copy). Attempt 2 must be the pending one,
+    /// or its run is never searched for and attempt 2 is triggered again.
+    #[test]
+    fn a_newer_intent_is_not_hidden_by_an_older_copy_in_status() {
+        let (_, mut after) = record_patch(&run(), &intent(2), &decided(), "57", "f");
+        after.status = Some(DbtCloudJobRunStatus {
+            pending_trigger: Some(intent(1)),
+            resolved_intent: Some("41".into()),
+            ..Default::default()
+        });
+        let seen = effective(&after).expect("attempt 2 is pending");
+        assert_eq!(seen.status.unwrap().pending_trigger, Some(intent(2)));
+        // A re-send of the same attempt (new time) is newer too.
+        let mut again = intent(2);
+        again.requested_at = Time(jiff::Timestamp::from_second(1_700_000_100).unwrap());
+        let (_, mut resent) = record_patch(&run(), &again, &decided(), "60", "f");
+        resent.status = Some(DbtCloudJobRunStatus {
+            pending_trigger: Some(intent(2)),
+            ..Default::default()
+        });
+        assert_eq!(
+            effective(&resent).unwrap().status.unwrap().pending_trigger,
+            Some(again)
+        );
+    }
+
     #[test]
     fn finished_runs_and_status_intents_win() {
         let (_, mut after) = record_patch(&run(), &intent(2), &decided(), "41", "f");
@@ -218,12 +249,12 @@ mod tests {
             "a finished run has nothing pending"
         );
         after.status = Some(DbtCloudJobRunStatus {
-            pending_trigger: Some(intent(1)),
+            pending_trigger: Some(intent(2)),
             ..Default::default()
         });
         assert!(
             effective(&after).is_none(),
-            "an intent in status is used as is"
+            "the same intent in status is used as is"
         );
         let mut unreadable = run();
         unreadable.metadata.annotations =
