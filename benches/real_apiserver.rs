@@ -99,6 +99,126 @@ fn apiserver_writes(env: &TestEnv) -> BTreeMap<String, f64> {
     m
 }
 
+/// Where the time goes, on the server side: `apiserver_request_duration_seconds` (sum and count
+/// by `verb resource[/subresource]` for `dbtcloud.io` and Events) and
+/// `etcd_request_duration_seconds` (by operation and type), as the API server reports them.
+fn server_durations(env: &TestEnv) -> BTreeMap<String, (f64, f64)> {
+    let out = kubectl_with(&env.cluster.kubeconfig, &["get", "--raw", "/metrics"], None);
+    let text = out.expect_ok("apiserver /metrics");
+    let mut m: BTreeMap<String, (f64, f64)> = BTreeMap::new();
+    for line in text.lines() {
+        let (name, rest) = if let Some(r) = line.strip_prefix("apiserver_request_duration_seconds_")
+        {
+            ("api", r)
+        } else if let Some(r) = line.strip_prefix("etcd_request_duration_seconds_") {
+            ("etcd", r)
+        } else {
+            continue;
+        };
+        let (is_sum, rest) = if let Some(r) = rest.strip_prefix("sum{") {
+            (true, r)
+        } else if let Some(r) = rest.strip_prefix("count{") {
+            (false, r)
+        } else {
+            continue;
+        };
+        let Some((labels, value)) = rest.rsplit_once("} ") else {
+            continue;
+        };
+        let get = |k: &str| {
+            labels
+                .split(',')
+                .find_map(|kv| kv.strip_prefix(&format!("{k}=\"")))
+                .map(|v| v.trim_end_matches('"').to_string())
+                .unwrap_or_default()
+        };
+        let key = if name == "api" {
+            let (group, resource, sub) = (get("group"), get("resource"), get("subresource"));
+            if group != "dbtcloud.io" && resource != "events" && resource != "leases" {
+                continue;
+            }
+            let sub = if sub.is_empty() {
+                String::new()
+            } else {
+                format!("/{sub}")
+            };
+            format!("api {} {resource}{sub}", get("verb"))
+        } else {
+            format!("etcd {} {}", get("operation"), get("type"))
+        };
+        let v: f64 = value.trim().parse().unwrap_or(0.0);
+        let e = m.entry(key).or_insert((0.0, 0.0));
+        if is_sum {
+            e.0 += v;
+        } else {
+            e.1 += v;
+        }
+    }
+    m
+}
+
+/// CPU seconds (user + system) a process has used so far.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command (which may hold spaces) in parentheses.
+    let after = stat.rsplit_once(") ").map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of /proc/PID/stat (11 and 12 after the command).
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+fn process_name(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| pid.to_string())
+}
+
+/// Prints where the time of a phase went: CPU seconds per process over `wall`, and the server's
+/// mean latency per request kind (the busiest first).
+fn print_profile(
+    what: &str,
+    wall: Duration,
+    cpu: &[(String, f64)],
+    before: &BTreeMap<String, (f64, f64)>,
+    after: &BTreeMap<String, (f64, f64)>,
+) {
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1) as f64;
+    let cpu_text: Vec<String> = cpu
+        .iter()
+        .map(|(name, secs)| {
+            format!(
+                "{name} {secs:.1}s ({:.0}%)",
+                100.0 * secs / (wall.as_secs_f64() * cores)
+            )
+        })
+        .collect();
+    println!(
+        "profile {what} | {:.1}s wall on {cores} cores | CPU: {} | idle {:.0}%",
+        wall.as_secs_f64(),
+        cpu_text.join(", "),
+        (100.0 - 100.0 * cpu.iter().map(|(_, s)| s).sum::<f64>() / (wall.as_secs_f64() * cores))
+            .max(0.0)
+    );
+    let mut rows: Vec<(String, f64, f64)> = after
+        .iter()
+        .map(|(k, (sum, count))| {
+            let (s0, c0) = before.get(k).copied().unwrap_or((0.0, 0.0));
+            (k.clone(), sum - s0, count - c0)
+        })
+        .filter(|(_, _, c)| *c > 0.0)
+        .collect();
+    rows.sort_by(|a, b| b.1.partial_cmp(&a.1).unwrap());
+    for (k, sum, count) in rows.iter().take(12) {
+        println!(
+            "profile {what} | {k}: {count:.0} requests, mean {:.1} ms, {sum:.1} s in total",
+            1000.0 * sum / count
+        );
+    }
+}
+
 fn delta(before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>) -> BTreeMap<String, f64> {
     after
         .iter()
@@ -301,6 +421,41 @@ async fn main() {
     // Burst: n runs created as fast as the API server accepts them.
     let succeeded = watch_succeeded(api.clone());
     let before = apiserver_writes(&env);
+    let mut procs: Vec<(String, u32)> = env
+        .cluster
+        .pids()
+        .into_iter()
+        .map(|p| (process_name(p), p))
+        .collect();
+    procs.push(("operator".into(), pid));
+    procs.push(("harness+simulator".into(), std::process::id()));
+    let cpu_before: Vec<f64> = procs.iter().map(|(_, p)| cpu_secs(*p)).collect();
+    let durations_before = server_durations(&env);
+    // BENCH_PERF=1: a CPU profile of the operator and the API server during the burst.
+    let perf = std::env::var("BENCH_PERF")
+        .is_ok_and(|v| v == "1")
+        .then(|| {
+            let pids: Vec<String> = procs
+                .iter()
+                .filter(|(n, _)| n != "harness+simulator")
+                .map(|(_, p)| p.to_string())
+                .collect();
+            std::process::Command::new("perf")
+                .args([
+                    "record",
+                    "-F",
+                    "199",
+                    "-g",
+                    "-o",
+                    "/tmp/dbt-cloud-operator-bench.perf",
+                    "-p",
+                ])
+                .arg(pids.join(","))
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("perf runs")
+        });
     let mut created: HashMap<String, Instant> = HashMap::new();
     let mut create_ms = Vec::new();
     let start = Instant::now();
@@ -334,6 +489,59 @@ async fn main() {
     })
     .await
     .map(|d| d + create_time);
+    let burst_wall = start.elapsed();
+    let cpu: Vec<(String, f64)> = procs
+        .iter()
+        .zip(&cpu_before)
+        .map(|((n, p), b)| (n.clone(), cpu_secs(*p) - b))
+        .collect();
+    let durations_after = server_durations(&env);
+    if let Some(mut perf) = perf {
+        // SIGINT makes perf write its data and exit.
+        let _ = std::process::Command::new("kill")
+            .args(["-INT", &perf.id().to_string()])
+            .status();
+        let _ = perf.wait();
+        for (name, _) in procs.iter().filter(|(n, _)| n != "harness+simulator") {
+            let comm = if name == "operator" {
+                "dbt-cloud-opera"
+            } else {
+                name.as_str()
+            };
+            let out = std::process::Command::new("perf")
+                .args([
+                    "report",
+                    "-i",
+                    "/tmp/dbt-cloud-operator-bench.perf",
+                    "--stdio",
+                    "--no-children",
+                    "--sort",
+                    "dso,sym",
+                    "--percent-limit",
+                    "2",
+                    "-g",
+                    "none",
+                    "--comms",
+                    comm,
+                ])
+                .output()
+                .expect("perf report");
+            for line in String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+                .take(12)
+            {
+                println!("perf {name} | {}", line.trim());
+            }
+        }
+    }
+    print_profile(
+        "burst",
+        burst_wall,
+        &cpu,
+        &durations_before,
+        &durations_after,
+    );
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after_trigger = apiserver_writes(&env);
     let trig = env.sim.triggers();

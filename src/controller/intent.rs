@@ -94,11 +94,16 @@ pub fn record_patch(
     resource_version: &str,
     finalizer: &str,
 ) -> (serde_json::Value, DbtCloudJobRun) {
+    // The copy leaves out the previous attempt's steps and results (a started attempt clears
+    // them anyway): they are the bulk of a status, and annotations share a 256 KiB budget.
     let rec = RecordedIntent {
         id: resource_version.to_string(),
         intent: intent.clone(),
         status: Some(Box::new(DbtCloudJobRunStatus {
             pending_trigger: None,
+            steps: Vec::new(),
+            steps_omitted: None,
+            results: None,
             ..decided.clone()
         })),
     };
@@ -235,6 +240,80 @@ mod tests {
             effective(&resent).unwrap().status.unwrap().pending_trigger,
             Some(again)
         );
+    }
+
+    /// However large a (bounded) status gets, the intent annotation stays far below the 256 KiB
+    /// that all of an object's annotations share (a larger one would make the intent write fail):
+    /// under 96 KiB with every bounded field at its limit in escaped multi-byte text (realistic
+    /// statuses give a few KiB).
+    #[test]
+    fn the_intent_annotation_stays_small_for_the_largest_status() {
+        use crate::controller::lifecycle::{self, MAX_NAME_LEN, MAX_STATUS_ATTEMPTS};
+        use crate::crd::conditions::MAX_MESSAGE_LEN;
+        use crate::crd::job_run::{ResultsSummary, RunAttempt, StepSummary};
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+        let long = |n: usize| "\"é".repeat(n); // escapes and multi-byte characters
+        let t = Some(Time(jiff::Timestamp::from_second(1_700_000_000).unwrap()));
+        let mut status = DbtCloudJobRunStatus {
+            conditions: [
+                "Ready",
+                "Reconciling",
+                "Stalled",
+                "Failed",
+                "Complete",
+                "CredentialsReady",
+                "Suspended",
+            ]
+            .iter()
+            .map(|ty| Condition {
+                type_: ty.to_string(),
+                status: "False".into(),
+                reason: long(MAX_NAME_LEN),
+                message: long(MAX_MESSAGE_LEN * 4),
+                observed_generation: Some(1),
+                last_transition_time: Time(jiff::Timestamp::from_second(1_700_000_000).unwrap()),
+            })
+            .collect(),
+            run_url: Some(long(10_000)),
+            status_message: Some(long(10_000)),
+            attempts: (0..MAX_STATUS_ATTEMPTS as u32 * 3)
+                .map(|i| RunAttempt {
+                    attempt: i + 1,
+                    run_id: i64::MAX,
+                    url: Some(long(10_000)),
+                    kind: AttemptKind::Full,
+                    status: long(100),
+                    created_at: t.clone(),
+                    started_at: t.clone(),
+                    finished_at: t.clone(),
+                })
+                .collect(),
+            steps: (0..500)
+                .map(|i| StepSummary {
+                    index: i,
+                    name: long(10_000),
+                    status: long(100),
+                    duration_seconds: Some(1),
+                })
+                .collect(),
+            results: Some(ResultsSummary {
+                failed_nodes: (0..500).map(|_| long(10_000)).collect(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        lifecycle::bound_status(&mut status);
+        let (_, after) = record_patch(&run(), &intent(3), &status, "41", "f");
+        let text = &after.metadata.annotations.unwrap()[INTENT_ANNOTATION];
+        assert!(
+            text.len() < 96 * 1024,
+            "intent annotation of {} bytes for the largest status",
+            text.len()
+        );
+        // And it still reads back as the pending intent.
+        let mut back = run();
+        back.metadata.annotations = Some([(INTENT_ANNOTATION.to_string(), text.clone())].into());
+        assert_eq!(recorded(&back).map(|r| r.intent), Some(intent(3)));
     }
 
     #[test]

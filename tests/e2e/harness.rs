@@ -191,6 +191,16 @@ pub struct Cluster {
     _children: Mutex<Vec<Child>>,
 }
 
+impl Cluster {
+    /// Process ids of the control plane (etcd and kube-apiserver), for profiles.
+    pub fn pids(&self) -> Vec<u32> {
+        self._children
+            .lock()
+            .map(|c| c.iter().map(Child::id).collect())
+            .unwrap_or_default()
+    }
+}
+
 static CLUSTER: OnceLock<Cluster> = OnceLock::new();
 
 /// The shared cluster of this test binary, started on first use. Panics (failing the test) when
