@@ -28,9 +28,10 @@ use tracing::{info, instrument, warn};
 
 use super::registry::{CredentialsEntry, CredentialsKey, CredentialsRegistry, LiveCredentials};
 use super::{jittered, Context, FIELD_MANAGER};
-use crate::crd::conditions::{self, set_condition};
+use crate::crd::conditions::{self, Conditions};
 use crate::crd::credentials::{CredentialsStatus, CredentialsTarget};
 use crate::crd::job_run::CredentialsKind;
+use crate::crd::reasons::{EventNote, Reason};
 use crate::crd::{ClusterDbtCloudCredentials, DbtCloudCredentials};
 use crate::dbt_cloud::{AccessHost, DbtCloudClient, DbtCloudError};
 use crate::{Error, Result};
@@ -78,7 +79,7 @@ impl CredentialsResource for ClusterDbtCloudCredentials {
 /// Result of checking credentials.
 #[derive(Debug)]
 struct Assessment {
-    reason: String,
+    reason: Reason,
     message: String,
     /// Only a user change can fix it (as opposed to an outage or rate limit).
     stalled: bool,
@@ -92,7 +93,7 @@ impl Assessment {
     /// The key validated earlier is still the one in the Secret: keep its Ready state.
     fn still_valid(old: &CredentialsStatus, fingerprint: String, client: DbtCloudClient) -> Self {
         Self {
-            reason: "Valid".into(),
+            reason: Reason::Valid,
             message: conditions::find(&old.conditions, conditions::READY)
                 .map(|c| c.message.clone())
                 .unwrap_or_default(),
@@ -104,9 +105,9 @@ impl Assessment {
         }
     }
 
-    fn failed(reason: &str, message: String, stalled: bool) -> Self {
+    fn failed(reason: Reason, message: String, stalled: bool) -> Self {
         Self {
-            reason: reason.into(),
+            reason,
             message,
             stalled,
             account_name: None,
@@ -133,7 +134,7 @@ pub fn fingerprint(key: &str) -> String {
 pub fn key_from_secret(
     secret: &Secret,
     target: &CredentialsTarget,
-) -> Result<String, (String, String)> {
+) -> Result<String, (Reason, String)> {
     let name = &target.secret.name;
     let key = &target.secret.key;
     let data = secret.data.clone().unwrap_or_default();
@@ -141,7 +142,7 @@ pub fn key_from_secret(
         let mut present: Vec<&String> = data.keys().collect();
         present.sort();
         return Err((
-            "SecretKeyMissing".into(),
+            Reason::SecretKeyMissing,
             format!(
                 "Secret '{name}' has no key '{key}' (keys present: {}). Add the key, or set spec.apiKeySecretRef.key to the key that holds the API key",
                 if present.is_empty() { "none".to_string() } else { present.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", ") }
@@ -150,20 +151,20 @@ pub fn key_from_secret(
     };
     let Ok(text) = std::str::from_utf8(&value.0) else {
         return Err((
-            "SecretKeyInvalid".into(),
+            Reason::SecretKeyInvalid,
             format!("The value of key '{key}' in Secret '{name}' is not text; it must hold the dbt Cloud API key as plain text"),
         ));
     };
     let text = text.trim();
     if text.is_empty() {
         return Err((
-            "SecretKeyInvalid".into(),
+            Reason::SecretKeyInvalid,
             format!("The value of key '{key}' in Secret '{name}' is empty"),
         ));
     }
     if text.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err((
-            "SecretKeyInvalid".into(),
+            Reason::SecretKeyInvalid,
             format!("The value of key '{key}' in Secret '{name}' contains spaces or control characters; it must hold only the token (no `Token ` prefix, no line breaks)"),
         ));
     }
@@ -174,10 +175,10 @@ fn explain(
     e: &DbtCloudError,
     account_id: i64,
     accessible: Option<Vec<String>>,
-) -> (String, String, bool) {
+) -> (Reason, String, bool) {
     match e {
         DbtCloudError::Unauthorized { .. } => (
-            "Unauthorized".into(),
+            Reason::Unauthorized,
             format!(
                 "{}. Ensure the credentials are correct and unexpired",
                 e.to_string().trim_end_matches('.')
@@ -196,20 +197,20 @@ fn explain(
                 .map(|a| format!(" Accounts this key can access: {a}."))
                 .unwrap_or_default();
             (
-                "AccountNotAccessible".into(),
+                Reason::AccountNotAccessible,
                 format!("The key cannot access dbt Cloud account {account_id} (check spec.accountId and the token's permissions).{list}"),
                 true,
             )
         }
         DbtCloudError::RateLimited { .. } => {
-            ("RateLimited".into(), format!("{e}; will retry"), false)
+            (Reason::RateLimited, format!("{e}; will retry"), false)
         }
         e if e.is_retryable() => (
-            "Unreachable".into(),
+            Reason::Unreachable,
             format!("Cannot reach dbt Cloud: {e}; will retry"),
             false,
         ),
-        e => (e.reason().to_string(), e.to_string(), true),
+        e => (e.condition_reason(), e.to_string(), true),
     }
 }
 
@@ -221,14 +222,13 @@ async fn assess<K: CredentialsResource>(
 ) -> Assessment {
     let host = match AccessHost::parse(&target.host, &ctx.config.client.allowed_host_suffixes) {
         Ok(h) => h,
-        Err(e) => return Assessment::failed("InvalidHost", format!("spec.host: {e}"), true),
+        Err(e) => return Assessment::failed(Reason::InvalidHost, format!("spec.host: {e}"), true),
     };
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &target.secret_namespace);
     let secret = match secrets.get_opt(&target.secret.name).await {
         Ok(Some(s)) => s,
         Ok(None) => {
-            return Assessment::failed(
-                "SecretNotFound",
+            return Assessment::failed(Reason::SecretNotFound,
                 format!(
                     "Secret '{}' not found in namespace '{}'. Create it: kubectl create secret generic {} -n {} --from-literal={}=<dbt Cloud API token>",
                     target.secret.name, target.secret_namespace, target.secret.name, target.secret_namespace, target.secret.key
@@ -237,8 +237,7 @@ async fn assess<K: CredentialsResource>(
             )
         }
         Err(e) => {
-            return Assessment::failed(
-                "SecretUnreadable",
+            return Assessment::failed(Reason::SecretUnreadable,
                 format!("Cannot read Secret '{}' in namespace '{}': {e}", target.secret.name, target.secret_namespace),
                 false,
             )
@@ -246,7 +245,7 @@ async fn assess<K: CredentialsResource>(
     };
     let key = match key_from_secret(&secret, target) {
         Ok(k) => k,
-        Err((reason, message)) => return Assessment::failed(&reason, message, true),
+        Err((reason, message)) => return Assessment::failed(reason, message, true),
     };
     let fp = fingerprint(&key);
     let client = match DbtCloudClient::new(
@@ -260,7 +259,7 @@ async fn assess<K: CredentialsResource>(
     ) {
         Ok(c) => c,
         Err(e) => {
-            let mut a = Assessment::failed("InvalidCredentials", e.to_string(), true);
+            let mut a = Assessment::failed(Reason::InvalidCredentials, e.to_string(), true);
             a.fingerprint = Some(fp);
             return a;
         }
@@ -281,7 +280,7 @@ async fn assess<K: CredentialsResource>(
         Ok(account) => {
             let name = account.name.clone();
             Assessment {
-                reason: "Valid".into(),
+                reason: Reason::Valid,
                 message: format!(
                     "API key validated for dbt Cloud account {}{} on {}",
                     target.account_id,
@@ -315,7 +314,7 @@ async fn assess<K: CredentialsResource>(
                     None
                 };
                 let (reason, message, stalled) = explain(&e, target.account_id, accessible);
-                let mut a = Assessment::failed(&reason, message, stalled);
+                let mut a = Assessment::failed(reason, message, stalled);
                 a.fingerprint = Some(fp);
                 return a;
             }
@@ -436,7 +435,7 @@ async fn reconcile<K: CredentialsResource>(obj: Arc<K>, ctx: Arc<Context>) -> Re
             generation: obj.meta().generation,
             fingerprint: a.fingerprint.clone(),
             client: a.client.clone(),
-            reason: a.reason.clone(),
+            reason: a.reason,
             message: a.message.clone(),
             stalled: a.stalled,
         },
@@ -458,25 +457,19 @@ async fn reconcile<K: CredentialsResource>(obj: Arc<K>, ctx: Arc<Context>) -> Re
     });
     status.key_fingerprint = a.fingerprint.clone();
     status.last_validated_time = a.validated_at.map(Time).or(old.last_validated_time.clone());
-    let c = &mut status.conditions;
-    set_condition(c, conditions::READY, ready, &a.reason, &a.message, gen, now);
-    set_condition(
-        c,
+    let mut c = Conditions::new(&mut status.conditions, gen, now);
+    c.set(conditions::READY, ready, a.reason, &a.message);
+    c.set(
         conditions::RECONCILING,
         !ready && !a.stalled,
-        &a.reason,
+        a.reason,
         &a.message,
-        gen,
-        now,
     );
-    set_condition(
-        c,
+    c.set(
         conditions::STALLED,
         !ready && a.stalled,
-        &a.reason,
+        a.reason,
         &a.message,
-        gen,
-        now,
     );
 
     if status != old {
@@ -494,30 +487,33 @@ async fn reconcile<K: CredentialsResource>(obj: Arc<K>, ctx: Arc<Context>) -> Re
         .await?;
         let was_ready = conditions::find(&old.conditions, conditions::READY)
             .map(|c| (c.status.clone(), c.reason.clone()));
-        let now_ready = (conditions::status_str(ready), a.reason.clone());
+        let now_ready = (conditions::status_str(ready), a.reason.to_string());
         if was_ready.as_ref() != Some(&now_ready) {
             if ready {
                 info!(account = target.account_id, "credentials validated");
                 ctx.publish(
                     obj.as_ref(),
-                    false,
-                    "Validated",
                     "Validate",
-                    a.message.clone(),
+                    &EventNote::normal(Reason::Validated, a.message.clone()),
                 )
                 .await;
             } else {
                 warn!(reason = %a.reason, "credentials not ready");
-                ctx.publish(obj.as_ref(), true, &a.reason, "Validate", a.message.clone())
-                    .await;
+                ctx.publish(
+                    obj.as_ref(),
+                    "Validate",
+                    &EventNote::warning(a.reason, a.message.clone()),
+                )
+                .await;
             }
         } else if old.key_fingerprint.is_some() && old.key_fingerprint != status.key_fingerprint {
             ctx.publish(
                 obj.as_ref(),
-                false,
-                "KeyRotated",
                 "Validate",
-                "A new API key was found in the Secret and validated".into(),
+                &EventNote::normal(
+                    Reason::KeyRotated,
+                    "A new API key was found in the Secret and validated",
+                ),
             )
             .await;
         }

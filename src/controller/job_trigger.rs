@@ -16,18 +16,19 @@ use kube::{Api, Resource, ResourceExt};
 use tracing::{debug, info, instrument, warn};
 
 use super::trigger_policy::{
-    self, build_run, child_of, record_name_taken, record_rejected, record_start, Child, Note,
+    self, build_run, child_of, record_name_taken, record_rejected, record_start, Child, EventNote,
     StartRun, TriggerView,
 };
 use super::written::Freshness;
 use super::{jittered, Context, FIELD_MANAGER, MAX_REQUEUE_DELAY};
+use crate::crd::reasons::Reason;
 use crate::crd::{DbtCloudJobRun, DbtCloudJobTrigger, DbtCloudJobTriggerStatus};
 use crate::{Error, Result};
 
 const KIND: &str = "DbtCloudJobTrigger";
 /// Event reasons of effects already performed when a reconcile ends (as opposed to decisions
 /// that only status records).
-const EFFECTS: [&str; 3] = ["RunStarted", "RunReplaced", "RunsDeleted"];
+const EFFECTS: [Reason; 3] = [Reason::RunStarted, Reason::RunReplaced, Reason::RunsDeleted];
 
 /// What the trigger reconciler needs besides the shared [`Context`]: the run cache.
 pub struct TriggerContext {
@@ -174,7 +175,7 @@ async fn apply(trigger: &DbtCloudJobTrigger, ctx: &TriggerContext, ns: &str) -> 
         "decided"
     );
     let mut status = decision.status.clone();
-    let mut notes: Vec<Note> = decision.events.clone();
+    let mut notes: Vec<EventNote> = decision.events.clone();
     let post = PostParams {
         dry_run: false,
         field_manager: Some(FIELD_MANAGER.into()),
@@ -224,9 +225,9 @@ async fn apply(trigger: &DbtCloudJobTrigger, ctx: &TriggerContext, ns: &str) -> 
             Ok(_) => {
                 record_start(&mut status, start);
                 info!(run = %start.name, cause = start.cause.as_str(), "run started");
-                notes.push(Note {
+                notes.push(EventNote {
                     warning: false,
-                    reason: "RunStarted",
+                    reason: Reason::RunStarted,
                     note: format!("started run {} ({})", start.name, describe(&start.cause)),
                 });
             }
@@ -267,18 +268,14 @@ async fn apply(trigger: &DbtCloudJobTrigger, ctx: &TriggerContext, ns: &str) -> 
             // version; every effect above is idempotent. What was done is reported now (the next
             // decision finds it done and says nothing).
             for n in notes.into_iter().filter(|n| EFFECTS.contains(&n.reason)) {
-                ctx.base
-                    .publish(trigger, n.warning, n.reason, "Reconcile", n.note)
-                    .await;
+                ctx.base.publish(trigger, "Reconcile", &n).await;
             }
             return Ok(Action::requeue(Duration::from_millis(200)));
         }
         other => other?,
     };
     for n in notes {
-        ctx.base
-            .publish(trigger, n.warning, n.reason, "Reconcile", n.note)
-            .await;
+        ctx.base.publish(trigger, "Reconcile", &n).await;
     }
     Ok(match decision.requeue_at {
         // A little after the slot, so that the clock has reached it; never jittered (a slot is

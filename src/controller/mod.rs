@@ -28,6 +28,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use rand::Rng;
 use tracing::{info, warn};
 
+use crate::crd::reasons::EventNote;
 use crate::crd::{
     ClusterDbtCloudCredentials, DbtCloudCredentials, DbtCloudJobRun, DbtCloudJobTrigger,
 };
@@ -257,22 +258,27 @@ impl Context {
     }
 
     /// Publishes an Event about `obj`; failures are logged, never fatal.
-    pub async fn publish<K>(&self, obj: &K, warning: bool, reason: &str, action: &str, note: String)
+    pub async fn publish<K>(&self, obj: &K, action: &str, event: &EventNote)
     where
         K: Resource<DynamicType = ()>,
     {
-        let event = KubeEvent {
-            type_: if warning {
+        let reason = event.reason.as_str();
+        let kube_event = KubeEvent {
+            type_: if event.warning {
                 EventType::Warning
             } else {
                 EventType::Normal
             },
             reason: reason.to_string(),
-            note: Some(crate::crd::conditions::truncate_str(&note, 1000)),
+            note: Some(crate::crd::conditions::truncate_str(&event.note, 1000)),
             action: action.to_string(),
             secondary: None,
         };
-        if let Err(e) = self.recorder.publish(&event, &obj.object_ref(&())).await {
+        if let Err(e) = self
+            .recorder
+            .publish(&kube_event, &obj.object_ref(&()))
+            .await
+        {
             warn!(error = %e, reason, "failed to publish event");
         }
     }
@@ -640,7 +646,7 @@ mod tests {
         // Deciding the slim copy: its status comes back unchanged (so no write), the same action.
         let now = jiff::Timestamp::from_second(1_800_000_000).unwrap();
         let creds = CredentialsState::NotReady {
-            reason: "x".into(),
+            reason: crate::crd::reasons::Reason::CredentialsNotFound,
             message: "x".into(),
             stalled: false,
         };
