@@ -784,6 +784,22 @@ fn set_unfinished(c: &mut Conditions<'_>, reason: Reason, message: &str, stalled
     c.set(conditions::STALLED, stalled, reason, message);
 }
 
+/// The dbt Cloud status an attempt last reported. Status keeps it as display text
+/// ([`RunStatus::humanized`]); `None` for a status whose code is not kept (`Unknown`).
+pub fn attempt_status(attempt: &RunAttempt) -> Option<RunStatus> {
+    RunStatus::from_humanized(&attempt.status)
+}
+
+/// Whether an attempt's last reported status is `Error`.
+fn attempt_failed(attempt: &RunAttempt) -> bool {
+    attempt_status(attempt) == Some(RunStatus::Error)
+}
+
+/// Records an attempt's status as status shows it.
+fn set_attempt_status(attempt: &mut RunAttempt, status: RunStatus) {
+    attempt.status = status.humanized().to_string();
+}
+
 /// Keeps status far below etcd's 1.5 MiB object limit whatever dbt Cloud reports and however long
 /// the object lives: lists are bounded ([`MAX_STATUS_STEPS`], [`MAX_STATUS_ATTEMPTS`],
 /// [`MAX_FAILED_NODES`]) with what was left out counted in `stepsOmitted`, `attemptsOmitted` and
@@ -808,7 +824,6 @@ pub fn bound_status(status: &mut DbtCloudJobRunStatus) {
         .attempt_count
         .max(u32::try_from(n).unwrap_or(u32::MAX));
     if n > MAX_STATUS_ATTEMPTS {
-        let failed = RunStatus::Error.humanized();
         let mut keep = vec![false; n];
         keep[n - 1] = true;
         let mut kept = 1;
@@ -818,7 +833,7 @@ pub fn bound_status(status: &mut DbtCloudJobRunStatus) {
                 if kept == MAX_STATUS_ATTEMPTS {
                     break;
                 }
-                if !keep[i] && (!only_failed || status.attempts[i].status == failed) {
+                if !keep[i] && (!only_failed || attempt_failed(&status.attempts[i])) {
                     keep[i] = true;
                     kept += 1;
                 }
@@ -885,8 +900,8 @@ fn record_attempt(
         // their end was not recorded (a crash, or a concurrent write, between the retry's intent
         // and its outcome).
         for a in status.attempts.iter_mut().filter(|a| a.attempt < attempt) {
-            if a.finished_at.is_none() && a.status != RunStatus::Error.humanized() {
-                a.status = RunStatus::Error.humanized().to_string();
+            if a.finished_at.is_none() && !attempt_failed(a) {
+                set_attempt_status(a, RunStatus::Error);
             }
         }
     }
@@ -1362,7 +1377,7 @@ impl<'a> Decider<'a> {
 
     fn update_attempt(&mut self, run: &ObservedRun) {
         if let Some(a) = self.status.attempts.iter_mut().find(|a| a.run_id == run.id) {
-            a.status = run.status.humanized().to_string();
+            set_attempt_status(a, run.status);
             a.url = run.href.clone().or(a.url.take());
             a.created_at = time(run.created_at).or(a.created_at.take());
             a.started_at = time(run.started_at).or(a.started_at.take());
@@ -1383,10 +1398,12 @@ impl<'a> Decider<'a> {
             .attempts
             .iter()
             .filter(|a| {
-                a.status == RunStatus::Error.humanized()
+                attempt_failed(a)
                     || (a.attempt < latest
-                        && a.status != RunStatus::Success.humanized()
-                        && a.status != RunStatus::Cancelled.humanized())
+                        && !matches!(
+                            attempt_status(a),
+                            Some(RunStatus::Success | RunStatus::Cancelled)
+                        ))
             })
             .count() as u32
     }

@@ -1660,3 +1660,42 @@ fn deletion_without_a_status_or_a_deletion_time_lets_go_or_counts_from_now() {
     assert_eq!(cancelled_on_delete(100).reason, Reason::Cancelled);
     assert!(!cancelled_on_delete(100).warning);
 }
+
+#[test]
+fn attempt_status_reads_back_what_status_shows() {
+    for status in [
+        RunStatus::Queued,
+        RunStatus::Starting,
+        RunStatus::Running,
+        RunStatus::Success,
+        RunStatus::Error,
+        RunStatus::Cancelled,
+    ] {
+        let mut a = RunAttempt {
+            attempt: 1,
+            run_id: 1,
+            url: None,
+            kind: AttemptKind::Full,
+            status: String::new(),
+            created_at: None,
+            started_at: None,
+            finished_at: None,
+        };
+        set_attempt_status(&mut a, status);
+        assert_eq!(attempt_status(&a), Some(status));
+        assert_eq!(attempt_failed(&a), status == RunStatus::Error);
+    }
+    let mut a = RunAttempt {
+        attempt: 1,
+        run_id: 1,
+        url: None,
+        kind: AttemptKind::Full,
+        status: String::new(),
+        created_at: None,
+        started_at: None,
+        finished_at: None,
+    };
+    set_attempt_status(&mut a, RunStatus::Unknown(7));
+    assert_eq!(a.status, "Unknown");
+    assert_eq!(attempt_status(&a), None);
+}

@@ -2,6 +2,7 @@
 //! shared run poller, the pure run lifecycle and the pure trigger decision.
 
 pub mod credentials;
+pub mod credentials_policy;
 pub mod intent;
 pub mod job_run;
 pub mod job_trigger;
