@@ -34,7 +34,7 @@ use crate::crd::job_run::CredentialsKind;
 use crate::crd::reasons::Reason;
 use crate::crd::{ClusterDbtCloudCredentials, DbtCloudCredentials};
 use crate::dbt_cloud::{AccessHost, DbtCloudClient, DbtCloudError};
-use crate::{Error, Result};
+use crate::{Error, InStage, Result, Stage};
 
 /// What both credentials kinds have in common for the reconciler.
 pub trait CredentialsResource:
@@ -243,6 +243,7 @@ fn error_policy<K: CredentialsResource>(obj: Arc<K>, err: &Error, ctx: Arc<Conte
     warn!(name = %obj.name_any(), error = %err, "credentials reconcile failed");
     ctx.metrics
         .reconcile_failed(kind_name(K::KIND), err.metric_label());
+    ctx.report_failure(obj, err);
     Action::requeue(super::backoff(3))
 }
 
@@ -346,7 +347,8 @@ async fn reconcile<K: CredentialsResource>(obj: Arc<K>, ctx: Arc<Context>) -> Re
             &PatchParams::apply(FIELD_MANAGER).force(),
             &Patch::Apply(&body),
         )
-        .await?;
+        .await
+        .in_stage(Stage::WriteStatus)?;
         if let Some(event) = policy::event_for(&old, &status, &a) {
             match event.reason {
                 Reason::Validated => info!(account = target.account_id, "credentials validated"),

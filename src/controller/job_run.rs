@@ -33,7 +33,7 @@ use crate::dbt_cloud::{
     parse_timestamp, DbtCloudClient, DbtCloudError, ListJobsParams, ListRunsParams, RunStatus,
     TriggerRunRequest,
 };
-use crate::{Error, Result};
+use crate::{Error, InStage, Result, Stage};
 
 const KIND: &str = "DbtCloudJobRun";
 /// Longest step log tail kept for Events and status.
@@ -90,8 +90,10 @@ pub async fn reconcile(run: Arc<DbtCloudJobRun>, ctx: Arc<Context>) -> Result<Ac
     let seen = intent::effective(&run).map(Arc::new).unwrap_or(run);
     if seen.meta().deletion_timestamp.is_some() {
         if seen.finalizers().iter().any(|f| f == RUN_FINALIZER) {
-            cleanup(seen.clone(), &ctx).await?;
-            return remove_finalizer(&api, &seen).await;
+            cleanup(seen.clone(), &ctx).await.in_stage(Stage::Cleanup)?;
+            return remove_finalizer(&api, &seen)
+                .await
+                .in_stage(Stage::RemoveFinalizer);
         }
         return Ok(Action::await_change());
     }
@@ -127,7 +129,7 @@ async fn remove_finalizer(api: &Api<DbtCloudJobRun>, run: &DbtCloudJobRun) -> Re
 /// Requeue policy after a failed reconcile: soon for conflicts, `Retry-After` for rate limits,
 /// otherwise a jittered delay.
 pub fn error_policy(run: Arc<DbtCloudJobRun>, err: &Error, ctx: Arc<Context>) -> Action {
-    let inner = Some(err);
+    let inner = Some(err.cause());
     // A deletion waiting to cancel is not a failure.
     if let Some(Error::DeletionPending { retry_in, message }) = inner {
         debug!(object = %key_of(&run), "{message}; retrying in {retry_in:?}");
@@ -146,6 +148,7 @@ pub fn error_policy(run: Arc<DbtCloudJobRun>, err: &Error, ctx: Arc<Context>) ->
             .min(Duration::from_secs(10)),
     };
     warn!(object = %format!("{}/{}", run.namespace().unwrap_or_default(), run.name_any()), error = %err, "reconcile failed; retrying in {delay:?}");
+    ctx.report_failure(run, err);
     Action::requeue(jittered(delay))
 }
 
@@ -265,7 +268,9 @@ pub async fn credentials_for(
 }
 
 async fn apply(run: Arc<DbtCloudJobRun>, ctx: &Context) -> Result<Action> {
-    let (credentials, client) = credentials_for(&run, ctx).await?;
+    let (credentials, client) = credentials_for(&run, ctx)
+        .await
+        .in_stage(Stage::ResolveCredentials)?;
     let mut obs = Observation::new(Timestamp::now(), credentials);
     let obj_ref = ObjectRef::from_obj(run.as_ref());
     let interval = Duration::from_secs(run.spec.poll_interval_seconds.max(1) as u64);
@@ -274,7 +279,9 @@ async fn apply(run: Arc<DbtCloudJobRun>, ctx: &Context) -> Result<Action> {
         let decision = lifecycle::decide(&run, &obs, &ctx.config.lifecycle);
         let action = decision.action.clone();
         if let lifecycle::Action::Settle { requeue } = action {
-            write_status(ctx, &run, &decision.status).await?;
+            write_status(ctx, &run, &decision.status)
+                .await
+                .in_stage(Stage::WriteStatus)?;
             publish_all(ctx, &run, &decision, notes).await;
             follow(
                 ctx,
@@ -297,7 +304,8 @@ async fn apply(run: Arc<DbtCloudJobRun>, ctx: &Context) -> Result<Action> {
                 &run.namespace().unwrap_or_default(),
             )
             .delete(&run.name_any(), &Default::default())
-            .await?;
+            .await
+            .in_stage(Stage::Delete)?;
             return Ok(Action::await_change());
         }
         let Some(client) = client.as_ref() else {
@@ -314,9 +322,11 @@ async fn apply(run: Arc<DbtCloudJobRun>, ctx: &Context) -> Result<Action> {
                     outcome: found,
                     duplicates,
                     ..
-                } = find_pending_run(client, &search).await?;
+                } = find_pending_run(client, &search)
+                    .await
+                    .in_stage(Stage::FindRun)?;
                 for dup in duplicates {
-                    client.cancel_run(dup).await?;
+                    client.cancel_run(dup).await.in_stage(Stage::Cancel)?;
                     notes.push(EventNote::warning(Reason::DuplicateRunCancelled, format!("dbt Cloud run {dup} carries the same attempt marker as an earlier run and was cancelled")));
                 }
                 if matches!(found, PendingSearch::Found(_)) {
@@ -325,13 +335,17 @@ async fn apply(run: Arc<DbtCloudJobRun>, ctx: &Context) -> Result<Action> {
                 obs.pending_search = found;
             }
             lifecycle::Action::ObserveNewestRun { job_id } => {
-                obs.newest_run_id = Some(newest_run_id(client, job_id).await?);
+                obs.newest_run_id = Some(
+                    newest_run_id(client, job_id)
+                        .await
+                        .in_stage(Stage::Trigger)?,
+                );
             }
             lifecycle::Action::ObserveRun { run_id } => {
                 let known = ctx.poller.snapshot(&obj_ref, run_id);
                 let current = match known {
                     Some(k) => k,
-                    None => observe(&client.get_run(run_id, &[]).await?),
+                    None => observe(&client.get_run(run_id, &[]).await.in_stage(Stage::Follow)?),
                 };
                 obs.current_run = Some(current);
             }
@@ -340,7 +354,7 @@ async fn apply(run: Arc<DbtCloudJobRun>, ctx: &Context) -> Result<Action> {
             }
             lifecycle::Action::CancelRun { run_id, reason } => {
                 info!(run_id, ?reason, "cancelling dbt Cloud run");
-                let answer = client.cancel_run(run_id).await?;
+                let answer = client.cancel_run(run_id).await.in_stage(Stage::Cancel)?;
                 obs.current_run = Some(lifecycle::after_cancel_accepted(observe(&answer)));
             }
             lifecycle::Action::StartAttempt(request) => {
@@ -354,7 +368,8 @@ async fn apply(run: Arc<DbtCloudJobRun>, ctx: &Context) -> Result<Action> {
                     (&obj_ref, interval),
                     credentials,
                 )
-                .await;
+                .await
+                .in_stage(Stage::Trigger);
             }
             lifecycle::Action::Settle { .. } | lifecycle::Action::Delete => {
                 unreachable!("handled above")
@@ -373,7 +388,9 @@ async fn finished(
     api: &Api<DbtCloudJobRun>,
 ) -> Result<Action> {
     if run.finalizers().iter().any(|f| f == RUN_FINALIZER) {
-        remove_finalizer(api, &run).await?;
+        remove_finalizer(api, &run)
+            .await
+            .in_stage(Stage::RemoveFinalizer)?;
     }
     if run.meta().deletion_timestamp.is_some() {
         ctx.metrics.set_run_phase(&key_of(&run), None);
@@ -593,7 +610,9 @@ async fn start_attempt(
                 &ctx.config.lifecycle,
                 now,
             );
-            write_status(ctx, &recorded, &status).await?;
+            write_status(ctx, &recorded, &status)
+                .await
+                .in_stage(Stage::WriteStatus)?;
             ctx.metrics.runs_triggered.inc();
             info!(run_id = started.id, "dbt Cloud run started");
             // No Event for a successful start (the status says it): Events are kept for failures
@@ -633,7 +652,9 @@ async fn start_attempt(
                 _ => {}
             }
             if let Some(status) = &next.status {
-                write_status(ctx, &recorded, status).await?;
+                write_status(ctx, &recorded, status)
+                    .await
+                    .in_stage(Stage::WriteStatus)?;
                 ctx.metrics.set_run_phase(&key_of(run), Some(status.phase));
             }
             if let Some(event) = &next.event {
@@ -918,7 +939,9 @@ async fn cleanup(run: Arc<DbtCloudJobRun>, ctx: &Context) -> Result<Action> {
                         "the deletion asked for a search it cannot make".into(),
                     ));
                 };
-                let found = find_pending_run(client, &search).await?;
+                let found = find_pending_run(client, &search)
+                    .await
+                    .in_stage(Stage::FindRun)?;
                 obs.pending_search = found.outcome;
                 obs.duplicates = found.duplicates;
             }
@@ -942,7 +965,7 @@ async fn cleanup(run: Arc<DbtCloudJobRun>, ctx: &Context) -> Result<Action> {
                             )
                             .await;
                         }
-                        Err(e) => return Err(e.into()),
+                        Err(e) => return Err(Error::from(e).in_stage(Stage::Cancel)),
                     }
                 }
                 ctx.metrics.set_run_phase(&key_of(&run), None);

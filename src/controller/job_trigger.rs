@@ -23,7 +23,7 @@ use super::written::Freshness;
 use super::{jittered, Context, FIELD_MANAGER, MAX_REQUEUE_DELAY};
 use crate::crd::reasons::Reason;
 use crate::crd::{DbtCloudJobRun, DbtCloudJobTrigger, DbtCloudJobTriggerStatus};
-use crate::{Error, Result};
+use crate::{Error, InStage, Result, Stage};
 
 const KIND: &str = "DbtCloudJobTrigger";
 /// Event reasons of effects already performed when a reconcile ends (as opposed to decisions
@@ -73,7 +73,7 @@ pub fn error_policy(
     ctx: Arc<TriggerContext>,
 ) -> Action {
     ctx.base.metrics.reconcile_failed(KIND, err.metric_label());
-    let delay = match err {
+    let delay = match err.cause() {
         Error::Conflict(_) => Duration::from_millis(500),
         _ => ctx
             .base
@@ -83,6 +83,7 @@ pub fn error_policy(
             .min(Duration::from_secs(10)),
     };
     warn!(object = %format!("{}/{}", trigger.namespace().unwrap_or_default(), trigger.name_any()), error = %err, "reconcile failed; retrying in {delay:?}");
+    ctx.base.report_failure(trigger, err);
     Action::requeue(jittered(delay))
 }
 
@@ -146,7 +147,7 @@ async fn apply(trigger: &DbtCloudJobTrigger, ctx: &TriggerContext, ns: &str) -> 
     let status = trigger.status.clone().unwrap_or_default();
     for a in &status.active {
         if !owned.iter().any(|r| r.name_any() == a.name) {
-            if let Some(run) = runs.get_opt(&a.name).await? {
+            if let Some(run) = runs.get_opt(&a.name).await.in_stage(Stage::ManageRuns)? {
                 if controlled_by(&run, &uid) {
                     owned.push(Arc::new(run));
                 }
@@ -205,7 +206,7 @@ async fn apply(trigger: &DbtCloudJobTrigger, ctx: &TriggerContext, ns: &str) -> 
             }
             // 409 (it exists already) and success: go ahead.
             Ok(_) | Err(kube::Error::Api(_)) => {}
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(Error::from(e).in_stage(Stage::ManageRuns)),
         }
     }
     for run in cancel {
@@ -216,7 +217,7 @@ async fn apply(trigger: &DbtCloudJobTrigger, ctx: &TriggerContext, ns: &str) -> 
         {
             Ok(_) => info!(run = %run, "cancelled for concurrencyPolicy Replace"),
             Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(Error::from(e).in_stage(Stage::ManageRuns)),
         }
     }
     for start in starts {
@@ -233,7 +234,10 @@ async fn apply(trigger: &DbtCloudJobTrigger, ctx: &TriggerContext, ns: &str) -> 
             }
             Err(kube::Error::Api(s)) if s.code == 409 => {
                 // Created before (a crash, a stale read): done, if it is ours.
-                let existing = runs.get_opt(&start.name).await?;
+                let existing = runs
+                    .get_opt(&start.name)
+                    .await
+                    .in_stage(Stage::ManageRuns)?;
                 if existing.as_ref().is_some_and(|r| controlled_by(r, &uid)) {
                     debug!(run = %start.name, "run exists already");
                     record_start(&mut status, start);
@@ -251,14 +255,14 @@ async fn apply(trigger: &DbtCloudJobTrigger, ctx: &TriggerContext, ns: &str) -> 
                 ));
                 break;
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(Error::from(e).in_stage(Stage::ManageRuns)),
         }
     }
     for run in &decision.delete {
         match runs.delete(run, &DeleteParams::background()).await {
             Ok(_) => debug!(run = %run, "deleted beyond the history limit"),
             Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(Error::from(e).in_stage(Stage::ManageRuns)),
         }
     }
     match write_status(ctx, trigger, &status).await {
@@ -272,7 +276,7 @@ async fn apply(trigger: &DbtCloudJobTrigger, ctx: &TriggerContext, ns: &str) -> 
             }
             return Ok(Action::requeue(Duration::from_millis(200)));
         }
-        other => other?,
+        other => other.in_stage(Stage::WriteStatus)?,
     };
     for n in notes {
         ctx.base.publish(trigger, "Reconcile", &n).await;

@@ -29,7 +29,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use rand::Rng;
 use tracing::{info, warn};
 
-use crate::crd::reasons::EventNote;
+use crate::crd::reasons::{EventNote, Reason};
 use crate::crd::{
     ClusterDbtCloudCredentials, DbtCloudCredentials, DbtCloudJobRun, DbtCloudJobTrigger,
 };
@@ -256,6 +256,25 @@ impl Context {
     pub fn watches_namespace(&self, namespace: &str) -> bool {
         self.config.watch_namespaces.is_empty()
             || self.config.watch_namespaces.iter().any(|n| n == namespace)
+    }
+
+    /// Reports a failed reconcile of `obj` as a Warning Event (reason `ReconcileFailed`, the
+    /// error as the note; errors carry no secrets), published in the background because error
+    /// policies are synchronous. Routine failures (see [`crate::Error::is_reportable`]) are not
+    /// reported.
+    pub fn report_failure<K>(self: &Arc<Self>, obj: Arc<K>, err: &crate::Error)
+    where
+        K: Resource<DynamicType = ()> + Send + Sync + 'static,
+    {
+        if !err.is_reportable() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let event = EventNote::warning(Reason::ReconcileFailed, err.to_string());
+        let ctx = self.clone();
+        runtime.spawn(async move { ctx.publish(obj.as_ref(), "Reconcile", &event).await });
     }
 
     /// Publishes an Event about `obj`; failures are logged, never fatal.
