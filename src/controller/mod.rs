@@ -1,5 +1,6 @@
 //! Controllers: the shared [`Context`], the credentials, job-run and job-trigger reconcilers, the
-//! shared run poller, the pure run lifecycle and the pure trigger decision.
+//! shared run poller, and their pure cores: the run lifecycle, the credentials policy and the
+//! trigger decision.
 
 pub mod credentials;
 pub mod credentials_policy;
