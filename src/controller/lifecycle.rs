@@ -29,7 +29,6 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::ResourceExt;
 
 use crate::crd::conditions::{self, Conditions};
 use crate::crd::job_run::{
@@ -407,6 +406,15 @@ pub fn trigger_may_still_appear(
     settings: &Settings,
 ) -> bool {
     confirm_waited(pending, now) < settings.ambiguity_window.as_secs() as i64
+}
+
+/// The object's name (or, before it has one, its `generateName`), as `kube`'s `name_any` gives it.
+fn object_name(run: &DbtCloudJobRun) -> String {
+    let meta = &run.metadata;
+    meta.name
+        .clone()
+        .or_else(|| meta.generate_name.clone())
+        .unwrap_or_default()
 }
 
 /// Decides the next step for a run. Pure: same inputs, same output.
@@ -970,7 +978,7 @@ impl<'a> Decider<'a> {
     }
 
     fn uid(&self) -> String {
-        self.run.uid().unwrap_or_default()
+        self.run.metadata.uid.clone().unwrap_or_default()
     }
 
     fn poll_interval(&self) -> Duration {
@@ -1351,8 +1359,8 @@ impl<'a> Decider<'a> {
                     .and_then(|t| t.cause.clone())
                     .unwrap_or_else(|| {
                         default_cause(
-                            &self.run.namespace().unwrap_or_default(),
-                            &self.run.name_any(),
+                            self.run.metadata.namespace.as_deref().unwrap_or_default(),
+                            &object_name(self.run),
                         )
                     });
                 StartRequest::Trigger {
