@@ -1557,7 +1557,8 @@ mod sim {
             3_003,
             "three setup steps + the job's 3,000 commands"
         );
-        let (name, log) = details.failed_step.clone().expect("the failing step");
+        let failed = details.failed_step.clone().expect("the failing step");
+        let (name, log) = (failed.name, failed.log_tail);
         assert!(name.contains("model_2999"), "{name}");
         assert!(
             log.ends_with("TOTAL=4") && log.len() < 400,

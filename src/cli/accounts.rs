@@ -121,5 +121,5 @@ async fn stored_key(client: &kube::Client, target: &CredentialsTarget) -> CliRes
     })?;
     key_from_secret(&secret, target)
         .map(SecretString::from)
-        .map_err(|(_, message)| CliError::new(message))
+        .map_err(|problem| CliError::new(problem.message))
 }

@@ -17,7 +17,6 @@ use std::sync::Arc;
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::watcher;
@@ -26,14 +25,16 @@ use secrecy::SecretString;
 use serde::de::DeserializeOwned;
 use tracing::{info, instrument, warn};
 
+use super::credentials_policy::{self as policy, CallFailure, FailureKind};
+pub use super::credentials_policy::{key_from_secret, SecretProblem};
 use super::registry::{CredentialsEntry, CredentialsKey, CredentialsRegistry, LiveCredentials};
 use super::{jittered, Context, FIELD_MANAGER};
-use crate::crd::conditions::{self, set_condition};
 use crate::crd::credentials::{CredentialsStatus, CredentialsTarget};
 use crate::crd::job_run::CredentialsKind;
+use crate::crd::reasons::Reason;
 use crate::crd::{ClusterDbtCloudCredentials, DbtCloudCredentials};
 use crate::dbt_cloud::{AccessHost, DbtCloudClient, DbtCloudError};
-use crate::{Error, Result};
+use crate::{Error, InStage, Result, Stage};
 
 /// What both credentials kinds have in common for the reconciler.
 pub trait CredentialsResource:
@@ -75,48 +76,6 @@ impl CredentialsResource for ClusterDbtCloudCredentials {
     }
 }
 
-/// Result of checking credentials.
-#[derive(Debug)]
-struct Assessment {
-    reason: String,
-    message: String,
-    /// Only a user change can fix it (as opposed to an outage or rate limit).
-    stalled: bool,
-    account_name: Option<String>,
-    fingerprint: Option<String>,
-    validated_at: Option<Timestamp>,
-    client: Option<DbtCloudClient>,
-}
-
-impl Assessment {
-    /// The key validated earlier is still the one in the Secret: keep its Ready state.
-    fn still_valid(old: &CredentialsStatus, fingerprint: String, client: DbtCloudClient) -> Self {
-        Self {
-            reason: "Valid".into(),
-            message: conditions::find(&old.conditions, conditions::READY)
-                .map(|c| c.message.clone())
-                .unwrap_or_default(),
-            stalled: false,
-            account_name: old.account_name.clone(),
-            fingerprint: Some(fingerprint),
-            validated_at: old.last_validated_time.as_ref().map(|t| t.0),
-            client: Some(client),
-        }
-    }
-
-    fn failed(reason: &str, message: String, stalled: bool) -> Self {
-        Self {
-            reason: reason.into(),
-            message,
-            stalled,
-            account_name: None,
-            fingerprint: None,
-            validated_at: None,
-            client: None,
-        }
-    }
-}
-
 /// A short, non-reversible fingerprint of a key (first 12 hex digits of its SHA-256).
 pub fn fingerprint(key: &str) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, key.as_bytes());
@@ -129,126 +88,65 @@ pub fn fingerprint(key: &str) -> String {
     format!("sha256:{hex}")
 }
 
-/// Extracts the API key from a Secret, or explains what is wrong with it.
-pub fn key_from_secret(
-    secret: &Secret,
-    target: &CredentialsTarget,
-) -> Result<String, (String, String)> {
-    let name = &target.secret.name;
-    let key = &target.secret.key;
-    let data = secret.data.clone().unwrap_or_default();
-    let Some(value) = data.get(key) else {
-        let mut present: Vec<&String> = data.keys().collect();
-        present.sort();
-        return Err((
-            "SecretKeyMissing".into(),
-            format!(
-                "Secret '{name}' has no key '{key}' (keys present: {}). Add the key, or set spec.apiKeySecretRef.key to the key that holds the API key",
-                if present.is_empty() { "none".to_string() } else { present.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", ") }
-            ),
-        ));
+/// What a failed call to dbt Cloud means to the credentials policy.
+fn call_failure(e: &DbtCloudError) -> CallFailure {
+    let kind = match e {
+        DbtCloudError::Unauthorized { .. } => FailureKind::Unauthorized,
+        DbtCloudError::Forbidden { .. } | DbtCloudError::NotFound { .. } => FailureKind::NoAccess,
+        DbtCloudError::RateLimited { .. } => FailureKind::RateLimited,
+        e if e.is_retryable() => FailureKind::Unreachable,
+        e => FailureKind::Other(e.condition_reason()),
     };
-    let Ok(text) = std::str::from_utf8(&value.0) else {
-        return Err((
-            "SecretKeyInvalid".into(),
-            format!("The value of key '{key}' in Secret '{name}' is not text; it must hold the dbt Cloud API key as plain text"),
-        ));
-    };
-    let text = text.trim();
-    if text.is_empty() {
-        return Err((
-            "SecretKeyInvalid".into(),
-            format!("The value of key '{key}' in Secret '{name}' is empty"),
-        ));
-    }
-    if text.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err((
-            "SecretKeyInvalid".into(),
-            format!("The value of key '{key}' in Secret '{name}' contains spaces or control characters; it must hold only the token (no `Token ` prefix, no line breaks)"),
-        ));
-    }
-    Ok(text.to_string())
-}
-
-fn explain(
-    e: &DbtCloudError,
-    account_id: i64,
-    accessible: Option<Vec<String>>,
-) -> (String, String, bool) {
-    match e {
-        DbtCloudError::Unauthorized { .. } => (
-            "Unauthorized".into(),
-            format!(
-                "{}. Ensure the credentials are correct and unexpired",
-                e.to_string().trim_end_matches('.')
-            ),
-            true,
-        ),
-        DbtCloudError::Forbidden { .. } | DbtCloudError::NotFound { .. } => {
-            let list = accessible
-                .map(|a| {
-                    if a.is_empty() {
-                        "none".to_string()
-                    } else {
-                        a.join(", ")
-                    }
-                })
-                .map(|a| format!(" Accounts this key can access: {a}."))
-                .unwrap_or_default();
-            (
-                "AccountNotAccessible".into(),
-                format!("The key cannot access dbt Cloud account {account_id} (check spec.accountId and the token's permissions).{list}"),
-                true,
-            )
-        }
-        DbtCloudError::RateLimited { .. } => {
-            ("RateLimited".into(), format!("{e}; will retry"), false)
-        }
-        e if e.is_retryable() => (
-            "Unreachable".into(),
-            format!("Cannot reach dbt Cloud: {e}; will retry"),
-            false,
-        ),
-        e => (e.reason().to_string(), e.to_string(), true),
+    CallFailure {
+        kind,
+        error: e.to_string(),
     }
 }
 
-async fn assess<K: CredentialsResource>(
-    obj: &K,
-    target: &CredentialsTarget,
+/// Gathers what [`policy::assess`] needs (host check, Secret, key, dbt Cloud's answer) and returns
+/// its assessment, with a client when the credentials are usable.
+async fn assess(
+    facts: &policy::Facts<'_>,
     ctx: &Context,
-    now: Timestamp,
-) -> Assessment {
+) -> (policy::Assessment, Option<DbtCloudClient>) {
+    let (observed, client) = observe(facts, ctx).await;
+    if let policy::Observed::Key {
+        validation: policy::Validation::Failed { failure, .. },
+        fingerprint,
+    } = &observed
+    {
+        if policy::keeps_valid(facts, fingerprint, failure) {
+            warn!(error = %failure.error, "revalidation failed transiently; keeping the key valid");
+        }
+    }
+    let a = policy::assess(facts, &observed);
+    let client = client.filter(|_| a.ready);
+    (a, client)
+}
+
+/// The IO of an assessment: reads the Secret, builds a client, asks dbt Cloud (unless the key was
+/// validated recently).
+async fn observe(
+    facts: &policy::Facts<'_>,
+    ctx: &Context,
+) -> (policy::Observed, Option<DbtCloudClient>) {
+    use policy::Observed;
+    let target = facts.target;
     let host = match AccessHost::parse(&target.host, &ctx.config.client.allowed_host_suffixes) {
         Ok(h) => h,
-        Err(e) => return Assessment::failed("InvalidHost", format!("spec.host: {e}"), true),
+        Err(e) => return (Observed::InvalidHost(e.to_string()), None),
     };
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &target.secret_namespace);
     let secret = match secrets.get_opt(&target.secret.name).await {
         Ok(Some(s)) => s,
-        Ok(None) => {
-            return Assessment::failed(
-                "SecretNotFound",
-                format!(
-                    "Secret '{}' not found in namespace '{}'. Create it: kubectl create secret generic {} -n {} --from-literal={}=<dbt Cloud API token>",
-                    target.secret.name, target.secret_namespace, target.secret.name, target.secret_namespace, target.secret.key
-                ),
-                true,
-            )
-        }
-        Err(e) => {
-            return Assessment::failed(
-                "SecretUnreadable",
-                format!("Cannot read Secret '{}' in namespace '{}': {e}", target.secret.name, target.secret_namespace),
-                false,
-            )
-        }
+        Ok(None) => return (Observed::SecretMissing, None),
+        Err(e) => return (Observed::SecretUnreadable(e.to_string()), None),
     };
     let key = match key_from_secret(&secret, target) {
         Ok(k) => k,
-        Err((reason, message)) => return Assessment::failed(&reason, message, true),
+        Err(problem) => return (Observed::BadKey(problem), None),
     };
-    let fp = fingerprint(&key);
+    let fingerprint = fingerprint(&key);
     let client = match DbtCloudClient::new(
         host,
         target.account_id,
@@ -260,51 +158,28 @@ async fn assess<K: CredentialsResource>(
     ) {
         Ok(c) => c,
         Err(e) => {
-            let mut a = Assessment::failed("InvalidCredentials", e.to_string(), true);
-            a.fingerprint = Some(fp);
-            return a;
+            return (
+                Observed::InvalidClient {
+                    fingerprint,
+                    error: e.to_string(),
+                },
+                None,
+            )
         }
     };
-    // Skip the dbt Cloud call when this exact key and spec were validated recently.
-    let old = obj.credentials_status().cloned().unwrap_or_default();
-    let recent = old.last_validated_time.as_ref().is_some_and(|t| {
-        now.as_second() - t.0.as_second() < ctx.config.revalidate_every.as_secs() as i64
-    });
-    if conditions::is_true(&old.conditions, conditions::READY)
-        && old.key_fingerprint.as_deref() == Some(fp.as_str())
-        && old.observed_generation == obj.meta().generation
-        && recent
+    let validation = if !policy::needs_validation(facts, &fingerprint, ctx.config.revalidate_every)
     {
-        return Assessment::still_valid(&old, fp, client);
-    }
-    match client.get_account().await {
-        Ok(account) => {
-            let name = account.name.clone();
-            Assessment {
-                reason: "Valid".into(),
-                message: format!(
-                    "API key validated for dbt Cloud account {}{} on {}",
-                    target.account_id,
-                    name.as_ref().map(|n| format!(" ({n})")).unwrap_or_default(),
-                    target.host
-                ),
-                stalled: false,
-                account_name: name,
-                fingerprint: Some(fp),
-                validated_at: Some(now),
-                client: Some(client),
-            }
-        }
-        Err(e) => {
-            // A transient failure does not invalidate a key that was valid a moment ago.
-            if !e.is_retryable()
-                || old.key_fingerprint.as_deref() != Some(fp.as_str())
-                || !conditions::is_true(&old.conditions, conditions::READY)
-            {
-                let accessible = if matches!(
-                    e,
-                    DbtCloudError::Forbidden { .. } | DbtCloudError::NotFound { .. }
-                ) {
+        policy::Validation::Recent
+    } else {
+        match client.get_account().await {
+            Ok(account) => policy::Validation::Valid {
+                account_name: account.name,
+            },
+            Err(e) => {
+                let failure = call_failure(&e);
+                let accessible = if policy::wants_accessible_accounts(&failure)
+                    && !policy::keeps_valid(facts, &fingerprint, &failure)
+                {
                     client.list_accounts().await.ok().map(|accounts| {
                         accounts
                             .iter()
@@ -314,15 +189,20 @@ async fn assess<K: CredentialsResource>(
                 } else {
                     None
                 };
-                let (reason, message, stalled) = explain(&e, target.account_id, accessible);
-                let mut a = Assessment::failed(&reason, message, stalled);
-                a.fingerprint = Some(fp);
-                return a;
+                policy::Validation::Failed {
+                    failure,
+                    accessible,
+                }
             }
-            warn!(error = %e, "revalidation failed transiently; keeping the key valid");
-            Assessment::still_valid(&old, fp, client)
         }
-    }
+    };
+    (
+        Observed::Key {
+            fingerprint,
+            validation,
+        },
+        Some(client),
+    )
 }
 
 /// Reconciles a namespaced `DbtCloudCredentials`.
@@ -363,6 +243,7 @@ fn error_policy<K: CredentialsResource>(obj: Arc<K>, err: &Error, ctx: Arc<Conte
     warn!(name = %obj.name_any(), error = %err, "credentials reconcile failed");
     ctx.metrics
         .reconcile_failed(kind_name(K::KIND), err.metric_label());
+    ctx.report_failure(obj, err);
     Action::requeue(super::backoff(3))
 }
 
@@ -426,8 +307,14 @@ async fn reconcile<K: CredentialsResource>(obj: Arc<K>, ctx: Arc<Context>) -> Re
     }
     let now = Timestamp::now();
     let target = obj.target(&ctx.config.operator_namespace);
-    let a = assess(obj.as_ref(), &target, &ctx, now).await;
-    let ready = a.client.is_some();
+    let old = obj.credentials_status().cloned().unwrap_or_default();
+    let facts = policy::Facts {
+        target: &target,
+        old: &old,
+        generation: obj.meta().generation,
+        now,
+    };
+    let (a, client) = assess(&facts, &ctx).await;
     let stored = ctx.credentials.put_if_current(
         key.clone(),
         CredentialsEntry {
@@ -435,8 +322,8 @@ async fn reconcile<K: CredentialsResource>(obj: Arc<K>, ctx: Arc<Context>) -> Re
             target: target.clone(),
             generation: obj.meta().generation,
             fingerprint: a.fingerprint.clone(),
-            client: a.client.clone(),
-            reason: a.reason.clone(),
+            client,
+            reason: a.reason,
             message: a.message.clone(),
             stalled: a.stalled,
         },
@@ -447,38 +334,7 @@ async fn reconcile<K: CredentialsResource>(obj: Arc<K>, ctx: Arc<Context>) -> Re
         return Ok(Action::await_change());
     }
 
-    let old = obj.credentials_status().cloned().unwrap_or_default();
-    let mut status = old.clone();
-    let gen = obj.meta().generation;
-    status.observed_generation = gen;
-    status.account_name = a.account_name.clone().or(if ready {
-        old.account_name.clone()
-    } else {
-        None
-    });
-    status.key_fingerprint = a.fingerprint.clone();
-    status.last_validated_time = a.validated_at.map(Time).or(old.last_validated_time.clone());
-    let c = &mut status.conditions;
-    set_condition(c, conditions::READY, ready, &a.reason, &a.message, gen, now);
-    set_condition(
-        c,
-        conditions::RECONCILING,
-        !ready && !a.stalled,
-        &a.reason,
-        &a.message,
-        gen,
-        now,
-    );
-    set_condition(
-        c,
-        conditions::STALLED,
-        !ready && a.stalled,
-        &a.reason,
-        &a.message,
-        gen,
-        now,
-    );
-
+    let status = policy::status_for(&facts, &a);
     if status != old {
         let api = obj.api_for(ctx.client.clone());
         let body = serde_json::json!({
@@ -491,109 +347,28 @@ async fn reconcile<K: CredentialsResource>(obj: Arc<K>, ctx: Arc<Context>) -> Re
             &PatchParams::apply(FIELD_MANAGER).force(),
             &Patch::Apply(&body),
         )
-        .await?;
-        let was_ready = conditions::find(&old.conditions, conditions::READY)
-            .map(|c| (c.status.clone(), c.reason.clone()));
-        let now_ready = (conditions::status_str(ready), a.reason.clone());
-        if was_ready.as_ref() != Some(&now_ready) {
-            if ready {
-                info!(account = target.account_id, "credentials validated");
-                ctx.publish(
-                    obj.as_ref(),
-                    false,
-                    "Validated",
-                    "Validate",
-                    a.message.clone(),
-                )
-                .await;
-            } else {
-                warn!(reason = %a.reason, "credentials not ready");
-                ctx.publish(obj.as_ref(), true, &a.reason, "Validate", a.message.clone())
-                    .await;
+        .await
+        .in_stage(Stage::WriteStatus)?;
+        if let Some(event) = policy::event_for(&old, &status, &a) {
+            match event.reason {
+                Reason::Validated => info!(account = target.account_id, "credentials validated"),
+                Reason::KeyRotated => info!("credentials use a new key"),
+                reason => warn!(%reason, "credentials not ready"),
             }
-        } else if old.key_fingerprint.is_some() && old.key_fingerprint != status.key_fingerprint {
-            ctx.publish(
-                obj.as_ref(),
-                false,
-                "KeyRotated",
-                "Validate",
-                "A new API key was found in the Secret and validated".into(),
-            )
-            .await;
+            ctx.publish(obj.as_ref(), "Validate", &event).await;
         }
     }
-    let requeue = if ready || a.stalled {
-        ctx.config.secret_refresh
-    } else {
-        ctx.config.lifecycle.credentials_retry
-    };
+    let requeue = policy::requeue_after(
+        &a,
+        ctx.config.secret_refresh,
+        ctx.config.lifecycle.credentials_retry,
+    );
     Ok(Action::requeue(jittered(requeue)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::SecretKeyRef;
-    use k8s_openapi::ByteString;
-
-    fn target() -> CredentialsTarget {
-        CredentialsTarget {
-            account_id: 1,
-            host: "cloud.getdbt.com".into(),
-            secret: SecretKeyRef {
-                name: "dbt".into(),
-                key: "apiKey".into(),
-            },
-            secret_namespace: "ns".into(),
-        }
-    }
-
-    fn secret(pairs: &[(&str, &[u8])]) -> Secret {
-        Secret {
-            data: Some(
-                pairs
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), ByteString(v.to_vec())))
-                    .collect(),
-            ),
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn secret_key_problems_are_explained() {
-        let (reason, msg) = key_from_secret(&secret(&[("token", b"x")]), &target()).unwrap_err();
-        assert_eq!(reason, "SecretKeyMissing");
-        assert!(msg.contains("keys present: token"), "{msg}");
-        assert_eq!(
-            key_from_secret(&secret(&[("apiKey", b"  ")]), &target())
-                .unwrap_err()
-                .0,
-            "SecretKeyInvalid"
-        );
-        assert_eq!(
-            key_from_secret(&secret(&[("apiKey", &[0xff, 0xfe])]), &target())
-                .unwrap_err()
-                .0,
-            "SecretKeyInvalid"
-        );
-        assert_eq!(
-            key_from_secret(&secret(&[("apiKey", b"Token dbtc_x")]), &target())
-                .unwrap_err()
-                .0,
-            "SecretKeyInvalid"
-        );
-        assert_eq!(
-            key_from_secret(&secret(&[("apiKey", b"dbtc_abc\n")]), &target()).unwrap(),
-            "dbtc_abc"
-        );
-        assert_eq!(
-            key_from_secret(&Secret::default(), &target())
-                .unwrap_err()
-                .0,
-            "SecretKeyMissing"
-        );
-    }
 
     #[test]
     fn fingerprint_is_stable_short_and_not_the_key() {

@@ -16,8 +16,9 @@ use kube::{Api, Resource, ResourceExt};
 use tracing::{debug, info, instrument, warn};
 
 use super::lifecycle::{
-    self, after_start_rejected, after_start_settled, CredentialsState, JobResolution, Observation,
-    PendingSearch, RunDetails, RunSearch, StartRequest,
+    self, after_start_failed, after_start_settled, Cleanup, CredentialsState, DeletionObservation,
+    EventNote, FailedStep, JobResolution, Observation, PendingSearch, Requeue, RunDetails,
+    StartFailure, StartRequest,
 };
 use super::poller::{follow_plan, observe, Follow};
 use super::registry::{CredentialsKey, Lookup};
@@ -26,12 +27,13 @@ use super::{intent, jittered, written, Context, FIELD_MANAGER, RUN_FINALIZER};
 use crate::crd::job_run::{
     CredentialsKind, JobSelector, ResultsSummary, StepSummary, TriggerOverrides,
 };
+use crate::crd::reasons::Reason;
 use crate::crd::{DbtCloudJobRun, DbtCloudJobRunStatus};
 use crate::dbt_cloud::{
     parse_timestamp, DbtCloudClient, DbtCloudError, ListJobsParams, ListRunsParams, RunStatus,
     TriggerRunRequest,
 };
-use crate::{Error, Result};
+use crate::{Error, InStage, Result, Stage};
 
 const KIND: &str = "DbtCloudJobRun";
 /// Longest step log tail kept for Events and status.
@@ -88,8 +90,10 @@ pub async fn reconcile(run: Arc<DbtCloudJobRun>, ctx: Arc<Context>) -> Result<Ac
     let seen = intent::effective(&run).map(Arc::new).unwrap_or(run);
     if seen.meta().deletion_timestamp.is_some() {
         if seen.finalizers().iter().any(|f| f == RUN_FINALIZER) {
-            cleanup(seen.clone(), &ctx).await?;
-            return remove_finalizer(&api, &seen).await;
+            cleanup(seen.clone(), &ctx).await.in_stage(Stage::Cleanup)?;
+            return remove_finalizer(&api, &seen)
+                .await
+                .in_stage(Stage::RemoveFinalizer);
         }
         return Ok(Action::await_change());
     }
@@ -125,7 +129,7 @@ async fn remove_finalizer(api: &Api<DbtCloudJobRun>, run: &DbtCloudJobRun) -> Re
 /// Requeue policy after a failed reconcile: soon for conflicts, `Retry-After` for rate limits,
 /// otherwise a jittered delay.
 pub fn error_policy(run: Arc<DbtCloudJobRun>, err: &Error, ctx: Arc<Context>) -> Action {
-    let inner = Some(err);
+    let inner = Some(err.cause());
     // A deletion waiting to cancel is not a failure.
     if let Some(Error::DeletionPending { retry_in, message }) = inner {
         debug!(object = %key_of(&run), "{message}; retrying in {retry_in:?}");
@@ -144,6 +148,7 @@ pub fn error_policy(run: Arc<DbtCloudJobRun>, err: &Error, ctx: Arc<Context>) ->
             .min(Duration::from_secs(10)),
     };
     warn!(object = %format!("{}/{}", run.namespace().unwrap_or_default(), run.name_any()), error = %err, "reconcile failed; retrying in {delay:?}");
+    ctx.report_failure(run, err);
     Action::requeue(jittered(delay))
 }
 
@@ -186,10 +191,10 @@ pub async fn credentials_for(
     let ns = run.namespace().unwrap_or_default();
     let r = &run.spec.credentials_ref;
     let key = CredentialsKey::of_run(run);
-    let not_ready = |reason: &str, message: String, stalled: bool| {
+    let not_ready = |reason: Reason, message: String, stalled: bool| {
         Ok((
             CredentialsState::NotReady {
-                reason: reason.into(),
+                reason,
                 message,
                 stalled,
             },
@@ -198,7 +203,7 @@ pub async fn credentials_for(
     };
     if !ctx.stores.synced() {
         return not_ready(
-            "CredentialsNotValidated",
+            Reason::CredentialsNotValidated,
             format!("{key} has not been validated yet (the operator is starting)"),
             false,
         );
@@ -213,7 +218,7 @@ pub async fn credentials_for(
         Lookup::Found(entry) => entry,
         Lookup::NotValidated => {
             return not_ready(
-                "CredentialsNotValidated",
+                Reason::CredentialsNotValidated,
                 format!("{key} has not been validated yet"),
                 false,
             )
@@ -221,7 +226,7 @@ pub async fn credentials_for(
         Lookup::Missing => {
             let what = format!("{:?} '{}'", r.kind, r.name);
             return not_ready(
-                "CredentialsNotFound",
+                Reason::CredentialsNotFound,
                 format!("{what} not found{where_}: create it, or fix spec.credentialsRef"),
                 false,
             );
@@ -229,7 +234,7 @@ pub async fn credentials_for(
         Lookup::Deleting => {
             let what = format!("{:?} '{}'", r.kind, r.name);
             return not_ready(
-                "CredentialsNotFound",
+                Reason::CredentialsNotFound,
                 format!(
                     "{what}{where_} is being deleted: create it again, or fix spec.credentialsRef"
                 ),
@@ -240,7 +245,7 @@ pub async fn credentials_for(
     if let Some(allowed) = live.as_ref().and_then(|l| l.allowed_namespaces.as_ref()) {
         if !namespace_allowed(ctx, allowed, &ns).await? {
             return not_ready(
-                "NamespaceNotAllowed",
+                Reason::NamespaceNotAllowed,
                 format!("ClusterDbtCloudCredentials '{}' does not allow namespace '{ns}' (see its spec.allowedNamespaces)", r.name),
                 true,
             );
@@ -255,7 +260,7 @@ pub async fn credentials_for(
         )),
         // Runs wait either way; they are Stalled when the credentials need a user's fix.
         None => not_ready(
-            &entry.reason,
+            entry.reason,
             format!("{key} is not ready: {}", entry.message),
             entry.stalled,
         ),
@@ -263,7 +268,9 @@ pub async fn credentials_for(
 }
 
 async fn apply(run: Arc<DbtCloudJobRun>, ctx: &Context) -> Result<Action> {
-    let (credentials, client) = credentials_for(&run, ctx).await?;
+    let (credentials, client) = credentials_for(&run, ctx)
+        .await
+        .in_stage(Stage::ResolveCredentials)?;
     let mut obs = Observation::new(Timestamp::now(), credentials);
     let obj_ref = ObjectRef::from_obj(run.as_ref());
     let interval = Duration::from_secs(run.spec.poll_interval_seconds.max(1) as u64);
@@ -272,7 +279,9 @@ async fn apply(run: Arc<DbtCloudJobRun>, ctx: &Context) -> Result<Action> {
         let decision = lifecycle::decide(&run, &obs, &ctx.config.lifecycle);
         let action = decision.action.clone();
         if let lifecycle::Action::Settle { requeue } = action {
-            write_status(ctx, &run, &decision.status).await?;
+            write_status(ctx, &run, &decision.status)
+                .await
+                .in_stage(Stage::WriteStatus)?;
             publish_all(ctx, &run, &decision, notes).await;
             follow(
                 ctx,
@@ -295,7 +304,8 @@ async fn apply(run: Arc<DbtCloudJobRun>, ctx: &Context) -> Result<Action> {
                 &run.namespace().unwrap_or_default(),
             )
             .delete(&run.name_any(), &Default::default())
-            .await?;
+            .await
+            .in_stage(Stage::Delete)?;
             return Ok(Action::await_change());
         }
         let Some(client) = client.as_ref() else {
@@ -312,10 +322,12 @@ async fn apply(run: Arc<DbtCloudJobRun>, ctx: &Context) -> Result<Action> {
                     outcome: found,
                     duplicates,
                     ..
-                } = find_pending_run(client, &search).await?;
+                } = find_pending_run(client, &search)
+                    .await
+                    .in_stage(Stage::FindRun)?;
                 for dup in duplicates {
-                    client.cancel_run(dup).await?;
-                    notes.push((true, "DuplicateRunCancelled", format!("dbt Cloud run {dup} carries the same attempt marker as an earlier run and was cancelled")));
+                    client.cancel_run(dup).await.in_stage(Stage::Cancel)?;
+                    notes.push(EventNote::warning(Reason::DuplicateRunCancelled, format!("dbt Cloud run {dup} carries the same attempt marker as an earlier run and was cancelled")));
                 }
                 if matches!(found, PendingSearch::Found(_)) {
                     ctx.metrics.runs_adopted.inc();
@@ -323,13 +335,17 @@ async fn apply(run: Arc<DbtCloudJobRun>, ctx: &Context) -> Result<Action> {
                 obs.pending_search = found;
             }
             lifecycle::Action::ObserveNewestRun { job_id } => {
-                obs.newest_run_id = Some(newest_run_id(client, job_id).await?);
+                obs.newest_run_id = Some(
+                    newest_run_id(client, job_id)
+                        .await
+                        .in_stage(Stage::Trigger)?,
+                );
             }
             lifecycle::Action::ObserveRun { run_id } => {
                 let known = ctx.poller.snapshot(&obj_ref, run_id);
                 let current = match known {
                     Some(k) => k,
-                    None => observe(&client.get_run(run_id, &[]).await?),
+                    None => observe(&client.get_run(run_id, &[]).await.in_stage(Stage::Follow)?),
                 };
                 obs.current_run = Some(current);
             }
@@ -338,13 +354,8 @@ async fn apply(run: Arc<DbtCloudJobRun>, ctx: &Context) -> Result<Action> {
             }
             lifecycle::Action::CancelRun { run_id, reason } => {
                 info!(run_id, ?reason, "cancelling dbt Cloud run");
-                let answer = client.cancel_run(run_id).await?;
-                let mut observed = observe(&answer);
-                // dbt Cloud may answer with the run still "cancelling"; treat the accepted cancel as done.
-                if !observed.status.is_terminal() {
-                    observed.status = RunStatus::Cancelled;
-                }
-                obs.current_run = Some(observed);
+                let answer = client.cancel_run(run_id).await.in_stage(Stage::Cancel)?;
+                obs.current_run = Some(lifecycle::after_cancel_accepted(observe(&answer)));
             }
             lifecycle::Action::StartAttempt(request) => {
                 let credentials = obs.credentials.clone();
@@ -357,7 +368,8 @@ async fn apply(run: Arc<DbtCloudJobRun>, ctx: &Context) -> Result<Action> {
                     (&obj_ref, interval),
                     credentials,
                 )
-                .await;
+                .await
+                .in_stage(Stage::Trigger);
             }
             lifecycle::Action::Settle { .. } | lifecycle::Action::Delete => {
                 unreachable!("handled above")
@@ -376,7 +388,9 @@ async fn finished(
     api: &Api<DbtCloudJobRun>,
 ) -> Result<Action> {
     if run.finalizers().iter().any(|f| f == RUN_FINALIZER) {
-        remove_finalizer(api, &run).await?;
+        remove_finalizer(api, &run)
+            .await
+            .in_stage(Stage::RemoveFinalizer)?;
     }
     if run.meta().deletion_timestamp.is_some() {
         ctx.metrics.set_run_phase(&key_of(&run), None);
@@ -419,16 +433,12 @@ async fn publish_all(
     ctx: &Context,
     run: &DbtCloudJobRun,
     decision: &lifecycle::Decision,
-    notes: Vec<(bool, &'static str, String)>,
+    notes: Vec<EventNote>,
 ) {
     let old = run.status.clone().unwrap_or_default();
     let new = &decision.status;
-    for (warning, reason, note) in notes {
-        ctx.publish(run, warning, reason, "Reconcile", note).await;
-    }
-    for e in &decision.events {
-        ctx.publish(run, e.warning, &e.reason, "Reconcile", e.note.clone())
-            .await;
+    for e in notes.iter().chain(&decision.events) {
+        ctx.publish(run, "Reconcile", e).await;
     }
     if old.phase != new.phase && new.phase.is_terminal() {
         if let (Some(start), Some(end)) = (&new.started_at, &new.finished_at) {
@@ -600,7 +610,9 @@ async fn start_attempt(
                 &ctx.config.lifecycle,
                 now,
             );
-            write_status(ctx, &recorded, &status).await?;
+            write_status(ctx, &recorded, &status)
+                .await
+                .in_stage(Stage::WriteStatus)?;
             ctx.metrics.runs_triggered.inc();
             info!(run_id = started.id, "dbt Cloud run started");
             // No Event for a successful start (the status says it): Events are kept for failures
@@ -620,70 +632,58 @@ async fn start_attempt(
             );
             Ok(Action::requeue(jittered(interval)))
         }
-        Err(e) if e.is_ambiguous_for_trigger() => {
-            warn!(error = %e, "trigger outcome unknown; will search for the run before deciding again");
-            ctx.publish(
-                run,
-                true,
-                "TriggerOutcomeUnknown",
-                "Trigger",
-                format!("{e}; looking for the run before deciding whether to trigger again"),
-            )
-            .await;
-            Ok(Action::requeue(ctx.config.lifecycle.confirm_retry))
-        }
-        Err(e @ DbtCloudError::NotSent { .. }) => {
-            // Nothing left: the intent is void and the start is decided again (a fresh intent).
-            let (status, _) = after_start_rejected(
-                run,
-                &decision.status,
-                "TriggerNotSent",
-                &format!(
-                    "Attempt {} was not sent ({e}); it is tried again",
-                    pending.attempt
-                ),
-                false,
-                now,
-            );
-            write_status(ctx, &recorded, &status).await?;
-            warn!(error = %e, "trigger not sent before its deadline; deciding again");
-            Ok(Action::requeue(jittered(Duration::from_secs(1))))
-        }
         Err(e) => {
-            let permanent = matches!(
-                e,
-                DbtCloudError::NotFound { .. }
-                    | DbtCloudError::BadRequest { .. }
-                    | DbtCloudError::InvalidRequest { .. }
-            );
-            let reason = match &e {
-                DbtCloudError::NotFound { .. } => "JobNotFound",
-                DbtCloudError::BadRequest { .. } | DbtCloudError::InvalidRequest { .. } => {
-                    "TriggerRejected"
-                }
-                other => other.reason(),
-            };
-            let (status, note) = after_start_rejected(
+            let failure = start_failure(&e);
+            let next = after_start_failed(
                 run,
                 &decision.status,
-                reason,
-                &format!("dbt Cloud refused the trigger: {e}"),
-                permanent,
+                &failure,
+                &e.to_string(),
+                &ctx.config.lifecycle,
                 now,
             );
-            write_status(ctx, &recorded, &status).await?;
-            ctx.publish(run, note.warning, reason, "Trigger", note.note)
-                .await;
-            ctx.metrics.set_run_phase(&key_of(run), Some(status.phase));
-            if permanent {
-                Ok(Action::await_change())
-            } else {
-                Ok(Action::requeue(jittered(
-                    e.retry_after()
-                        .unwrap_or(ctx.config.lifecycle.credentials_retry),
-                )))
+            match failure {
+                StartFailure::Ambiguous => {
+                    warn!(error = %e, "trigger outcome unknown; will search for the run before deciding again")
+                }
+                StartFailure::NotSent => {
+                    warn!(error = %e, "trigger not sent before its deadline; deciding again")
+                }
+                _ => {}
             }
+            if let Some(status) = &next.status {
+                write_status(ctx, &recorded, status)
+                    .await
+                    .in_stage(Stage::WriteStatus)?;
+                ctx.metrics.set_run_phase(&key_of(run), Some(status.phase));
+            }
+            if let Some(event) = &next.event {
+                ctx.publish(run, "Trigger", event).await;
+            }
+            Ok(match next.requeue {
+                Requeue::After(d) => Action::requeue(d),
+                Requeue::Jittered(d) => Action::requeue(jittered(d)),
+                Requeue::AwaitChange => Action::await_change(),
+            })
         }
+    }
+}
+
+/// What the lifecycle needs to know of a failed start request (it decides what that means).
+fn start_failure(e: &DbtCloudError) -> StartFailure {
+    if e.is_ambiguous_for_trigger() {
+        return StartFailure::Ambiguous;
+    }
+    match e {
+        DbtCloudError::NotSent { .. } => StartFailure::NotSent,
+        DbtCloudError::NotFound { .. } => StartFailure::JobNotFound,
+        DbtCloudError::BadRequest { .. } | DbtCloudError::InvalidRequest { .. } => {
+            StartFailure::Invalid
+        }
+        other => StartFailure::Refused {
+            reason: other.condition_reason(),
+            retry_after: other.retry_after(),
+        },
     }
 }
 
@@ -707,7 +707,7 @@ async fn resolve_job(client: &DbtCloudClient, job: &JobSelector) -> JobResolutio
     let transient = |e: DbtCloudError| {
         if e.is_retryable() {
             JobResolution::Transient {
-                reason: e.reason().into(),
+                reason: e.condition_reason(),
                 message: format!("Looking up the job failed: {e}"),
             }
         } else {
@@ -843,7 +843,10 @@ pub fn run_details(run: &crate::dbt_cloud::Run) -> RunDetails {
                 .as_deref()
                 .or(step.truncated_debug_logs.as_deref())
                 .unwrap_or_default();
-            details.failed_step = Some((name.clone(), tail(log, LOG_TAIL)));
+            details.failed_step = Some(FailedStep {
+                name: name.clone(),
+                log_tail: tail(log, LOG_TAIL),
+            });
         }
         details.steps.push(StepSummary {
             index: step.index.unwrap_or_default(),
@@ -913,101 +916,63 @@ pub fn summarize_run_results(bytes: &[u8]) -> Option<ResultsSummary> {
     Some(s)
 }
 
+/// Performs [`lifecycle::cleanup`] for a run being deleted: cancels what it says, or keeps the
+/// finalizer ([`Error::DeletionPending`]) while it waits.
 async fn cleanup(run: Arc<DbtCloudJobRun>, ctx: &Context) -> Result<Action> {
-    let status = run.status.clone().unwrap_or_default();
-    let in_flight = !status.phase.is_terminal()
-        && (status.run_id.is_some() || status.pending_trigger.is_some());
-    let (_, client) = credentials_for(&run, ctx).await.unwrap_or((
-        CredentialsState::NotReady {
-            reason: String::new(),
-            message: String::new(),
-            stalled: false,
-        },
-        None,
-    ));
+    let client = credentials_for(&run, ctx)
+        .await
+        .ok()
+        .and_then(|(_, client)| client);
     ctx.poller.untrack(&ObjectRef::from_obj(run.as_ref()));
-    if !in_flight || !run.spec.cancel_on_delete {
-        ctx.metrics.set_run_phase(&key_of(&run), None);
-        return Ok(Action::await_change());
-    }
-    let deleted_at = run
-        .metadata
-        .deletion_timestamp
-        .as_ref()
-        .map(|t| t.0)
-        .unwrap_or_else(Timestamp::now);
-    let waited = Timestamp::now().as_second() - deleted_at.as_second();
-    if waited >= ctx.config.deletion_timeout.as_secs() as i64 {
-        ctx.publish(
-            run.as_ref(),
-            true,
-            "CancelAbandoned",
-            "Delete",
-            format!("Could not cancel the dbt Cloud run within {}s of deletion; letting go. Check it in dbt Cloud", ctx.config.deletion_timeout.as_secs()),
-        )
-        .await;
-        ctx.metrics.set_run_phase(&key_of(&run), None);
-        return Ok(Action::await_change());
-    }
-    let Some(client) = client else {
-        return Err(Error::DeletionPending {
-            message: "the credentials are not ready to cancel the dbt Cloud run".into(),
-            retry_in: ctx
-                .config
-                .lifecycle
-                .credentials_retry
-                .min(Duration::from_secs(10)),
-        });
-    };
-    let to_cancel: Vec<i64> = match (
-        status.run_id,
-        &status.pending_trigger,
-        status.job_id.or(run.spec.job.id),
-    ) {
-        (_, Some(p), Some(job_id)) => {
-            let found = find_pending_run(&client, &RunSearch::for_pending(job_id, p)).await?;
-            match found.outcome {
-                PendingSearch::Found(r) => std::iter::once(r.id).chain(found.duplicates).collect(),
-                PendingSearch::Incomplete { runs_read } => {
-                    ctx.publish(
-                        run.as_ref(),
-                        true,
-                        "TriggerUnconfirmed",
-                        "Delete",
-                        format!("Could not tell whether attempt {} reached dbt Cloud (more than {runs_read} newer runs of job {job_id}), so nothing was cancelled. Look in dbt Cloud for a run whose cause contains {}", p.attempt, p.token),
-                    )
-                    .await;
-                    Vec::new()
+    let mut obs = DeletionObservation::new(Timestamp::now(), client.is_some());
+    loop {
+        match lifecycle::cleanup(
+            &run,
+            &obs,
+            &ctx.config.lifecycle,
+            ctx.config.deletion_timeout,
+        ) {
+            Cleanup::Search(search) => {
+                let (Some(client), PendingSearch::NotSearched) = (&client, &obs.pending_search)
+                else {
+                    return Err(Error::Invalid(
+                        "the deletion asked for a search it cannot make".into(),
+                    ));
+                };
+                let found = find_pending_run(client, &search)
+                    .await
+                    .in_stage(Stage::FindRun)?;
+                obs.pending_search = found.outcome;
+                obs.duplicates = found.duplicates;
+            }
+            Cleanup::Wait { message, retry_in } => {
+                return Err(Error::DeletionPending { message, retry_in })
+            }
+            Cleanup::Release { cancel, events } => {
+                for e in &events {
+                    ctx.publish(run.as_ref(), "Delete", e).await;
                 }
-                _ if lifecycle::trigger_may_still_appear(
-                    p,
-                    Timestamp::now(),
-                    &ctx.config.lifecycle,
-                ) =>
-                {
-                    return Err(Error::DeletionPending {
-                        message: format!(
-                            "confirming whether attempt {} reached dbt Cloud before cancelling it",
-                            p.attempt
-                        ),
-                        retry_in: ctx.config.lifecycle.confirm_retry,
-                    });
+                for id in cancel {
+                    let client = client.as_ref().ok_or_else(|| {
+                        Error::Invalid("the deletion asked for a cancel without credentials".into())
+                    })?;
+                    match client.cancel_run(id).await {
+                        Ok(_) | Err(DbtCloudError::NotFound { .. }) => {
+                            ctx.publish(
+                                run.as_ref(),
+                                "Delete",
+                                &lifecycle::cancelled_on_delete(id),
+                            )
+                            .await;
+                        }
+                        Err(e) => return Err(Error::from(e).in_stage(Stage::Cancel)),
+                    }
                 }
-                _ => Vec::new(),
+                ctx.metrics.set_run_phase(&key_of(&run), None);
+                return Ok(Action::await_change());
             }
         }
-        (id, _, _) => id.into_iter().collect(),
-    };
-    for id in to_cancel {
-        match client.cancel_run(id).await {
-            Ok(_) | Err(DbtCloudError::NotFound { .. }) => {
-                ctx.publish(run.as_ref(), false, "Cancelled", "Delete", format!("Cancelled dbt Cloud run {id} because the object was deleted (cancelOnDelete)")).await;
-            }
-            Err(e) => return Err(e.into()),
-        }
     }
-    ctx.metrics.set_run_phase(&key_of(&run), None);
-    Ok(Action::await_change())
 }
 
 #[cfg(test)]

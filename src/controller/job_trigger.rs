@@ -16,18 +16,19 @@ use kube::{Api, Resource, ResourceExt};
 use tracing::{debug, info, instrument, warn};
 
 use super::trigger_policy::{
-    self, build_run, child_of, record_name_taken, record_rejected, record_start, Child, Note,
+    self, build_run, child_of, record_name_taken, record_rejected, record_start, Child, EventNote,
     StartRun, TriggerView,
 };
 use super::written::Freshness;
 use super::{jittered, Context, FIELD_MANAGER, MAX_REQUEUE_DELAY};
+use crate::crd::reasons::Reason;
 use crate::crd::{DbtCloudJobRun, DbtCloudJobTrigger, DbtCloudJobTriggerStatus};
-use crate::{Error, Result};
+use crate::{Error, InStage, Result, Stage};
 
 const KIND: &str = "DbtCloudJobTrigger";
 /// Event reasons of effects already performed when a reconcile ends (as opposed to decisions
 /// that only status records).
-const EFFECTS: [&str; 3] = ["RunStarted", "RunReplaced", "RunsDeleted"];
+const EFFECTS: [Reason; 3] = [Reason::RunStarted, Reason::RunReplaced, Reason::RunsDeleted];
 
 /// What the trigger reconciler needs besides the shared [`Context`]: the run cache.
 pub struct TriggerContext {
@@ -72,7 +73,7 @@ pub fn error_policy(
     ctx: Arc<TriggerContext>,
 ) -> Action {
     ctx.base.metrics.reconcile_failed(KIND, err.metric_label());
-    let delay = match err {
+    let delay = match err.cause() {
         Error::Conflict(_) => Duration::from_millis(500),
         _ => ctx
             .base
@@ -82,6 +83,7 @@ pub fn error_policy(
             .min(Duration::from_secs(10)),
     };
     warn!(object = %format!("{}/{}", trigger.namespace().unwrap_or_default(), trigger.name_any()), error = %err, "reconcile failed; retrying in {delay:?}");
+    ctx.base.report_failure(trigger, err);
     Action::requeue(jittered(delay))
 }
 
@@ -145,7 +147,7 @@ async fn apply(trigger: &DbtCloudJobTrigger, ctx: &TriggerContext, ns: &str) -> 
     let status = trigger.status.clone().unwrap_or_default();
     for a in &status.active {
         if !owned.iter().any(|r| r.name_any() == a.name) {
-            if let Some(run) = runs.get_opt(&a.name).await? {
+            if let Some(run) = runs.get_opt(&a.name).await.in_stage(Stage::ManageRuns)? {
                 if controlled_by(&run, &uid) {
                     owned.push(Arc::new(run));
                 }
@@ -174,7 +176,7 @@ async fn apply(trigger: &DbtCloudJobTrigger, ctx: &TriggerContext, ns: &str) -> 
         "decided"
     );
     let mut status = decision.status.clone();
-    let mut notes: Vec<Note> = decision.events.clone();
+    let mut notes: Vec<EventNote> = decision.events.clone();
     let post = PostParams {
         dry_run: false,
         field_manager: Some(FIELD_MANAGER.into()),
@@ -204,7 +206,7 @@ async fn apply(trigger: &DbtCloudJobTrigger, ctx: &TriggerContext, ns: &str) -> 
             }
             // 409 (it exists already) and success: go ahead.
             Ok(_) | Err(kube::Error::Api(_)) => {}
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(Error::from(e).in_stage(Stage::ManageRuns)),
         }
     }
     for run in cancel {
@@ -215,7 +217,7 @@ async fn apply(trigger: &DbtCloudJobTrigger, ctx: &TriggerContext, ns: &str) -> 
         {
             Ok(_) => info!(run = %run, "cancelled for concurrencyPolicy Replace"),
             Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(Error::from(e).in_stage(Stage::ManageRuns)),
         }
     }
     for start in starts {
@@ -224,15 +226,18 @@ async fn apply(trigger: &DbtCloudJobTrigger, ctx: &TriggerContext, ns: &str) -> 
             Ok(_) => {
                 record_start(&mut status, start);
                 info!(run = %start.name, cause = start.cause.as_str(), "run started");
-                notes.push(Note {
+                notes.push(EventNote {
                     warning: false,
-                    reason: "RunStarted",
+                    reason: Reason::RunStarted,
                     note: format!("started run {} ({})", start.name, describe(&start.cause)),
                 });
             }
             Err(kube::Error::Api(s)) if s.code == 409 => {
                 // Created before (a crash, a stale read): done, if it is ours.
-                let existing = runs.get_opt(&start.name).await?;
+                let existing = runs
+                    .get_opt(&start.name)
+                    .await
+                    .in_stage(Stage::ManageRuns)?;
                 if existing.as_ref().is_some_and(|r| controlled_by(r, &uid)) {
                     debug!(run = %start.name, "run exists already");
                     record_start(&mut status, start);
@@ -250,14 +255,14 @@ async fn apply(trigger: &DbtCloudJobTrigger, ctx: &TriggerContext, ns: &str) -> 
                 ));
                 break;
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(Error::from(e).in_stage(Stage::ManageRuns)),
         }
     }
     for run in &decision.delete {
         match runs.delete(run, &DeleteParams::background()).await {
             Ok(_) => debug!(run = %run, "deleted beyond the history limit"),
             Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(Error::from(e).in_stage(Stage::ManageRuns)),
         }
     }
     match write_status(ctx, trigger, &status).await {
@@ -267,18 +272,14 @@ async fn apply(trigger: &DbtCloudJobTrigger, ctx: &TriggerContext, ns: &str) -> 
             // version; every effect above is idempotent. What was done is reported now (the next
             // decision finds it done and says nothing).
             for n in notes.into_iter().filter(|n| EFFECTS.contains(&n.reason)) {
-                ctx.base
-                    .publish(trigger, n.warning, n.reason, "Reconcile", n.note)
-                    .await;
+                ctx.base.publish(trigger, "Reconcile", &n).await;
             }
             return Ok(Action::requeue(Duration::from_millis(200)));
         }
-        other => other?,
+        other => other.in_stage(Stage::WriteStatus)?,
     };
     for n in notes {
-        ctx.base
-            .publish(trigger, n.warning, n.reason, "Reconcile", n.note)
-            .await;
+        ctx.base.publish(trigger, "Reconcile", &n).await;
     }
     Ok(match decision.requeue_at {
         // A little after the slot, so that the clock has reached it; never jittered (a slot is

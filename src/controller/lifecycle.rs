@@ -28,14 +28,15 @@
 use std::time::Duration;
 
 use jiff::Timestamp;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use kube::ResourceExt;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-use crate::crd::conditions::{self, set_condition};
+use crate::crd::conditions::{self, Conditions};
 use crate::crd::job_run::{
     AttemptKind, DbtCloudJobRun, DbtCloudJobRunStatus, PendingTrigger, ResultsSummary,
     RetryStrategy, RunAttempt, RunPhase, StepSummary, MAX_CAUSE_LEN,
 };
+pub use crate::crd::reasons::EventNote;
+use crate::crd::reasons::Reason;
 use crate::dbt_cloud::RunStatus;
 
 /// Condition type mirroring whether the referenced credentials are usable.
@@ -115,8 +116,8 @@ pub enum CredentialsState {
     },
     /// Not usable yet; `stalled` when only a user change can fix it (e.g. namespace not allowed).
     NotReady {
-        /// CamelCase reason.
-        reason: String,
+        /// Why.
+        reason: Reason,
         /// What to fix.
         message: String,
         /// Whether progress needs a user change.
@@ -135,8 +136,8 @@ pub enum JobResolution {
     Ambiguous(String),
     /// The lookup failed in a way that may pass (rate limit, outage).
     Transient {
-        /// CamelCase reason.
-        reason: String,
+        /// Why.
+        reason: Reason,
         /// Message for the condition.
         message: String,
     },
@@ -204,8 +205,17 @@ pub struct RunDetails {
     pub steps: Vec<StepSummary>,
     /// Summary of `run_results.json`, when available.
     pub results: Option<ResultsSummary>,
-    /// Name and short log tail of the failing step, when a step failed.
-    pub failed_step: Option<(String, String)>,
+    /// The failing step, when a step failed.
+    pub failed_step: Option<FailedStep>,
+}
+
+/// The step of a run that failed, as shown in its message.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct FailedStep {
+    /// Step name.
+    pub name: String,
+    /// Short tail of its log.
+    pub log_tail: String,
 }
 
 /// Everything known about the world in this reconcile.
@@ -316,30 +326,18 @@ pub enum Action {
     },
 }
 
-/// Event to publish (type, reason, note).
+/// Why a run waits (or is stuck): the reason and message its conditions carry.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct EventNote {
-    /// `Normal` or `Warning`.
-    pub warning: bool,
-    /// CamelCase reason.
-    pub reason: String,
-    /// Human-readable note.
-    pub note: String,
+struct Blocker {
+    reason: Reason,
+    message: String,
 }
 
-impl EventNote {
-    fn normal(reason: impl Into<String>, note: impl Into<String>) -> Self {
+impl Blocker {
+    fn new(reason: Reason, message: impl Into<String>) -> Self {
         Self {
-            warning: false,
-            reason: reason.into(),
-            note: note.into(),
-        }
-    }
-    fn warning(reason: impl Into<String>, note: impl Into<String>) -> Self {
-        Self {
-            warning: true,
-            reason: reason.into(),
-            note: note.into(),
+            reason,
+            message: message.into(),
         }
     }
 }
@@ -410,6 +408,15 @@ pub fn trigger_may_still_appear(
     confirm_waited(pending, now) < settings.ambiguity_window.as_secs() as i64
 }
 
+/// The object's name (or, before it has one, its `generateName`), as `kube`'s `name_any` gives it.
+fn object_name(run: &DbtCloudJobRun) -> String {
+    let meta = &run.metadata;
+    meta.name
+        .clone()
+        .or_else(|| meta.generate_name.clone())
+        .unwrap_or_default()
+}
+
 /// Decides the next step for a run. Pure: same inputs, same output.
 pub fn decide(run: &DbtCloudJobRun, obs: &Observation, settings: &Settings) -> Decision {
     let mut d = Decider::new(run, obs, settings);
@@ -431,7 +438,7 @@ pub fn after_start(
     record_attempt(&mut status, attempt, kind, started, now);
     bound_status(&mut status);
     let note = EventNote::normal(
-        "Triggered",
+        Reason::Triggered,
         format!(
             "Attempt {attempt}: dbt Cloud run {} {}",
             started.id,
@@ -472,77 +479,333 @@ pub fn after_start_settled(
 
 /// Status after a start request that dbt Cloud definitely refused (no run was created): the intent
 /// is void. A `permanent` refusal (400, or 404 for the job) fails the run; otherwise the run waits
-/// and the start is decided again later. Returns the status and the Event to publish.
+/// and the start is decided again later. Returns the status and the Event to publish (with the
+/// given reason).
 pub fn after_start_rejected(
     run: &DbtCloudJobRun,
     status: &DbtCloudJobRunStatus,
-    reason: &str,
+    reason: Reason,
     message: &str,
     permanent: bool,
     now: Timestamp,
 ) -> (DbtCloudJobRunStatus, EventNote) {
     let mut status = status.clone();
     status.pending_trigger = None;
-    let gen = run.metadata.generation;
     let message = conditions::truncate_message(message);
     status.status_message = Some(message.clone());
+    let mut c = Conditions::new(&mut status.conditions, run.metadata.generation, now);
     if permanent {
+        set_unsuccessful(&mut c, reason, &message);
         status.phase = RunPhase::Failed;
         status.finished_at = Some(Time(now));
         if let Some(start) = &status.started_at {
             status.duration_seconds = Some((now.as_second() - start.0.as_second()).max(0));
         }
-        set_unsuccessful(&mut status.conditions, reason, &message, gen, now);
     } else {
-        set_unfinished(&mut status.conditions, reason, &message, false, gen, now);
+        set_unfinished(&mut c, reason, &message, false);
     }
     bound_status(&mut status);
-    (status, EventNote::warning("TriggerRejected", message))
+    (status, EventNote::warning(reason, message))
+}
+
+/// How a start request (trigger or native retry) failed, as the lifecycle needs to know it. The
+/// shell builds it from the client's error; which failures are final is decided here.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StartFailure {
+    /// The request may have reached dbt Cloud and created a run (a timeout, a 5xx, a lost or
+    /// unreadable answer): the outcome is unknown.
+    Ambiguous,
+    /// The request was not put on the wire before its deadline: certainly nothing was created.
+    NotSent,
+    /// dbt Cloud answered that the job does not exist (404).
+    JobNotFound,
+    /// dbt Cloud refused the request as invalid (400), or it was refused before sending.
+    Invalid,
+    /// dbt Cloud refused the request in a way that may pass (rate limit, permissions, …).
+    Refused {
+        /// The error's own reason.
+        reason: Reason,
+        /// When dbt Cloud asked to be called again, if it did.
+        retry_after: Option<Duration>,
+    },
+}
+
+/// When to reconcile again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Requeue {
+    /// After exactly this delay.
+    After(Duration),
+    /// After about this delay (jittered by the shell).
+    Jittered(Duration),
+    /// Only when the object changes.
+    AwaitChange,
+}
+
+/// What to do after a failed start request: the status to write (none: keep the recorded intent),
+/// the Event to publish, and when to decide again.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AfterStartFailed {
+    /// Status to write (with the intent voided), when the start certainly did not happen.
+    pub status: Option<DbtCloudJobRunStatus>,
+    /// Event to publish.
+    pub event: Option<EventNote>,
+    /// When to decide again.
+    pub requeue: Requeue,
+}
+
+/// Decides what a failed start request means. `error` is the client's error as text (no secrets).
+///
+/// * An ambiguous failure keeps the intent: the next reconcile searches for its run before
+///   deciding anything (`TriggerOutcomeUnknown` Event, requeue after `confirm_retry`).
+/// * A request not sent voids the intent and the start is decided again at once (reason
+///   `TriggerNotSent`, no Event).
+/// * A refusal voids the intent: 404 (`JobNotFound`) and 400 (`TriggerRejected`) fail the run;
+///   any other refusal keeps it waiting under the error's reason and retries after `Retry-After`
+///   or `credentials_retry`.
+pub fn after_start_failed(
+    run: &DbtCloudJobRun,
+    status: &DbtCloudJobRunStatus,
+    failure: &StartFailure,
+    error: &str,
+    settings: &Settings,
+    now: Timestamp,
+) -> AfterStartFailed {
+    let (reason, permanent, retry_after) = match failure {
+        StartFailure::Ambiguous => {
+            return AfterStartFailed {
+                status: None,
+                event: Some(EventNote::warning(
+                    Reason::TriggerOutcomeUnknown,
+                    format!(
+                        "{error}; looking for the run before deciding whether to trigger again"
+                    ),
+                )),
+                requeue: Requeue::After(settings.confirm_retry),
+            };
+        }
+        StartFailure::NotSent => {
+            let attempt = status.pending_trigger.as_ref().map_or(0, |p| p.attempt);
+            let (status, _) = after_start_rejected(
+                run,
+                status,
+                Reason::TriggerNotSent,
+                &format!("Attempt {attempt} was not sent ({error}); it is tried again"),
+                false,
+                now,
+            );
+            return AfterStartFailed {
+                status: Some(status),
+                event: None,
+                requeue: Requeue::Jittered(Duration::from_secs(1)),
+            };
+        }
+        StartFailure::JobNotFound => (Reason::JobNotFound, true, None),
+        StartFailure::Invalid => (Reason::TriggerRejected, true, None),
+        StartFailure::Refused {
+            reason,
+            retry_after,
+        } => (*reason, false, *retry_after),
+    };
+    let (status, event) = after_start_rejected(
+        run,
+        status,
+        reason,
+        &format!("dbt Cloud refused the trigger: {error}"),
+        permanent,
+        now,
+    );
+    AfterStartFailed {
+        status: Some(status),
+        event: Some(event),
+        requeue: if permanent {
+            Requeue::AwaitChange
+        } else {
+            Requeue::Jittered(retry_after.unwrap_or(settings.credentials_retry))
+        },
+    }
+}
+
+/// The run as a cancel request's answer shows it: dbt Cloud may answer with the run still
+/// "cancelling" (in flight); an accepted cancel counts as done, so it is `Cancelled`.
+pub fn after_cancel_accepted(mut answer: ObservedRun) -> ObservedRun {
+    if !answer.status.is_terminal() {
+        answer.status = RunStatus::Cancelled;
+    }
+    answer
+}
+
+/// What the shell gathered for the deletion of a run (see [`cleanup`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct DeletionObservation {
+    /// Current time.
+    pub now: Timestamp,
+    /// Whether the run's credentials are usable (a client is available).
+    pub credentials_ready: bool,
+    /// Search result for `status.pendingTrigger` (asked with [`Cleanup::Search`]).
+    pub pending_search: PendingSearch,
+    /// Further runs the search found carrying the same token.
+    pub duplicates: Vec<i64>,
+}
+
+impl DeletionObservation {
+    /// An observation with nothing searched yet.
+    pub fn new(now: Timestamp, credentials_ready: bool) -> Self {
+        Self {
+            now,
+            credentials_ready,
+            pending_search: PendingSearch::NotSearched,
+            duplicates: Vec::new(),
+        }
+    }
+}
+
+/// What to do for a run being deleted (its finalizer is ours).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Cleanup {
+    /// Question: search for the run of the pending trigger, fill `pending_search` and
+    /// `duplicates`, decide again.
+    Search(RunSearch),
+    /// Keep the finalizer and try again after `retry_in`.
+    Wait {
+        /// What the deletion waits for.
+        message: String,
+        /// When to try again.
+        retry_in: Duration,
+    },
+    /// Publish `events`, cancel these dbt Cloud runs (publishing [`cancelled_on_delete`] for
+    /// each), then let the object go.
+    Release {
+        /// Runs to cancel.
+        cancel: Vec<i64>,
+        /// Events to publish first.
+        events: Vec<EventNote>,
+    },
+}
+
+impl Cleanup {
+    fn release(cancel: Vec<i64>) -> Self {
+        Cleanup::Release {
+            cancel,
+            events: Vec::new(),
+        }
+    }
+
+    fn release_with(event: EventNote) -> Self {
+        Cleanup::Release {
+            cancel: Vec::new(),
+            events: vec![event],
+        }
+    }
+}
+
+/// Decides the deletion of a run with our finalizer. Pure.
+///
+/// Nothing is cancelled for a finished run, nor with `cancelOnDelete: false`. After
+/// `deletion_timeout` the object is let go whatever the state (`CancelAbandoned`). Without usable
+/// credentials the deletion waits. A recorded trigger is first searched for: its run (and
+/// duplicates) is cancelled; while a run of it may still appear the deletion waits; when one
+/// search cannot tell, nothing is cancelled (`TriggerUnconfirmed`). Otherwise `status.runId` is
+/// cancelled.
+pub fn cleanup(
+    run: &DbtCloudJobRun,
+    obs: &DeletionObservation,
+    settings: &Settings,
+    deletion_timeout: Duration,
+) -> Cleanup {
+    let Some(status) = run.status.as_ref() else {
+        return Cleanup::release(Vec::new());
+    };
+    let in_flight = !status.phase.is_terminal()
+        && (status.run_id.is_some() || status.pending_trigger.is_some());
+    if !in_flight || !run.spec.cancel_on_delete {
+        return Cleanup::release(Vec::new());
+    }
+    let deleted_at = run
+        .metadata
+        .deletion_timestamp
+        .as_ref()
+        .map_or(obs.now, |t| t.0);
+    let waited = obs.now.as_second() - deleted_at.as_second();
+    let limit = deletion_timeout.as_secs() as i64;
+    if waited >= limit {
+        return Cleanup::release_with(EventNote::warning(
+            Reason::CancelAbandoned,
+            format!("Could not cancel the dbt Cloud run within {limit}s of deletion; letting go. Check it in dbt Cloud"),
+        ));
+    }
+    if !obs.credentials_ready {
+        return Cleanup::Wait {
+            message: "the credentials are not ready to cancel the dbt Cloud run".into(),
+            retry_in: settings.credentials_retry.min(Duration::from_secs(10)),
+        };
+    }
+    let job_id = status.job_id.or(run.spec.job.id);
+    let (Some(pending), Some(job_id)) = (&status.pending_trigger, job_id) else {
+        return Cleanup::release(status.run_id.into_iter().collect());
+    };
+    match &obs.pending_search {
+        PendingSearch::NotSearched => Cleanup::Search(RunSearch::for_pending(job_id, pending)),
+        PendingSearch::Found(found) => Cleanup::release(
+            std::iter::once(found.id)
+                .chain(obs.duplicates.iter().copied())
+                .collect(),
+        ),
+        PendingSearch::Incomplete { runs_read } => Cleanup::release_with(EventNote::warning(
+            Reason::TriggerUnconfirmed,
+            format!("Could not tell whether attempt {} reached dbt Cloud (more than {runs_read} newer runs of job {job_id}), so nothing was cancelled. Look in dbt Cloud for a run whose cause contains {}", pending.attempt, pending.token),
+        )),
+        PendingSearch::NotFound if trigger_may_still_appear(pending, obs.now, settings) => {
+            Cleanup::Wait {
+                message: format!(
+                    "confirming whether attempt {} reached dbt Cloud before cancelling it",
+                    pending.attempt
+                ),
+                retry_in: settings.confirm_retry,
+            }
+        }
+        PendingSearch::NotFound => Cleanup::release(Vec::new()),
+    }
+}
+
+/// The Event for a dbt Cloud run cancelled because its object was deleted (also when dbt Cloud no
+/// longer knows the run).
+pub fn cancelled_on_delete(run_id: i64) -> EventNote {
+    EventNote::normal(
+        Reason::Cancelled,
+        format!("Cancelled dbt Cloud run {run_id} because the object was deleted (cancelOnDelete)"),
+    )
 }
 
 /// Conditions of a run that ended unsuccessfully (`Failed`, `Cancelled`, `TimedOut`).
-fn set_unsuccessful(
-    c: &mut Vec<Condition>,
-    reason: &str,
-    message: &str,
-    gen: Option<i64>,
-    now: Timestamp,
-) {
-    set_condition(c, conditions::READY, false, reason, message, gen, now);
-    set_condition(c, conditions::FAILED, true, reason, message, gen, now);
-    conditions::remove_condition(c, conditions::COMPLETE);
-    set_condition(
-        c,
-        conditions::RECONCILING,
-        false,
-        "Finished",
-        message,
-        gen,
-        now,
-    );
-    set_condition(c, conditions::STALLED, true, reason, message, gen, now);
+fn set_unsuccessful(c: &mut Conditions<'_>, reason: Reason, message: &str) {
+    c.set(conditions::READY, false, reason, message);
+    c.set(conditions::FAILED, true, reason, message);
+    c.remove(conditions::COMPLETE);
+    c.set(conditions::RECONCILING, false, Reason::Finished, message);
+    c.set(conditions::STALLED, true, reason, message);
 }
 
 /// Conditions of a run still working (or waiting): `stalled` when only a user change helps.
-fn set_unfinished(
-    c: &mut Vec<Condition>,
-    reason: &str,
-    message: &str,
-    stalled: bool,
-    gen: Option<i64>,
-    now: Timestamp,
-) {
-    set_condition(c, conditions::READY, false, reason, message, gen, now);
-    set_condition(
-        c,
-        conditions::RECONCILING,
-        !stalled,
-        reason,
-        message,
-        gen,
-        now,
-    );
-    set_condition(c, conditions::STALLED, stalled, reason, message, gen, now);
+fn set_unfinished(c: &mut Conditions<'_>, reason: Reason, message: &str, stalled: bool) {
+    c.set(conditions::READY, false, reason, message);
+    c.set(conditions::RECONCILING, !stalled, reason, message);
+    c.set(conditions::STALLED, stalled, reason, message);
+}
+
+/// The dbt Cloud status an attempt last reported. Status keeps it as display text
+/// ([`RunStatus::humanized`]); `None` for a status whose code is not kept (`Unknown`).
+pub fn attempt_status(attempt: &RunAttempt) -> Option<RunStatus> {
+    RunStatus::from_humanized(&attempt.status)
+}
+
+/// Whether an attempt's last reported status is `Error`.
+fn attempt_failed(attempt: &RunAttempt) -> bool {
+    attempt_status(attempt) == Some(RunStatus::Error)
+}
+
+/// Records an attempt's status as status shows it.
+fn set_attempt_status(attempt: &mut RunAttempt, status: RunStatus) {
+    attempt.status = status.humanized().to_string();
 }
 
 /// Keeps status far below etcd's 1.5 MiB object limit whatever dbt Cloud reports and however long
@@ -569,7 +832,6 @@ pub fn bound_status(status: &mut DbtCloudJobRunStatus) {
         .attempt_count
         .max(u32::try_from(n).unwrap_or(u32::MAX));
     if n > MAX_STATUS_ATTEMPTS {
-        let failed = RunStatus::Error.humanized();
         let mut keep = vec![false; n];
         keep[n - 1] = true;
         let mut kept = 1;
@@ -579,7 +841,7 @@ pub fn bound_status(status: &mut DbtCloudJobRunStatus) {
                 if kept == MAX_STATUS_ATTEMPTS {
                     break;
                 }
-                if !keep[i] && (!only_failed || status.attempts[i].status == failed) {
+                if !keep[i] && (!only_failed || attempt_failed(&status.attempts[i])) {
                     keep[i] = true;
                     kept += 1;
                 }
@@ -646,8 +908,8 @@ fn record_attempt(
         // their end was not recorded (a crash, or a concurrent write, between the retry's intent
         // and its outcome).
         for a in status.attempts.iter_mut().filter(|a| a.attempt < attempt) {
-            if a.finished_at.is_none() && a.status != RunStatus::Error.humanized() {
-                a.status = RunStatus::Error.humanized().to_string();
+            if a.finished_at.is_none() && !attempt_failed(a) {
+                set_attempt_status(a, RunStatus::Error);
             }
         }
     }
@@ -688,8 +950,8 @@ struct Decider<'a> {
     old_phase: RunPhase,
     status: DbtCloudJobRunStatus,
     events: Vec<EventNote>,
-    stalled: Option<(String, String)>,
-    waiting: Option<(String, String)>,
+    stalled: Option<Blocker>,
+    waiting: Option<Blocker>,
 }
 
 impl<'a> Decider<'a> {
@@ -716,7 +978,7 @@ impl<'a> Decider<'a> {
     }
 
     fn uid(&self) -> String {
-        self.run.uid().unwrap_or_default()
+        self.run.metadata.uid.clone().unwrap_or_default()
     }
 
     fn poll_interval(&self) -> Duration {
@@ -789,7 +1051,7 @@ impl<'a> Decider<'a> {
     /// followed, in its last in-flight phase, with the reason `UnknownRunStatus` naming the code,
     /// and a Warning Event for each new code. `timeoutSeconds` applies as to any run.
     fn unknown_status(&mut self, run: &ObservedRun, code: i64) {
-        const REASON: &str = "UnknownRunStatus";
+        const REASON: Reason = Reason::UnknownRunStatus;
         if !matches!(
             self.status.phase,
             RunPhase::Queued | RunPhase::Starting | RunPhase::Running
@@ -815,7 +1077,7 @@ impl<'a> Decider<'a> {
             self.events
                 .push(EventNote::warning(REASON, message.clone()));
         }
-        self.waiting = Some((REASON.into(), message.clone()));
+        self.waiting = Some(Blocker::new(REASON, message.clone()));
         self.status.status_message = Some(message);
     }
 
@@ -857,10 +1119,11 @@ impl<'a> Decider<'a> {
                 stalled,
             } => {
                 let msg = format!("Waiting for credentials: {message}");
+                let blocker = Blocker::new(*reason, msg.clone());
                 if *stalled {
-                    self.stalled = Some((reason.clone(), msg.clone()));
+                    self.stalled = Some(blocker);
                 } else {
-                    self.waiting = Some((reason.clone(), msg.clone()));
+                    self.waiting = Some(blocker);
                 }
                 self.status.status_message = Some(msg);
                 Some(Action::Settle {
@@ -888,8 +1151,7 @@ impl<'a> Decider<'a> {
                     found,
                     self.obs.now,
                 );
-                self.events.push(EventNote::normal(
-                    "Adopted",
+                self.events.push(EventNote::normal(Reason::Adopted,
                     format!(
                         "Attempt {}: found dbt Cloud run {} from an earlier trigger whose outcome was not recorded; following it instead of triggering again",
                         pending.attempt, found.id
@@ -915,8 +1177,7 @@ impl<'a> Decider<'a> {
                 if self.run.spec.cancel || self.run.spec.suspend || self.timed_out() {
                     return None;
                 }
-                self.events.push(EventNote::warning(
-                    "TriggerNotFound",
+                self.events.push(EventNote::warning(Reason::TriggerNotFound,
                     format!(
                         "Attempt {}: no dbt Cloud run appeared within {window}s of the recorded trigger; sending it again",
                         pending.attempt
@@ -940,13 +1201,13 @@ impl<'a> Decider<'a> {
                 if self.run.spec.cancel || self.run.spec.suspend || self.timed_out() {
                     self.status.pending_trigger = None;
                     self.events.push(EventNote::warning(
-                        "TriggerUnconfirmed",
+                        Reason::TriggerUnconfirmed,
                         format!("{message}. A run of it, if there is one, was not cancelled"),
                     ));
                     return None;
                 }
                 // Only a user can move this on; the search is repeated when the object changes.
-                self.stalled = Some(("TriggerUnconfirmed".into(), message.clone()));
+                self.stalled = Some(Blocker::new(Reason::TriggerUnconfirmed, message.clone()));
                 self.status.status_message = Some(message);
                 Some(Action::Settle { requeue: None })
             }
@@ -972,7 +1233,7 @@ impl<'a> Decider<'a> {
         match reason {
             CancelReason::Requested => {
                 self.events.push(EventNote::normal(
-                    "Cancelled",
+                    Reason::Cancelled,
                     "Cancelled as requested by spec.cancel",
                 ));
                 self.finish_phase(RunPhase::Cancelled, "Cancelled by spec.cancel".into())
@@ -987,7 +1248,7 @@ impl<'a> Decider<'a> {
                     "the dbt Cloud run was left running (cancelOnTimeout: false)"
                 };
                 self.events.push(EventNote::warning(
-                    "TimedOut",
+                    Reason::TimedOut,
                     format!("timeoutSeconds ({limit}s) expired; {what}"),
                 ));
                 self.finish_phase(
@@ -997,8 +1258,7 @@ impl<'a> Decider<'a> {
             }
             CancelReason::Suspended => {
                 if in_flight {
-                    self.events.push(EventNote::normal(
-                        "Suspended",
+                    self.events.push(EventNote::normal(Reason::Suspended,
                         "spec.suspend is set: the dbt Cloud run was cancelled; a new attempt starts on resume",
                     ));
                 }
@@ -1006,15 +1266,16 @@ impl<'a> Decider<'a> {
                 self.status.run_id = None;
                 self.status.run_url = None;
                 self.status.status_message = Some("Suspended by spec.suspend".into());
-                let (gen, now) = (self.run.metadata.generation, self.now());
-                set_condition(
+                Conditions::new(
                     &mut self.status.conditions,
+                    self.run.metadata.generation,
+                    self.obs.now,
+                )
+                .set(
                     SUSPENDED,
                     true,
-                    "Suspended",
+                    Reason::Suspended,
                     "spec.suspend is true; nothing runs until it is false",
-                    gen,
-                    now,
                 );
                 Action::Settle { requeue: None }
             }
@@ -1035,16 +1296,16 @@ impl<'a> Decider<'a> {
                 }
                 Some(JobResolution::NotFound(msg)) => {
                     self.events
-                        .push(EventNote::warning("JobNotFound", msg.clone()));
-                    return self.fail_with("JobNotFound", msg.clone());
+                        .push(EventNote::warning(Reason::JobNotFound, msg.clone()));
+                    return self.fail_with(Reason::JobNotFound, msg.clone());
                 }
                 Some(JobResolution::Ambiguous(msg)) => {
                     self.events
-                        .push(EventNote::warning("JobNameAmbiguous", msg.clone()));
-                    return self.fail_with("JobNameAmbiguous", msg.clone());
+                        .push(EventNote::warning(Reason::JobNameAmbiguous, msg.clone()));
+                    return self.fail_with(Reason::JobNameAmbiguous, msg.clone());
                 }
                 Some(JobResolution::Transient { reason, message }) => {
-                    self.waiting = Some((reason.clone(), message.clone()));
+                    self.waiting = Some(Blocker::new(*reason, message.clone()));
                     self.status.status_message = Some(message.clone());
                     return Action::Settle {
                         requeue: Some(self.settings.credentials_retry),
@@ -1098,8 +1359,8 @@ impl<'a> Decider<'a> {
                     .and_then(|t| t.cause.clone())
                     .unwrap_or_else(|| {
                         default_cause(
-                            &self.run.namespace().unwrap_or_default(),
-                            &self.run.name_any(),
+                            self.run.metadata.namespace.as_deref().unwrap_or_default(),
+                            &object_name(self.run),
                         )
                     });
                 StartRequest::Trigger {
@@ -1124,7 +1385,7 @@ impl<'a> Decider<'a> {
 
     fn update_attempt(&mut self, run: &ObservedRun) {
         if let Some(a) = self.status.attempts.iter_mut().find(|a| a.run_id == run.id) {
-            a.status = run.status.humanized().to_string();
+            set_attempt_status(a, run.status);
             a.url = run.href.clone().or(a.url.take());
             a.created_at = time(run.created_at).or(a.created_at.take());
             a.started_at = time(run.started_at).or(a.started_at.take());
@@ -1145,10 +1406,12 @@ impl<'a> Decider<'a> {
             .attempts
             .iter()
             .filter(|a| {
-                a.status == RunStatus::Error.humanized()
+                attempt_failed(a)
                     || (a.attempt < latest
-                        && a.status != RunStatus::Success.humanized()
-                        && a.status != RunStatus::Cancelled.humanized())
+                        && !matches!(
+                            attempt_status(a),
+                            Some(RunStatus::Success | RunStatus::Cancelled)
+                        ))
             })
             .count() as u32
     }
@@ -1161,7 +1424,7 @@ impl<'a> Decider<'a> {
         match run.status {
             RunStatus::Success => {
                 self.events.push(EventNote::normal(
-                    "Succeeded",
+                    Reason::Succeeded,
                     format!("dbt Cloud run {} succeeded", run.id),
                 ));
                 self.finish_phase(
@@ -1171,7 +1434,7 @@ impl<'a> Decider<'a> {
             }
             RunStatus::Cancelled => {
                 self.events.push(EventNote::warning(
-                    "Cancelled",
+                    Reason::Cancelled,
                     format!("dbt Cloud run {} was cancelled in dbt Cloud", run.id),
                 ));
                 self.finish_phase(
@@ -1183,9 +1446,9 @@ impl<'a> Decider<'a> {
                 let step = details
                     .failed_step
                     .as_ref()
-                    .map(|(name, log)| {
-                        let name = conditions::truncate_str(name, MAX_NAME_LEN);
-                        format!(" at step {name}: {log}")
+                    .map(|step| {
+                        let name = conditions::truncate_str(&step.name, MAX_NAME_LEN);
+                        format!(" at step {name}: {}", step.log_tail)
                     })
                     .unwrap_or_else(|| {
                         run.status_message
@@ -1199,12 +1462,11 @@ impl<'a> Decider<'a> {
                 if self.failed_attempts() < policy.max_attempts {
                     let next = self.next_attempt();
                     self.events
-                        .push(EventNote::warning("RunFailed", message.clone()));
+                        .push(EventNote::warning(Reason::RunFailed, message.clone()));
                     let kind = match policy.strategy {
                         RetryStrategy::RerunFailed if run.can_retry => AttemptKind::RerunFailed,
                         RetryStrategy::RerunFailed => {
-                            self.events.push(EventNote::normal(
-                                "RetryFallbackFull",
+                            self.events.push(EventNote::normal(Reason::RetryFallbackFull,
                                 format!("dbt Cloud cannot retry run {} natively; triggering the whole job for attempt {next}", run.id),
                             ));
                             AttemptKind::Full
@@ -1212,7 +1474,7 @@ impl<'a> Decider<'a> {
                         RetryStrategy::Full => AttemptKind::Full,
                     };
                     self.events.push(EventNote::normal(
-                        "Retrying",
+                        Reason::Retrying,
                         format!(
                             "Starting attempt {next} of {} ({kind:?})",
                             policy.max_attempts
@@ -1223,14 +1485,14 @@ impl<'a> Decider<'a> {
                     return self.start_attempt(kind, retry_of);
                 }
                 self.events
-                    .push(EventNote::warning("Failed", message.clone()));
+                    .push(EventNote::warning(Reason::Failed, message.clone()));
                 self.finish_phase(RunPhase::Failed, message)
             }
         }
     }
 
-    fn fail_with(&mut self, reason: &str, message: String) -> Action {
-        self.stalled = Some((reason.to_string(), message.clone()));
+    fn fail_with(&mut self, reason: Reason, message: String) -> Action {
+        self.stalled = Some(Blocker::new(reason, message.clone()));
         self.finish_phase(RunPhase::Failed, message)
     }
 
@@ -1284,90 +1546,67 @@ impl<'a> Decider<'a> {
         // No Event for a phase a run passes through (Queued, Running): status says it, and each
         // Event is an API-server write. Events are kept for failures and the final outcome.
         let phase = self.status.phase;
-        let c = &mut self.status.conditions;
+        let mut c = Conditions::new(&mut self.status.conditions, gen, now);
         match &self.obs.credentials {
             CredentialsState::Ready { .. } => {
-                set_condition(
-                    c,
+                c.set(
                     CREDENTIALS_READY,
                     true,
-                    "Ready",
+                    Reason::Ready,
                     "Credentials are valid",
-                    gen,
-                    now,
                 );
             }
             CredentialsState::NotReady {
                 reason, message, ..
             } if !phase.is_terminal() => {
-                set_condition(c, CREDENTIALS_READY, false, reason, message, gen, now);
+                c.set(CREDENTIALS_READY, false, *reason, message);
             }
             CredentialsState::NotReady { .. } => {}
         }
         let message = self.status.status_message.clone().unwrap_or_default();
         match phase {
             RunPhase::Succeeded => {
-                set_condition(c, conditions::READY, true, "Succeeded", &message, gen, now);
-                set_condition(
-                    c,
-                    conditions::COMPLETE,
-                    true,
-                    "Succeeded",
-                    &message,
-                    gen,
-                    now,
-                );
-                conditions::remove_condition(c, conditions::FAILED);
-                set_condition(
-                    c,
-                    conditions::RECONCILING,
-                    false,
-                    "Finished",
-                    &message,
-                    gen,
-                    now,
-                );
-                set_condition(
-                    c,
-                    conditions::STALLED,
-                    false,
-                    "Finished",
-                    &message,
-                    gen,
-                    now,
-                );
+                c.set(conditions::READY, true, Reason::Succeeded, &message);
+                c.set(conditions::COMPLETE, true, Reason::Succeeded, &message);
+                c.remove(conditions::FAILED);
+                c.set(conditions::RECONCILING, false, Reason::Finished, &message);
+                c.set(conditions::STALLED, false, Reason::Finished, &message);
             }
             RunPhase::Failed | RunPhase::Cancelled | RunPhase::TimedOut => {
                 // A terminal phase keeps the reason it was reached with.
                 let reason = self
                     .stalled
                     .as_ref()
-                    .map(|(r, _)| r.clone())
-                    .or_else(|| conditions::find(c, conditions::FAILED).map(|f| f.reason.clone()))
-                    .unwrap_or_else(|| match phase {
-                        RunPhase::Failed => "RunFailed".into(),
-                        other => other.as_str().into(),
+                    .map(|b| b.reason)
+                    .or_else(|| {
+                        conditions::find(c.list(), conditions::FAILED)
+                            .and_then(|f| Reason::parse(&f.reason))
+                    })
+                    .unwrap_or(match phase {
+                        RunPhase::Failed => Reason::RunFailed,
+                        other => other.into(),
                     });
-                set_unsuccessful(c, &reason, &message, gen, now);
+                set_unsuccessful(&mut c, reason, &message);
             }
             _ => {
-                let (reason, stalled) = if let Some((r, _)) = &self.stalled {
-                    (r.clone(), true)
-                } else if let Some((r, _)) = &self.waiting {
-                    (r.clone(), false)
-                } else if conditions::is_true(c, SUSPENDED) {
-                    ("Suspended".to_string(), false)
+                let (reason, stalled) = if let Some(b) = &self.stalled {
+                    (b.reason, true)
+                } else if let Some(b) = &self.waiting {
+                    (b.reason, false)
+                } else if conditions::is_true(c.list(), SUSPENDED) {
+                    (Reason::Suspended, false)
                 } else {
-                    (phase.as_str().to_string(), false)
+                    (phase.into(), false)
                 };
                 // Starting to wait on something (credentials, a lookup, a user fix) is an Event.
                 let blocked = self.stalled.is_some() || self.waiting.is_some();
-                let old_reason = conditions::find(c, conditions::READY).map(|r| r.reason.clone());
-                if blocked && old_reason.as_deref() != Some(reason.as_str()) {
+                let old_reason =
+                    conditions::find(c.list(), conditions::READY).map(|r| r.reason.as_str());
+                if blocked && old_reason != Some(reason.as_str()) {
                     self.events
-                        .push(EventNote::warning(reason.clone(), message.clone()));
+                        .push(EventNote::warning(reason, message.clone()));
                 }
-                set_unfinished(c, &reason, &message, stalled, gen, now);
+                set_unfinished(&mut c, reason, &message, stalled);
             }
         }
         bound_status(&mut self.status);

@@ -45,7 +45,7 @@ fn not_ready(now: i64) -> Observation {
     Observation::new(
         ts(now),
         CredentialsState::NotReady {
-            reason: "Unauthorized".into(),
+            reason: Reason::Unauthorized,
             message: "key rejected".into(),
             stalled: false,
         },
@@ -126,10 +126,10 @@ fn details_failed() -> RunDetails {
             failed_nodes: vec!["model.shop.orders".into()],
             ..Default::default()
         }),
-        failed_step: Some((
-            "Invoke dbt with `dbt build`".into(),
-            "Database Error in model orders".into(),
-        )),
+        failed_step: Some(FailedStep {
+            name: "Invoke dbt with `dbt build`".into(),
+            log_tail: "Database Error in model orders".into(),
+        }),
     }
 }
 
@@ -227,7 +227,7 @@ fn credentials_not_ready_waits_without_triggering() {
 fn stalled_credentials_mark_stalled() {
     let mut obs = not_ready(0);
     obs.credentials = CredentialsState::NotReady {
-        reason: "NamespaceNotAllowed".into(),
+        reason: Reason::NamespaceNotAllowed,
         message: "no".into(),
         stalled: true,
     };
@@ -305,7 +305,7 @@ fn job_lookup_failures_fail_clearly_or_wait() {
     }
     let mut obs = ready(0);
     obs.job = Some(JobResolution::Transient {
-        reason: "RateLimited".into(),
+        reason: Reason::RateLimited,
         message: "slow down".into(),
     });
     let d = decide(&obj, &obs, &settings());
@@ -1119,7 +1119,7 @@ fn rejected_start_voids_the_intent() {
     let (s, note) = after_start_rejected(
         &obj,
         &d.status,
-        "JobNotFound",
+        Reason::JobNotFound,
         "404 for job 42",
         true,
         ts(1),
@@ -1133,7 +1133,7 @@ fn rejected_start_voids_the_intent() {
         "JobNotFound"
     );
     assert!(note.warning);
-    let (s, _) = after_start_rejected(&obj, &d.status, "RateLimited", "429", false, ts(1));
+    let (s, _) = after_start_rejected(&obj, &d.status, Reason::RateLimited, "429", false, ts(1));
     assert!(s.pending_trigger.is_none());
     assert_eq!(s.phase, RunPhase::Pending);
     assert!(conditions::is_true(&s.conditions, conditions::RECONCILING));
@@ -1204,7 +1204,10 @@ fn hostile_details() -> RunDetails {
                 .collect(),
             ..Default::default()
         }),
-        failed_step: Some((long("step ", 65_536), long("log ", 1_000_000))),
+        failed_step: Some(FailedStep {
+            name: long("step ", 65_536),
+            log_tail: long("log ", 1_000_000),
+        }),
     }
 }
 
@@ -1251,7 +1254,7 @@ fn worst_case_status_stays_under_budget() {
     let (rejected, _) = after_start_rejected(
         &obj,
         &hostile_status(),
-        "ServerError",
+        Reason::ServerError,
         &long("dbt Cloud refused ", 1_000_000),
         false,
         ts(50),
@@ -1354,4 +1357,345 @@ fn bounding_keeps_every_failed_attempt_so_retries_stay_within_budget() {
     obs.details = Some(details_failed());
     let d = decide(&object(s, Some(bounded)), &obs, &settings());
     assert_eq!(d.status.phase, RunPhase::Failed, "{:?}", d.action);
+}
+
+// ----- a failed start request -----
+
+#[test]
+fn failed_start_requests_are_classified_by_the_core() {
+    let obj = object(spec(), None);
+    let d = decide(&obj, &ready(0), &settings());
+    assert!(d.status.pending_trigger.is_some());
+    let fail = |failure: StartFailure| {
+        after_start_failed(&obj, &d.status, &failure, "boom", &settings(), ts(1))
+    };
+
+    // Ambiguous: the intent stays (nothing is written), the run is searched for next.
+    let a = fail(StartFailure::Ambiguous);
+    assert_eq!(a.status, None);
+    assert_eq!(a.requeue, Requeue::After(settings().confirm_retry));
+    let e = a.event.unwrap();
+    assert!(e.warning);
+    assert_eq!(e.reason, Reason::TriggerOutcomeUnknown);
+    assert!(
+        e.note.starts_with("boom; looking for the run"),
+        "{}",
+        e.note
+    );
+
+    // Not sent: the intent is void, no Event, decided again soon.
+    let n = fail(StartFailure::NotSent);
+    let s = n.status.unwrap();
+    assert!(s.pending_trigger.is_none());
+    assert_eq!(s.phase, RunPhase::Pending);
+    assert_eq!(
+        conditions::find(&s.conditions, conditions::READY)
+            .unwrap()
+            .reason,
+        "TriggerNotSent"
+    );
+    assert_eq!(
+        s.status_message.as_deref(),
+        Some("Attempt 1 was not sent (boom); it is tried again")
+    );
+    assert_eq!(n.event, None);
+    assert_eq!(n.requeue, Requeue::Jittered(Duration::from_secs(1)));
+
+    // Final refusals fail the run and wait for a change.
+    for (failure, reason) in [
+        (StartFailure::JobNotFound, Reason::JobNotFound),
+        (StartFailure::Invalid, Reason::TriggerRejected),
+    ] {
+        let r = fail(failure);
+        let s = r.status.unwrap();
+        assert!(s.pending_trigger.is_none());
+        assert_eq!(s.phase, RunPhase::Failed);
+        assert_eq!(
+            conditions::find(&s.conditions, conditions::FAILED)
+                .unwrap()
+                .reason,
+            reason.as_str()
+        );
+        assert_eq!(r.requeue, Requeue::AwaitChange);
+        let e = r.event.unwrap();
+        assert!(e.warning);
+        assert_eq!(e.reason, reason);
+        assert_eq!(e.note, "dbt Cloud refused the trigger: boom");
+    }
+
+    // Other refusals wait under the error's reason, after Retry-After or the credentials retry.
+    for (retry_after, expected) in [
+        (Some(Duration::from_secs(7)), Duration::from_secs(7)),
+        (None, settings().credentials_retry),
+    ] {
+        let r = fail(StartFailure::Refused {
+            reason: Reason::RateLimited,
+            retry_after,
+        });
+        let s = r.status.unwrap();
+        assert!(s.pending_trigger.is_none());
+        assert_eq!(s.phase, RunPhase::Pending);
+        assert!(conditions::is_true(&s.conditions, conditions::RECONCILING));
+        assert_eq!(r.requeue, Requeue::Jittered(expected));
+        assert_eq!(r.event.unwrap().reason, Reason::RateLimited);
+    }
+}
+
+#[test]
+fn an_accepted_cancel_counts_as_cancelled() {
+    for status in [
+        RunStatus::Queued,
+        RunStatus::Starting,
+        RunStatus::Running,
+        RunStatus::Unknown(7),
+        RunStatus::Cancelled,
+    ] {
+        assert_eq!(
+            after_cancel_accepted(run(5, status)).status,
+            RunStatus::Cancelled
+        );
+    }
+    // A run that finished before the cancel arrived keeps its outcome.
+    for status in [RunStatus::Success, RunStatus::Error] {
+        assert_eq!(after_cancel_accepted(run(5, status)).status, status);
+    }
+}
+
+// ----- deletion -----
+
+const DELETION_TIMEOUT: Duration = Duration::from_secs(300);
+
+fn pending_trigger(requested_at: i64) -> PendingTrigger {
+    PendingTrigger {
+        attempt: 2,
+        token: attempt_token(UID, 2),
+        kind: AttemptKind::Full,
+        retry_of_run_id: None,
+        after_run_id: Some(NEWEST),
+        requested_at: Time(ts(requested_at)),
+    }
+}
+
+#[test]
+fn deletion_decisions_cover_every_state() {
+    let phases = [
+        RunPhase::Pending,
+        RunPhase::Queued,
+        RunPhase::Running,
+        RunPhase::Succeeded,
+        RunPhase::Failed,
+        RunPhase::Cancelled,
+        RunPhase::TimedOut,
+    ];
+    let searches = [
+        PendingSearch::NotSearched,
+        PendingSearch::Found(run(101, RunStatus::Running)),
+        PendingSearch::NotFound,
+        PendingSearch::Incomplete { runs_read: 500 },
+    ];
+    let mut cases = 0;
+    for phase in phases {
+        for run_id in [None, Some(100)] {
+            for pending in [false, true] {
+                for job_known in [false, true] {
+                    for cancel_on_delete in [false, true] {
+                        // Seconds since the deletion (300: the timeout has passed).
+                        for deleted_ago in [0, 299, 300] {
+                            for credentials_ready in [false, true] {
+                                // Seconds since the trigger was recorded (window: 60 s).
+                                for recorded_ago in [5, 61] {
+                                    for search in &searches {
+                                        cases += 1;
+                                        let now = 1_000;
+                                        let mut spec = if job_known { spec() } else { by_name() };
+                                        spec.cancel_on_delete = cancel_on_delete;
+                                        let status = DbtCloudJobRunStatus {
+                                            phase,
+                                            run_id,
+                                            pending_trigger: pending
+                                                .then(|| pending_trigger(now - recorded_ago)),
+                                            ..Default::default()
+                                        };
+                                        let mut obj = object(spec, Some(status));
+                                        obj.metadata.deletion_timestamp =
+                                            Some(Time(ts(now - deleted_ago)));
+                                        let obs = DeletionObservation {
+                                            now: ts(now),
+                                            credentials_ready,
+                                            pending_search: search.clone(),
+                                            duplicates: vec![102],
+                                        };
+                                        let got =
+                                            cleanup(&obj, &obs, &settings(), DELETION_TIMEOUT);
+                                        let in_flight =
+                                            !phase.is_terminal() && (run_id.is_some() || pending);
+                                        let nothing = Cleanup::Release {
+                                            cancel: vec![],
+                                            events: vec![],
+                                        };
+                                        let ctx = format!("{phase:?} run_id={run_id:?} pending={pending} job={job_known} cod={cancel_on_delete} deleted_ago={deleted_ago} creds={credentials_ready} recorded_ago={recorded_ago} {search:?}");
+                                        if !in_flight || !cancel_on_delete {
+                                            assert_eq!(got, nothing, "{ctx}");
+                                            continue;
+                                        }
+                                        if deleted_ago >= 300 {
+                                            match &got {
+                                                Cleanup::Release { cancel, events } => {
+                                                    assert!(cancel.is_empty(), "{ctx}");
+                                                    assert_eq!(events.len(), 1, "{ctx}");
+                                                    assert_eq!(
+                                                        events[0].reason,
+                                                        Reason::CancelAbandoned
+                                                    );
+                                                    assert!(events[0].warning);
+                                                }
+                                                other => panic!("{ctx}: {other:?}"),
+                                            }
+                                            continue;
+                                        }
+                                        if !credentials_ready {
+                                            assert_eq!(
+                                                got,
+                                                Cleanup::Wait {
+                                                    message: "the credentials are not ready to cancel the dbt Cloud run".into(),
+                                                    retry_in: Duration::from_secs(10),
+                                                },
+                                                "{ctx}"
+                                            );
+                                            continue;
+                                        }
+                                        if !(pending && job_known) {
+                                            assert_eq!(
+                                                got,
+                                                Cleanup::Release {
+                                                    cancel: run_id.into_iter().collect(),
+                                                    events: vec![],
+                                                },
+                                                "{ctx}"
+                                            );
+                                            continue;
+                                        }
+                                        match search {
+                                            PendingSearch::NotSearched => assert_eq!(
+                                                got,
+                                                Cleanup::Search(RunSearch::for_pending(
+                                                    42,
+                                                    &pending_trigger(now - recorded_ago)
+                                                )),
+                                                "{ctx}"
+                                            ),
+                                            PendingSearch::Found(r) => assert_eq!(
+                                                got,
+                                                Cleanup::Release {
+                                                    cancel: vec![r.id, 102],
+                                                    events: vec![],
+                                                },
+                                                "{ctx}"
+                                            ),
+                                            PendingSearch::Incomplete { .. } => match &got {
+                                                Cleanup::Release { cancel, events } => {
+                                                    assert!(cancel.is_empty(), "{ctx}");
+                                                    assert_eq!(
+                                                        events
+                                                            .iter()
+                                                            .map(|e| e.reason)
+                                                            .collect::<Vec<_>>(),
+                                                        vec![Reason::TriggerUnconfirmed],
+                                                        "{ctx}"
+                                                    );
+                                                }
+                                                other => panic!("{ctx}: {other:?}"),
+                                            },
+                                            PendingSearch::NotFound if recorded_ago < 61 => {
+                                                assert_eq!(
+                                                    got,
+                                                    Cleanup::Wait {
+                                                        message: "confirming whether attempt 2 reached dbt Cloud before cancelling it".into(),
+                                                        retry_in: settings().confirm_retry,
+                                                    },
+                                                    "{ctx}"
+                                                )
+                                            }
+                                            PendingSearch::NotFound => {
+                                                assert_eq!(got, nothing, "{ctx}")
+                                            }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(cases, 7 * 2 * 2 * 2 * 2 * 3 * 2 * 2 * 4);
+}
+
+#[test]
+fn deletion_without_a_status_or_a_deletion_time_lets_go_or_counts_from_now() {
+    let obj = object(spec(), None);
+    let obs = DeletionObservation::new(ts(0), true);
+    assert_eq!(
+        cleanup(&obj, &obs, &settings(), DELETION_TIMEOUT),
+        Cleanup::Release {
+            cancel: vec![],
+            events: vec![],
+        }
+    );
+    // No deletion time recorded (not yet seen): counted from now, so not abandoned.
+    let status = DbtCloudJobRunStatus {
+        phase: RunPhase::Running,
+        run_id: Some(100),
+        ..Default::default()
+    };
+    let obj = object(spec(), Some(status));
+    assert_eq!(
+        cleanup(&obj, &obs, &settings(), DELETION_TIMEOUT),
+        Cleanup::Release {
+            cancel: vec![100],
+            events: vec![],
+        }
+    );
+    assert_eq!(cancelled_on_delete(100).reason, Reason::Cancelled);
+    assert!(!cancelled_on_delete(100).warning);
+}
+
+#[test]
+fn attempt_status_reads_back_what_status_shows() {
+    for status in [
+        RunStatus::Queued,
+        RunStatus::Starting,
+        RunStatus::Running,
+        RunStatus::Success,
+        RunStatus::Error,
+        RunStatus::Cancelled,
+    ] {
+        let mut a = RunAttempt {
+            attempt: 1,
+            run_id: 1,
+            url: None,
+            kind: AttemptKind::Full,
+            status: String::new(),
+            created_at: None,
+            started_at: None,
+            finished_at: None,
+        };
+        set_attempt_status(&mut a, status);
+        assert_eq!(attempt_status(&a), Some(status));
+        assert_eq!(attempt_failed(&a), status == RunStatus::Error);
+    }
+    let mut a = RunAttempt {
+        attempt: 1,
+        run_id: 1,
+        url: None,
+        kind: AttemptKind::Full,
+        status: String::new(),
+        created_at: None,
+        started_at: None,
+        finished_at: None,
+    };
+    set_attempt_status(&mut a, RunStatus::Unknown(7));
+    assert_eq!(a.status, "Unknown");
+    assert_eq!(attempt_status(&a), None);
 }

@@ -1,7 +1,9 @@
 //! Controllers: the shared [`Context`], the credentials, job-run and job-trigger reconcilers, the
-//! shared run poller, the pure run lifecycle and the pure trigger decision.
+//! shared run poller, and their pure cores: the run lifecycle, the credentials policy and the
+//! trigger decision.
 
 pub mod credentials;
+pub mod credentials_policy;
 pub mod intent;
 pub mod job_run;
 pub mod job_trigger;
@@ -28,6 +30,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use rand::Rng;
 use tracing::{info, warn};
 
+use crate::crd::reasons::{EventNote, Reason};
 use crate::crd::{
     ClusterDbtCloudCredentials, DbtCloudCredentials, DbtCloudJobRun, DbtCloudJobTrigger,
 };
@@ -256,23 +259,47 @@ impl Context {
             || self.config.watch_namespaces.iter().any(|n| n == namespace)
     }
 
+    /// Reports a failed reconcile of `obj` as a Warning Event (reason `ReconcileFailed`, the
+    /// error as the note; errors carry no secrets), published in the background because error
+    /// policies are synchronous. Routine failures (see [`crate::Error::is_reportable`]) are not
+    /// reported.
+    pub fn report_failure<K>(self: &Arc<Self>, obj: Arc<K>, err: &crate::Error)
+    where
+        K: Resource<DynamicType = ()> + Send + Sync + 'static,
+    {
+        if !err.is_reportable() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let event = EventNote::warning(Reason::ReconcileFailed, err.to_string());
+        let ctx = self.clone();
+        runtime.spawn(async move { ctx.publish(obj.as_ref(), "Reconcile", &event).await });
+    }
+
     /// Publishes an Event about `obj`; failures are logged, never fatal.
-    pub async fn publish<K>(&self, obj: &K, warning: bool, reason: &str, action: &str, note: String)
+    pub async fn publish<K>(&self, obj: &K, action: &str, event: &EventNote)
     where
         K: Resource<DynamicType = ()>,
     {
-        let event = KubeEvent {
-            type_: if warning {
+        let reason = event.reason.as_str();
+        let kube_event = KubeEvent {
+            type_: if event.warning {
                 EventType::Warning
             } else {
                 EventType::Normal
             },
             reason: reason.to_string(),
-            note: Some(crate::crd::conditions::truncate_str(&note, 1000)),
+            note: Some(crate::crd::conditions::truncate_str(&event.note, 1000)),
             action: action.to_string(),
             secondary: None,
         };
-        if let Err(e) = self.recorder.publish(&event, &obj.object_ref(&())).await {
+        if let Err(e) = self
+            .recorder
+            .publish(&kube_event, &obj.object_ref(&()))
+            .await
+        {
             warn!(error = %e, reason, "failed to publish event");
         }
     }
@@ -640,7 +667,7 @@ mod tests {
         // Deciding the slim copy: its status comes back unchanged (so no write), the same action.
         let now = jiff::Timestamp::from_second(1_800_000_000).unwrap();
         let creds = CredentialsState::NotReady {
-            reason: "x".into(),
+            reason: crate::crd::reasons::Reason::CredentialsNotFound,
             message: "x".into(),
             stalled: false,
         };

@@ -104,8 +104,8 @@ pub struct CredentialsEntry {
     pub fingerprint: Option<String>,
     /// A client, present when the credentials are ready.
     pub client: Option<DbtCloudClient>,
-    /// CamelCase reason of the Ready condition.
-    pub reason: String,
+    /// Reason of the Ready condition.
+    pub reason: crate::crd::reasons::Reason,
     /// Message of the Ready condition.
     pub message: String,
     /// Whether only a user change can make them ready (as opposed to an outage).
@@ -441,7 +441,11 @@ mod tests {
                 generation: None,
                 fingerprint: None,
                 client: ready.then(test_client),
-                reason: if ready { "Valid" } else { "Unauthorized" }.into(),
+                reason: if ready {
+                    crate::crd::reasons::Reason::Valid
+                } else {
+                    crate::crd::reasons::Reason::Unauthorized
+                },
                 message: String::new(),
                 stalled: !ready,
             };

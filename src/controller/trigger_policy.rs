@@ -14,12 +14,14 @@ use jiff::tz::TimeZone;
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
 
-use crate::crd::conditions::{self, set_condition};
+use crate::crd::conditions::{self, Conditions};
 use crate::crd::job_run::{DbtCloudJobRun, RunPhase, TriggerOverrides};
 use crate::crd::job_trigger::{
     ActiveRun, ConcurrencyPolicy, DbtCloudJobTriggerSpec, DbtCloudJobTriggerStatus, SkippedRun,
     MAX_TRIGGER_NAME_LEN,
 };
+pub use crate::crd::reasons::EventNote;
+use crate::crd::reasons::Reason;
 
 /// Annotation on a run started by the schedule: its scheduled time (RFC 3339).
 pub const SCHEDULED_AT_ANNOTATION: &str = "dbtcloud.io/scheduled-at";
@@ -39,13 +41,13 @@ const MAX_CAUSE: usize = 200;
 const MAX_MISSED_COUNT: usize = 100;
 
 /// Condition reason: the schedule does not parse or never fires.
-pub const REASON_INVALID_SCHEDULE: &str = "InvalidSchedule";
+pub const REASON_INVALID_SCHEDULE: Reason = Reason::InvalidSchedule;
 /// Condition reason: the time zone is unknown.
-pub const REASON_INVALID_TIME_ZONE: &str = "InvalidTimeZone";
+pub const REASON_INVALID_TIME_ZONE: Reason = Reason::InvalidTimeZone;
 /// Condition reason: the API server refused a run made from the template.
-pub const REASON_TEMPLATE_REJECTED: &str = "RunTemplateRejected";
+pub const REASON_TEMPLATE_REJECTED: Reason = Reason::RunTemplateRejected;
 /// Condition reason: the trigger's name leaves no room for its runs' suffixes.
-pub const REASON_NAME_TOO_LONG: &str = "NameTooLong";
+pub const REASON_NAME_TOO_LONG: Reason = Reason::NameTooLong;
 
 /// The trigger as the decision sees it.
 #[derive(Clone, Copy, Debug)]
@@ -130,17 +132,6 @@ pub struct StartRun {
     pub cause: StartCause,
 }
 
-/// An Event to publish about the trigger.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Note {
-    /// Warning (true) or Normal.
-    pub warning: bool,
-    /// CamelCase reason.
-    pub reason: &'static str,
-    /// Human-readable note.
-    pub note: String,
-}
-
 /// What to do now.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Decision {
@@ -154,7 +145,7 @@ pub struct Decision {
     /// The status to write, before the starts are recorded.
     pub status: DbtCloudJobTriggerStatus,
     /// Events (skips, missed schedules, replacements, deletions, invalid spec).
-    pub events: Vec<Note>,
+    pub events: Vec<EventNote>,
     /// When to decide again (the next schedule slot), if ever without a change.
     pub requeue_at: Option<Timestamp>,
 }
@@ -169,8 +160,8 @@ pub struct Schedule {
 /// Why a spec cannot be acted on: a condition reason and a message that says what to fix.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Invalid {
-    /// CamelCase reason.
-    pub reason: &'static str,
+    /// Why.
+    pub reason: Reason,
     /// What is wrong and how to fix it.
     pub message: String,
 }
@@ -366,9 +357,9 @@ pub fn decide(view: TriggerView<'_>, children: &[Child], now: Timestamp) -> Deci
                         spec.starting_deadline_seconds.unwrap_or_default(),
                         missed_note(earlier)
                     );
-                    events.push(Note {
+                    events.push(EventNote {
                         warning: true,
-                        reason: "MissedSchedule",
+                        reason: Reason::MissedSchedule,
                         note: message.clone(),
                     });
                     status.last_schedule_time = Some(time(slot));
@@ -376,14 +367,14 @@ pub fn decide(view: TriggerView<'_>, children: &[Child], now: Timestamp) -> Deci
                         time: time(now),
                         schedule_time: Some(time(slot)),
                         revision: None,
-                        reason: "MissedDeadline".into(),
+                        reason: Reason::MissedDeadline.into(),
                         message,
                     });
                 } else {
                     if earlier > 0 {
-                        events.push(Note {
+                        events.push(EventNote {
                             warning: true,
-                            reason: "MissedSchedule",
+                            reason: Reason::MissedSchedule,
                             note: format!(
                                 "{}; starting only the latest, scheduled for {slot}",
                                 missed_note(earlier).trim_start_matches("; ")
@@ -430,32 +421,33 @@ pub fn decide(view: TriggerView<'_>, children: &[Child], now: Timestamp) -> Deci
             .map(|c| c.name.clone())
             .chain(start.iter().map(|s: &StartRun| s.name.clone()))
             .collect();
-        let skip = |reason: &str, message: String, status: &mut DbtCloudJobTriggerStatus| match &run
-            .cause
-        {
-            StartCause::Schedule(slot) => {
-                status.last_schedule_time = Some(time(*slot));
-                status.last_skipped = Some(SkippedRun {
-                    time: time(now),
-                    schedule_time: Some(time(*slot)),
-                    revision: None,
-                    reason: reason.into(),
-                    message,
-                });
-            }
-            StartCause::Revision(rev) => {
-                status.last_revision = Some(rev.clone());
-                status.revision_changes += 1;
-                status.last_skipped = Some(SkippedRun {
-                    time: time(now),
-                    schedule_time: None,
-                    revision: Some(rev.clone()),
-                    reason: reason.into(),
-                    message,
-                });
-            }
-            StartCause::Manual => {}
-        };
+        let skip =
+            |reason: Reason, message: String, status: &mut DbtCloudJobTriggerStatus| match &run
+                .cause
+            {
+                StartCause::Schedule(slot) => {
+                    status.last_schedule_time = Some(time(*slot));
+                    status.last_skipped = Some(SkippedRun {
+                        time: time(now),
+                        schedule_time: Some(time(*slot)),
+                        revision: None,
+                        reason: reason.into(),
+                        message,
+                    });
+                }
+                StartCause::Revision(rev) => {
+                    status.last_revision = Some(rev.clone());
+                    status.revision_changes += 1;
+                    status.last_skipped = Some(SkippedRun {
+                        time: time(now),
+                        schedule_time: None,
+                        revision: Some(rev.clone()),
+                        reason: reason.into(),
+                        message,
+                    });
+                }
+                StartCause::Manual => {}
+            };
         match spec.concurrency_policy {
             ConcurrencyPolicy::Forbid if !busy.is_empty() => {
                 let message = format!(
@@ -463,12 +455,12 @@ pub fn decide(view: TriggerView<'_>, children: &[Child], now: Timestamp) -> Deci
                     run.cause.describe(),
                     busy.join(", ")
                 );
-                events.push(Note {
+                events.push(EventNote {
                     warning: false,
-                    reason: "RunSkipped",
+                    reason: Reason::RunSkipped,
                     note: message.clone(),
                 });
-                skip("Forbidden", message, &mut status);
+                skip(Reason::Forbidden, message, &mut status);
             }
             ConcurrencyPolicy::Replace if !start.is_empty() => {
                 let message = format!(
@@ -477,12 +469,12 @@ pub fn decide(view: TriggerView<'_>, children: &[Child], now: Timestamp) -> Deci
                     run.cause.describe(),
                     start[0].name
                 );
-                events.push(Note {
+                events.push(EventNote {
                     warning: false,
-                    reason: "RunSkipped",
+                    reason: Reason::RunSkipped,
                     note: message.clone(),
                 });
-                skip("Superseded", message, &mut status);
+                skip(Reason::Superseded, message, &mut status);
             }
             ConcurrencyPolicy::Replace => {
                 let to_cancel: Vec<String> = active
@@ -491,9 +483,9 @@ pub fn decide(view: TriggerView<'_>, children: &[Child], now: Timestamp) -> Deci
                     .map(|c| c.name.clone())
                     .collect();
                 if !to_cancel.is_empty() {
-                    events.push(Note {
+                    events.push(EventNote {
                         warning: false,
-                        reason: "RunReplaced",
+                        reason: Reason::RunReplaced,
                         note: format!(
                             "cancelling {} to start {} for {} (concurrencyPolicy Replace)",
                             to_cancel.join(", "),
@@ -537,9 +529,9 @@ pub fn decide(view: TriggerView<'_>, children: &[Child], now: Timestamp) -> Deci
         }
     }
     if !delete.is_empty() {
-        events.push(Note {
+        events.push(EventNote {
             warning: false,
-            reason: "RunsDeleted",
+            reason: Reason::RunsDeleted,
             note: format!(
                 "deleted finished run(s) beyond the history limits (successful {}, failed {}): {}",
                 spec.successful_runs_history_limit,
@@ -578,7 +570,7 @@ pub fn decide(view: TriggerView<'_>, children: &[Child], now: Timestamp) -> Deci
         .map(|c| (c.reason.clone(), c.observed_generation));
     if let Some(inv) = &invalid {
         if was_stalled != Some((inv.reason.to_string(), gen)) {
-            events.push(Note {
+            events.push(EventNote {
                 warning: true,
                 reason: inv.reason,
                 note: inv.message.clone(),
@@ -613,19 +605,19 @@ fn summary(
     spec: &DbtCloudJobTriggerSpec,
     status: &DbtCloudJobTriggerStatus,
     schedule: Option<&Schedule>,
-) -> (&'static str, String) {
+) -> (Reason, String) {
     let mut parts = Vec::new();
     let reason = if spec.suspend {
         parts.push("suspended: no runs are started".to_string());
-        "Suspended"
+        Reason::Suspended
     } else if let Some(schedule) = schedule {
         if let Some(next) = &status.next_schedule_time {
             parts.push(format!("next run at {}", schedule.describe(next.0)));
         }
-        "Scheduled"
+        Reason::Scheduled
     } else {
         parts.push("waiting for a revision change or a manual trigger".to_string());
-        "Waiting"
+        Reason::Waiting
     };
     match status.active.len() {
         0 => {}
@@ -640,28 +632,28 @@ fn summary(
 
 fn set_ready(
     status: &mut DbtCloudJobTriggerStatus,
-    reason: &str,
+    reason: Reason,
     message: &str,
     gen: Option<i64>,
     now: Timestamp,
 ) {
-    let c = &mut status.conditions;
-    set_condition(c, conditions::READY, true, reason, message, gen, now);
-    set_condition(c, conditions::RECONCILING, false, reason, message, gen, now);
-    set_condition(c, conditions::STALLED, false, reason, message, gen, now);
+    let mut c = Conditions::new(&mut status.conditions, gen, now);
+    c.set(conditions::READY, true, reason, message);
+    c.set(conditions::RECONCILING, false, reason, message);
+    c.set(conditions::STALLED, false, reason, message);
 }
 
 fn set_stalled(
     status: &mut DbtCloudJobTriggerStatus,
-    reason: &str,
+    reason: Reason,
     message: &str,
     gen: Option<i64>,
     now: Timestamp,
 ) {
-    let c = &mut status.conditions;
-    set_condition(c, conditions::READY, false, reason, message, gen, now);
-    set_condition(c, conditions::RECONCILING, false, reason, message, gen, now);
-    set_condition(c, conditions::STALLED, true, reason, message, gen, now);
+    let mut c = Conditions::new(&mut status.conditions, gen, now);
+    c.set(conditions::READY, false, reason, message);
+    c.set(conditions::RECONCILING, false, reason, message);
+    c.set(conditions::STALLED, true, reason, message);
 }
 
 /// Records a started run (created now, or found already created by this trigger).
@@ -693,7 +685,7 @@ pub fn record_name_taken(
     status: &mut DbtCloudJobTriggerStatus,
     run: &StartRun,
     now: Timestamp,
-) -> Note {
+) -> EventNote {
     let message = format!(
         "not started for {}: a DbtCloudJobRun named {} already exists and does not belong to this \
          trigger; delete or rename it",
@@ -704,7 +696,7 @@ pub fn record_name_taken(
         time: time(now),
         schedule_time: None,
         revision: None,
-        reason: "NameTaken".into(),
+        reason: Reason::NameTaken.into(),
         message: message.clone(),
     };
     match &run.cause {
@@ -720,9 +712,9 @@ pub fn record_name_taken(
         StartCause::Manual => {}
     }
     status.last_skipped = Some(skipped);
-    Note {
+    EventNote {
         warning: true,
-        reason: "RunNameTaken",
+        reason: Reason::RunNameTaken,
         note: message,
     }
 }
@@ -737,7 +729,7 @@ pub fn record_rejected(
     error: &str,
     generation: Option<i64>,
     now: Timestamp,
-) -> Note {
+) -> EventNote {
     let message = format!(
         "the API server refused the run {} for {}: {}; fix spec.runTemplate (any change of the \
          spec retries)",
@@ -747,7 +739,7 @@ pub fn record_rejected(
     );
     status.next_schedule_time = None;
     set_stalled(status, REASON_TEMPLATE_REJECTED, &message, generation, now);
-    Note {
+    EventNote {
         warning: true,
         reason: REASON_TEMPLATE_REJECTED,
         note: message,

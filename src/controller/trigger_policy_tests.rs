@@ -125,7 +125,7 @@ fn started(d: &Decision) -> Vec<String> {
 }
 
 fn reasons(d: &Decision) -> Vec<&'static str> {
-    d.events.iter().map(|e| e.reason).collect()
+    d.events.iter().map(|e| e.reason.as_str()).collect()
 }
 
 fn cond(status: &DbtCloudJobTriggerStatus, type_: &str) -> (String, String) {

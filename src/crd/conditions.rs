@@ -5,6 +5,8 @@
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
+use super::reasons::Reason;
+
 /// Condition type that summarises whether the object is usable / done (`kubectl wait --for=condition=Ready`).
 pub const READY: &str = "Ready";
 /// kstatus: the controller is still working towards the desired state.
@@ -21,42 +23,75 @@ pub fn status_str(value: bool) -> String {
     if value { "True" } else { "False" }.to_string()
 }
 
-/// Sets (inserts or updates) a condition, keeping `lastTransitionTime` when the status is unchanged.
-/// Returns true when anything about the condition changed.
-pub fn set_condition(
-    conditions: &mut Vec<Condition>,
-    type_: &str,
-    status: bool,
-    reason: &str,
-    message: &str,
-    observed_generation: Option<i64>,
+/// The conditions of one object, updated at one moment for one generation: the generation and
+/// the time are captured once, so each condition is set with what differs (type, status, reason,
+/// message).
+///
+/// ```
+/// # use dbt_cloud_operator::crd::conditions::{Conditions, READY};
+/// # use dbt_cloud_operator::crd::reasons::Reason;
+/// let mut list = Vec::new();
+/// let mut c = Conditions::new(&mut list, Some(1), jiff::Timestamp::UNIX_EPOCH);
+/// c.set(READY, false, Reason::Pending, "waiting");
+/// assert_eq!(list[0].reason, "Pending");
+/// ```
+pub struct Conditions<'a> {
+    list: &'a mut Vec<Condition>,
+    generation: Option<i64>,
     now: Timestamp,
-) -> bool {
-    let status = status_str(status);
-    let message = truncate_message(message);
-    if let Some(existing) = conditions.iter_mut().find(|c| c.type_ == type_) {
-        let changed = existing.status != status
-            || existing.reason != reason
-            || existing.message != message
-            || existing.observed_generation != observed_generation;
-        if existing.status != status {
-            existing.last_transition_time = Time(now);
+}
+
+impl<'a> Conditions<'a> {
+    /// Updates `list` as of `now`, for the spec of `generation`.
+    pub fn new(list: &'a mut Vec<Condition>, generation: Option<i64>, now: Timestamp) -> Self {
+        Self {
+            list,
+            generation,
+            now,
         }
-        existing.status = status;
-        existing.reason = reason.to_string();
-        existing.message = message;
-        existing.observed_generation = observed_generation;
-        changed
-    } else {
-        conditions.push(Condition {
-            type_: type_.to_string(),
-            status,
-            reason: reason.to_string(),
-            message,
-            observed_generation,
-            last_transition_time: Time(now),
-        });
-        true
+    }
+
+    /// Sets (inserts or updates) a condition, keeping `lastTransitionTime` when the status is
+    /// unchanged. Returns true when anything about the condition changed.
+    pub fn set(&mut self, type_: &str, status: bool, reason: Reason, message: &str) -> bool {
+        let status = status_str(status);
+        let reason = reason.as_str();
+        let message = truncate_message(message);
+        let (generation, now) = (self.generation, self.now);
+        if let Some(existing) = self.list.iter_mut().find(|c| c.type_ == type_) {
+            let changed = existing.status != status
+                || existing.reason != reason
+                || existing.message != message
+                || existing.observed_generation != generation;
+            if existing.status != status {
+                existing.last_transition_time = Time(now);
+            }
+            existing.status = status;
+            existing.reason = reason.to_string();
+            existing.message = message;
+            existing.observed_generation = generation;
+            changed
+        } else {
+            self.list.push(Condition {
+                type_: type_.to_string(),
+                status,
+                reason: reason.to_string(),
+                message,
+                observed_generation: generation,
+                last_transition_time: Time(now),
+            });
+            true
+        }
+    }
+
+    /// Removes the condition of the given type; returns true when one was removed.
+    pub fn remove(&mut self, type_: &str) -> bool {
+        remove_condition(self.list, type_)
+    }
+
+    /// The conditions as they are now.
+    pub fn list(&self) -> &[Condition] {
+        self.list
     }
 }
 
@@ -109,48 +144,39 @@ mod tests {
     #[test]
     fn transition_time_moves_only_when_status_changes() {
         let mut conds = Vec::new();
-        assert!(set_condition(
-            &mut conds,
+        assert!(Conditions::new(&mut conds, Some(1), ts(10)).set(
             READY,
             false,
-            "Pending",
-            "a",
-            Some(1),
-            ts(10)
+            Reason::Pending,
+            "a"
         ));
-        assert!(set_condition(
-            &mut conds,
+        assert!(Conditions::new(&mut conds, Some(1), ts(20)).set(
             READY,
             false,
-            "Other",
-            "b",
-            Some(1),
-            ts(20)
+            Reason::Waiting,
+            "b"
         ));
         assert_eq!(conds[0].last_transition_time.0, ts(10));
-        assert!(!set_condition(
-            &mut conds,
+        assert!(!Conditions::new(&mut conds, Some(1), ts(30)).set(
             READY,
             false,
-            "Other",
-            "b",
-            Some(1),
-            ts(30)
+            Reason::Waiting,
+            "b"
         ));
-        assert!(set_condition(
-            &mut conds,
+        assert!(Conditions::new(&mut conds, Some(2), ts(40)).set(
             READY,
             true,
-            "Done",
-            "c",
-            Some(2),
-            ts(40)
+            Reason::Succeeded,
+            "c"
         ));
         assert_eq!(conds[0].last_transition_time.0, ts(40));
+        assert_eq!(conds[0].observed_generation, Some(2));
         assert_eq!(conds.len(), 1);
         assert!(is_true(&conds, READY));
-        assert!(remove_condition(&mut conds, READY));
-        assert!(!remove_condition(&mut conds, READY));
+        let mut c = Conditions::new(&mut conds, Some(2), ts(50));
+        assert!(c.remove(READY));
+        assert!(!c.remove(READY));
+        assert!(c.list().is_empty());
     }
 
     #[test]

@@ -5,6 +5,7 @@ pub mod conditions;
 pub mod credentials;
 pub mod job_run;
 pub mod job_trigger;
+pub mod reasons;
 
 pub use credentials::{
     ClusterDbtCloudCredentials, ClusterDbtCloudCredentialsSpec, CredentialsStatus,

@@ -213,23 +213,30 @@ impl DbtCloudError {
         }
     }
 
-    /// A short, stable CamelCase reason for status conditions.
+    /// A short, stable CamelCase reason for status conditions and metric labels (the string of
+    /// [`DbtCloudError::condition_reason`]).
     pub fn reason(&self) -> &'static str {
+        self.condition_reason().as_str()
+    }
+
+    /// The typed condition reason of this error.
+    pub fn condition_reason(&self) -> crate::crd::reasons::Reason {
+        use crate::crd::reasons::Reason;
         match self {
-            DbtCloudError::Unauthorized { .. } => "Unauthorized",
-            DbtCloudError::Forbidden { .. } => "Forbidden",
-            DbtCloudError::NotFound { .. } => "NotFound",
-            DbtCloudError::RateLimited { .. } => "RateLimited",
-            DbtCloudError::Server { .. } => "ServerError",
-            DbtCloudError::BadRequest { .. } => "BadRequest",
-            DbtCloudError::Redirect { .. } => "Redirect",
-            DbtCloudError::Transport { .. } => "TransportError",
-            DbtCloudError::Timeout { .. } => "Timeout",
-            DbtCloudError::NotSent { .. } => "NotSent",
-            DbtCloudError::Decode { .. } => "DecodeError",
-            DbtCloudError::ResponseTooLarge { .. } => "ResponseTooLarge",
-            DbtCloudError::InvalidHost { .. } => "InvalidHost",
-            DbtCloudError::InvalidRequest { .. } => "InvalidRequest",
+            DbtCloudError::Unauthorized { .. } => Reason::Unauthorized,
+            DbtCloudError::Forbidden { .. } => Reason::Forbidden,
+            DbtCloudError::NotFound { .. } => Reason::NotFound,
+            DbtCloudError::RateLimited { .. } => Reason::RateLimited,
+            DbtCloudError::Server { .. } => Reason::ServerError,
+            DbtCloudError::BadRequest { .. } => Reason::BadRequest,
+            DbtCloudError::Redirect { .. } => Reason::Redirect,
+            DbtCloudError::Transport { .. } => Reason::TransportError,
+            DbtCloudError::Timeout { .. } => Reason::Timeout,
+            DbtCloudError::NotSent { .. } => Reason::NotSent,
+            DbtCloudError::Decode { .. } => Reason::DecodeError,
+            DbtCloudError::ResponseTooLarge { .. } => Reason::ResponseTooLarge,
+            DbtCloudError::InvalidHost { .. } => Reason::InvalidHost,
+            DbtCloudError::InvalidRequest { .. } => Reason::InvalidRequest,
         }
     }
 

@@ -152,6 +152,22 @@ impl RunStatus {
     }
 }
 
+impl RunStatus {
+    /// The status a [`RunStatus::humanized`] text names; `None` for `"Unknown"` (its code is not
+    /// in the text) and for any other text.
+    pub fn from_humanized(text: &str) -> Option<Self> {
+        match text {
+            "Queued" => Some(RunStatus::Queued),
+            "Starting" => Some(RunStatus::Starting),
+            "Running" => Some(RunStatus::Running),
+            "Success" => Some(RunStatus::Success),
+            "Error" => Some(RunStatus::Error),
+            "Cancelled" => Some(RunStatus::Cancelled),
+            _ => None,
+        }
+    }
+}
+
 impl Default for RunStatus {
     /// `Unknown(0)`: used when a run omits its status.
     fn default() -> Self {
