@@ -798,3 +798,44 @@ async fn a_killed_operator_leaves_nothing_running() {
         .collect();
     assert!(late.is_empty(), "requests after the kill: {late:?}");
 }
+
+/// A run this operator just created in the account bounds the next trigger's search, for any job,
+/// without asking dbt Cloud for the job's newest run (one dbt Cloud call per trigger instead of
+/// two in a burst); a trigger whose answer is lost under that bound is still found, not sent again.
+#[tokio::test]
+async fn a_recent_trigger_bounds_the_next_search_without_a_lookup() {
+    use dbt_cloud_operator::controller::intent;
+    let env = Env::new().await;
+    let _op = env.start_operator();
+    env.valid_credentials().await;
+    env.create_run("first", by_id(JOB_SLOW)).await;
+    let first = env.wait_phase("first", RunPhase::Running).await;
+    let first_run = first.status.unwrap().run_id.unwrap();
+    let lookups = |env: &Env, job: i64| {
+        env.sim
+            .requests()
+            .iter()
+            .filter(|r| {
+                r.query.contains(&format!("job_definition_id={job}"))
+                    && r.query.contains("limit=1&")
+            })
+            .count()
+    };
+    // Another job, its trigger's answer lost.
+    env.sim.inject(Fault::LoseTriggerResponse { count: 1 });
+    env.create_run("second", by_id(JOB_OK)).await;
+    let second = env.wait_phase("second", RunPhase::Succeeded).await;
+    let recorded = intent::recorded(&second).expect("intent recorded");
+    assert_eq!(
+        recorded.intent.after_run_id,
+        Some(first_run),
+        "bounded by the run just created in the account"
+    );
+    assert_eq!(lookups(&env, JOB_OK), 0, "no newest-run lookup for the job");
+    assert_eq!(
+        env.sim.trigger_count(ACCOUNT, JOB_OK),
+        1,
+        "found, not re-sent"
+    );
+    assert_eq!(second.status.unwrap().attempt_count, 1);
+}

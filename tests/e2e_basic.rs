@@ -444,5 +444,47 @@ async fn e2e_stale_status_write_conflicts() {
         matches!(err, kube::Error::Api(ref ae) if ae.code == 409),
         "{err:?}"
     );
-    say("status writes with a stale resourceVersion: 409 Conflict (apply and merge patch)");
+    // The operator's own status write (a JSON patch replacing the whole status, carrying the
+    // resourceVersion it was computed from): refused when stale, applied when fresh, and it
+    // removes what the new status leaves out.
+    use dbt_cloud_operator::controller::job_run::status_patch;
+    use dbt_cloud_operator::crd::DbtCloudJobRunStatus;
+    let replacement = DbtCloudJobRunStatus {
+        attempt_count: 5,
+        ..Default::default()
+    };
+    let err = api
+        .patch_status(
+            "guarded",
+            &PatchParams::default(),
+            &Patch::Json::<()>(status_patch(&old_rv, &replacement)),
+        )
+        .await
+        .expect_err("stale JSON patch");
+    assert!(
+        matches!(err, kube::Error::Api(ref ae) if ae.code == 409),
+        "{err:?}"
+    );
+    let current_rv = api
+        .get_status("guarded")
+        .await
+        .unwrap()
+        .metadata
+        .resource_version
+        .unwrap();
+    let done = api
+        .patch_status(
+            "guarded",
+            &PatchParams::default(),
+            &Patch::Json::<()>(status_patch(&current_rv, &replacement)),
+        )
+        .await
+        .expect("fresh JSON patch");
+    let status = serde_json::to_value(done.status.unwrap()).unwrap();
+    assert_eq!(status["attemptCount"], 5);
+    assert!(
+        status.get("phase").is_none_or(|p| p == "Pending"),
+        "the whole status is replaced: {status}"
+    );
+    say("status writes with a stale resourceVersion: 409 Conflict (apply, merge patch and the operator's JSON patch)");
 }

@@ -8,6 +8,7 @@ pub mod intent;
 pub mod job_run;
 pub mod job_trigger;
 pub mod lifecycle;
+pub mod newest_run;
 pub mod poller;
 pub mod registry;
 pub mod report_lane;
@@ -202,6 +203,8 @@ pub struct Context {
     pub written: written::WrittenVersions,
     /// Objects being reconciled now (the controller and the report lane take turns).
     pub busy: written::Busy,
+    /// Newest run each account is known to have (the search bound of the next trigger).
+    pub newest_runs: newest_run::NewestRuns,
 }
 
 impl std::fmt::Debug for Context {
@@ -248,6 +251,7 @@ impl Context {
             poller,
             written: written::WrittenVersions::default(),
             busy: written::Busy::default(),
+            newest_runs: newest_run::NewestRuns::default(),
             config,
         };
         Ok((Arc::new(ctx), changes))

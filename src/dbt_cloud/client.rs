@@ -226,6 +226,11 @@ impl DbtCloudClient {
         self.inner.account_id
     }
 
+    /// The dbt Cloud deployment and account this client calls: `(access host, account id)`.
+    pub fn account(&self) -> (&str, i64) {
+        (self.inner.host.as_str(), self.inner.account_id)
+    }
+
     // ----- accounts, projects, environments, jobs -----
 
     /// `GET /api/v3/accounts/`: accounts the token can access.
