@@ -360,6 +360,62 @@ async fn main() {
                 {"type": "Reconciling", "status": "False", "reason": "Finished", "message": "dbt Cloud run succeeded", "lastTransitionTime": "2026-11-01T00:00:00Z", "observedGeneration": 1},
                 {"type": "Stalled", "status": "False", "reason": "Finished", "message": "dbt Cloud run succeeded", "lastTransitionTime": "2026-11-01T00:00:00Z", "observedGeneration": 1}]}})
     };
+    // The status write itself, both ways, on a quiet server: server-side apply (what the operator
+    // used before) and the JSON patch replacing the whole status (what it uses), each guarded by
+    // the resourceVersion, one after the other on 200 objects, with the API server's CPU.
+    let apiserver_pid = env
+        .cluster
+        .pids()
+        .into_iter()
+        .find(|p| process_name(*p) == "kube-apiserver");
+    for method in ["server-side apply", "JSON patch"] {
+        let writes = 200;
+        let mut objects = Vec::new();
+        for i in 0..writes {
+            let name = format!("w{}-{i}", if method == "JSON patch" { "j" } else { "a" });
+            let created = api
+                .create(&PostParams::default(), &run_object(&name, 42))
+                .await
+                .expect("create");
+            objects.push((name, created.metadata.resource_version.unwrap_or_default()));
+        }
+        let cpu0 = apiserver_pid.map(cpu_secs).unwrap_or(0.0);
+        let mut ms = Vec::new();
+        for (i, (name, rv)) in objects.iter().enumerate() {
+            let mut status: dbt_cloud_operator::crd::DbtCloudJobRunStatus =
+                serde_json::from_value(finished_status(i)["status"].clone()).unwrap();
+            status.resolved_intent = Some(rv.clone());
+            let t = Instant::now();
+            if method == "JSON patch" {
+                let patch = dbt_cloud_operator::controller::job_run::status_patch(rv, &status);
+                api.patch_status(name, &PatchParams::default(), &Patch::Json::<()>(patch))
+                    .await
+                    .expect("JSON patch");
+            } else {
+                let body = json!({
+                    "apiVersion": "dbtcloud.io/v1alpha1", "kind": "DbtCloudJobRun",
+                    "metadata": {"resourceVersion": rv}, "status": status,
+                });
+                api.patch_status(
+                    name,
+                    &PatchParams::apply("dbt-cloud-operator").force(),
+                    &Patch::Apply(&body),
+                )
+                .await
+                .expect("apply");
+            }
+            ms.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        let cpu = apiserver_pid.map(cpu_secs).unwrap_or(0.0) - cpu0;
+        let ms = sorted(ms);
+        println!(
+            "status write | {method}, {writes} writes one after the other | p50 {:.1} ms, p99 {:.1} ms | API server CPU {:.2} ms per write",
+            percentile(&ms, 0.5),
+            percentile(&ms, 0.99),
+            1000.0 * cpu / writes as f64
+        );
+    }
+
     let t = Instant::now();
     for chunk in (0..finished_n).collect::<Vec<_>>().chunks(50) {
         let futs = chunk.iter().map(|&i| {

@@ -102,8 +102,58 @@ async fn kills_and_faults_never_duplicate_or_lose_a_run() {
             .expect("every trigger carries a marker");
         *per_marker.entry(marker).or_default() += 1;
     }
+    assert_no_duplicates(&env, &per_marker, seed).await;
+    let all = env.runs().list(&ListParams::default()).await.unwrap().items;
+    for run in &all {
+        let s = run.status.as_ref().unwrap();
+        // A failed run is retried natively only while it is its job's latest run (dbt Cloud's
+        // RETRY_NOT_LATEST_RUN); otherwise the fallback full run fails again, as the job does.
+        let name = run.metadata.name.as_deref().unwrap_or("");
+        let native_retry = s
+            .attempts
+            .last()
+            .is_some_and(|a| format!("{:?}", a.kind) == "RerunFailed");
+        let job_fails = s.job_id.is_some_and(|j| j >= 505);
+        let expected = if !job_fails || native_retry {
+            RunPhase::Succeeded
+        } else {
+            RunPhase::Failed
+        };
+        assert_eq!(
+            s.phase, expected,
+            "{name} (seed {seed}): {:?} {:?}",
+            s.status_message, s.attempts
+        );
+        assert!(s.attempt_count <= 2, "{name} (seed {seed})");
+        // Every Full attempt recorded in status has exactly one trigger; native retries none.
+        let uid = run.metadata.uid.clone().unwrap();
+        for a in &s.attempts {
+            let triggers = per_marker
+                .get(&format!("{uid}#{}]", a.attempt))
+                .copied()
+                .unwrap_or(0);
+            let expected = usize::from(format!("{:?}", a.kind) == "Full");
+            assert_eq!(
+                triggers,
+                expected,
+                "{} attempt {} (seed {seed})",
+                run.metadata.name.as_deref().unwrap_or(""),
+                a.attempt
+            );
+        }
+    }
+    let lost = env.sim.requests().iter().filter(|r| r.status == 0).count();
+    eprintln!("chaos in-process: {runs} runs, {kills} kills, {} triggers, {lost} lost responses, 0 duplicates", env.sim.triggers().len());
+}
+
+/// Fails with the whole story of each duplicated attempt marker (its triggers, the object with its
+/// intent and status, its Events, and the simulator's requests about the job and its runs).
+async fn assert_no_duplicates(env: &Env, per_marker: &HashMap<String, usize>, seed: u64) {
     let duplicates: Vec<_> = per_marker.iter().filter(|(_, n)| **n > 1).collect();
-    if !duplicates.is_empty() {
+    if duplicates.is_empty() {
+        return;
+    }
+    {
         // Everything that tells how: the triggers of the marker, the object, its Events, and
         // the simulator's requests naming the job since the first of them.
         let start = std::time::Instant::now();
@@ -158,47 +208,6 @@ async fn kills_and_faults_never_duplicate_or_lose_a_run() {
         }
         panic!("duplicate triggers {duplicates:?} (seed {seed})\n{report}");
     }
-    let all = env.runs().list(&ListParams::default()).await.unwrap().items;
-    for run in &all {
-        let s = run.status.as_ref().unwrap();
-        // A failed run is retried natively only while it is its job's latest run (dbt Cloud's
-        // RETRY_NOT_LATEST_RUN); otherwise the fallback full run fails again, as the job does.
-        let name = run.metadata.name.as_deref().unwrap_or("");
-        let native_retry = s
-            .attempts
-            .last()
-            .is_some_and(|a| format!("{:?}", a.kind) == "RerunFailed");
-        let job_fails = s.job_id.is_some_and(|j| j >= 505);
-        let expected = if !job_fails || native_retry {
-            RunPhase::Succeeded
-        } else {
-            RunPhase::Failed
-        };
-        assert_eq!(
-            s.phase, expected,
-            "{name} (seed {seed}): {:?} {:?}",
-            s.status_message, s.attempts
-        );
-        assert!(s.attempt_count <= 2, "{name} (seed {seed})");
-        // Every Full attempt recorded in status has exactly one trigger; native retries none.
-        let uid = run.metadata.uid.clone().unwrap();
-        for a in &s.attempts {
-            let triggers = per_marker
-                .get(&format!("{uid}#{}]", a.attempt))
-                .copied()
-                .unwrap_or(0);
-            let expected = usize::from(format!("{:?}", a.kind) == "Full");
-            assert_eq!(
-                triggers,
-                expected,
-                "{} attempt {} (seed {seed})",
-                run.metadata.name.as_deref().unwrap_or(""),
-                a.attempt
-            );
-        }
-    }
-    let lost = env.sim.requests().iter().filter(|r| r.status == 0).count();
-    eprintln!("chaos in-process: {runs} runs, {kills} kills, {} triggers, {lost} lost responses, 0 duplicates", env.sim.triggers().len());
 }
 
 /// A client of the simulator for the runs other people make on the same job (CI, schedules).
@@ -346,62 +355,7 @@ async fn a_busy_shared_job_never_gets_a_duplicate_or_loses_a_run() {
             *per_marker.entry(m.to_string()).or_default() += 1;
         }
     }
-    let duplicates: Vec<_> = per_marker.iter().filter(|(_, n)| **n > 1).collect();
-    if !duplicates.is_empty() {
-        // Everything that tells how: the triggers of the marker, the object, its Events, and
-        // the simulator's requests naming the job since the first of them.
-        let start = std::time::Instant::now();
-        let mut report = String::new();
-        for (marker, _) in &duplicates {
-            let uid = marker.trim_end_matches(']').split('#').next().unwrap_or("");
-            let triggers: Vec<_> = env
-                .sim
-                .triggers()
-                .into_iter()
-                .filter(|t| t.cause.contains(marker.as_str()))
-                .collect();
-            for t in &triggers {
-                report += &format!(
-                    "trigger run {} job {} at -{:?}: {}\n",
-                    t.run_id,
-                    t.job_id,
-                    start.duration_since(t.at),
-                    t.cause
-                );
-            }
-            let all = env.runs().list(&ListParams::default()).await.unwrap().items;
-            if let Some(run) = all.iter().find(|r| r.metadata.uid.as_deref() == Some(uid)) {
-                let name = run.metadata.name.clone().unwrap_or_default();
-                report += &format!(
-                    "object {name}: annotations {:?}\nstatus {}\nevents {:?}\n",
-                    run.metadata.annotations,
-                    serde_json::to_string_pretty(&run.status).unwrap(),
-                    env.event_reasons(&name).await
-                );
-            }
-            if let Some(first) = triggers.first() {
-                let job = first.job_id;
-                let names_it = |r: &dbt_cloud_simulator::RequestRecord| {
-                    r.query.contains(&format!("job_definition_id={job}"))
-                        || r.path.contains(&format!("/jobs/{job}/"))
-                        || triggers
-                            .iter()
-                            .any(|t| r.path.contains(&format!("/runs/{}/", t.run_id)))
-                };
-                for r in env.sim.requests().iter().filter(|r| names_it(r)) {
-                    report += &format!(
-                        "  -{:?} {} {}?{} -> {}\n",
-                        start.duration_since(r.at),
-                        r.method,
-                        r.path,
-                        r.query,
-                        r.status
-                    );
-                }
-            }
-        }
-        panic!("duplicate triggers {duplicates:?} (seed {seed})\n{report}");
-    }
+    assert_no_duplicates(&env, &per_marker, seed).await;
     let all = env.runs().list(&ListParams::default()).await.unwrap().items;
     for run in &all {
         let s = run.status.as_ref().unwrap();
