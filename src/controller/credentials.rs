@@ -31,7 +31,7 @@ use super::registry::{CredentialsEntry, CredentialsKey, CredentialsRegistry, Liv
 use super::{jittered, Context, FIELD_MANAGER};
 use crate::crd::credentials::{CredentialsStatus, CredentialsTarget};
 use crate::crd::job_run::CredentialsKind;
-use crate::crd::reasons::Reason;
+use crate::crd::reasons::{EventAction, Reason};
 use crate::crd::{ClusterDbtCloudCredentials, DbtCloudCredentials};
 use crate::dbt_cloud::{AccessHost, DbtCloudClient, DbtCloudError};
 use crate::{Error, InStage, Result, Stage};
@@ -355,7 +355,8 @@ async fn reconcile<K: CredentialsResource>(obj: Arc<K>, ctx: Arc<Context>) -> Re
                 Reason::KeyRotated => info!("credentials use a new key"),
                 reason => warn!(%reason, "credentials not ready"),
             }
-            ctx.publish(obj.as_ref(), "Validate", &event).await;
+            ctx.publish(obj.as_ref(), EventAction::Validate, &event)
+                .await;
         }
     }
     let requeue = policy::requeue_after(

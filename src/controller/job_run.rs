@@ -27,7 +27,7 @@ use super::{intent, jittered, written, Context, FIELD_MANAGER, RUN_FINALIZER};
 use crate::crd::job_run::{
     CredentialsKind, JobSelector, ResultsSummary, StepSummary, TriggerOverrides,
 };
-use crate::crd::reasons::Reason;
+use crate::crd::reasons::{EventAction, Reason};
 use crate::crd::{DbtCloudJobRun, DbtCloudJobRunStatus};
 use crate::dbt_cloud::{
     parse_timestamp, DbtCloudClient, DbtCloudError, ListJobsParams, ListRunsParams, RunStatus,
@@ -371,7 +371,10 @@ async fn apply(run: Arc<DbtCloudJobRun>, ctx: &Context) -> Result<Action> {
                     client,
                     &decision,
                     request,
-                    (&obj_ref, interval),
+                    PollTarget {
+                        obj_ref: &obj_ref,
+                        interval,
+                    },
                     credentials,
                 )
                 .await
@@ -444,7 +447,7 @@ async fn publish_all(
     let old = run.status.clone().unwrap_or_default();
     let new = &decision.status;
     for e in notes.iter().chain(&decision.events) {
-        ctx.publish(run, "Reconcile", e).await;
+        ctx.publish(run, EventAction::Reconcile, e).await;
     }
     if old.phase != new.phase && new.phase.is_terminal() {
         if let (Some(start), Some(end)) = (&new.started_at, &new.finished_at) {
@@ -568,15 +571,22 @@ fn trigger_request(overrides: Option<&TriggerOverrides>, cause: &str) -> Result<
     Ok(req)
 }
 
+/// The object a started run is followed for, and how often it is polled.
+struct PollTarget<'a> {
+    obj_ref: &'a ObjectRef<DbtCloudJobRun>,
+    interval: Duration,
+}
+
 async fn start_attempt(
     ctx: &Context,
     run: &DbtCloudJobRun,
     client: &DbtCloudClient,
     decision: &lifecycle::Decision,
     request: StartRequest,
-    (obj_ref, interval): (&ObjectRef<DbtCloudJobRun>, Duration),
+    polled: PollTarget<'_>,
     credentials: CredentialsState,
 ) -> Result<Action> {
+    let PollTarget { obj_ref, interval } = polled;
     // 1. Record the intent, with the finalizer, in one write; fails if anyone changed the object
     //    since we read it.
     let Some(pending) = decision.status.pending_trigger.as_ref() else {
@@ -676,7 +686,7 @@ async fn start_attempt(
                 ctx.metrics.set_run_phase(&key_of(run), Some(status.phase));
             }
             if let Some(event) = &next.event {
-                ctx.publish(run, "Trigger", event).await;
+                ctx.publish(run, EventAction::Trigger, event).await;
             }
             Ok(match next.requeue {
                 Requeue::After(d) => Action::requeue(d),
@@ -968,7 +978,7 @@ async fn cleanup(run: Arc<DbtCloudJobRun>, ctx: &Context) -> Result<Action> {
             }
             Cleanup::Release { cancel, events } => {
                 for e in &events {
-                    ctx.publish(run.as_ref(), "Delete", e).await;
+                    ctx.publish(run.as_ref(), EventAction::Delete, e).await;
                 }
                 for id in cancel {
                     let client = client.as_ref().ok_or_else(|| {
@@ -978,7 +988,7 @@ async fn cleanup(run: Arc<DbtCloudJobRun>, ctx: &Context) -> Result<Action> {
                         Ok(_) | Err(DbtCloudError::NotFound { .. }) => {
                             ctx.publish(
                                 run.as_ref(),
-                                "Delete",
+                                EventAction::Delete,
                                 &lifecycle::cancelled_on_delete(id),
                             )
                             .await;

@@ -21,7 +21,7 @@ use super::trigger_policy::{
 };
 use super::written::Freshness;
 use super::{jittered, Context, FIELD_MANAGER, MAX_REQUEUE_DELAY};
-use crate::crd::reasons::Reason;
+use crate::crd::reasons::{EventAction, Reason};
 use crate::crd::{DbtCloudJobRun, DbtCloudJobTrigger, DbtCloudJobTriggerStatus};
 use crate::{Error, InStage, Result, Stage};
 
@@ -272,14 +272,14 @@ async fn apply(trigger: &DbtCloudJobTrigger, ctx: &TriggerContext, ns: &str) -> 
             // version; every effect above is idempotent. What was done is reported now (the next
             // decision finds it done and says nothing).
             for n in notes.into_iter().filter(|n| EFFECTS.contains(&n.reason)) {
-                ctx.base.publish(trigger, "Reconcile", &n).await;
+                ctx.base.publish(trigger, EventAction::Reconcile, &n).await;
             }
             return Ok(Action::requeue(Duration::from_millis(200)));
         }
         other => other.in_stage(Stage::WriteStatus)?,
     };
     for n in notes {
-        ctx.base.publish(trigger, "Reconcile", &n).await;
+        ctx.base.publish(trigger, EventAction::Reconcile, &n).await;
     }
     Ok(match decision.requeue_at {
         // A little after the slot, so that the clock has reached it; never jittered (a slot is

@@ -31,7 +31,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use rand::Rng;
 use tracing::{info, warn};
 
-use crate::crd::reasons::{EventNote, Reason};
+use crate::crd::reasons::{EventAction, EventNote, Reason};
 use crate::crd::{
     ClusterDbtCloudCredentials, DbtCloudCredentials, DbtCloudJobRun, DbtCloudJobTrigger,
 };
@@ -279,11 +279,14 @@ impl Context {
         };
         let event = EventNote::warning(Reason::ReconcileFailed, err.to_string());
         let ctx = self.clone();
-        runtime.spawn(async move { ctx.publish(obj.as_ref(), "Reconcile", &event).await });
+        runtime.spawn(async move {
+            ctx.publish(obj.as_ref(), EventAction::Reconcile, &event)
+                .await
+        });
     }
 
     /// Publishes an Event about `obj`; failures are logged, never fatal.
-    pub async fn publish<K>(&self, obj: &K, action: &str, event: &EventNote)
+    pub async fn publish<K>(&self, obj: &K, action: EventAction, event: &EventNote)
     where
         K: Resource<DynamicType = ()>,
     {
@@ -296,7 +299,7 @@ impl Context {
             },
             reason: reason.to_string(),
             note: Some(crate::crd::conditions::truncate_str(&event.note, 1000)),
-            action: action.to_string(),
+            action: action.as_str().to_string(),
             secondary: None,
         };
         if let Err(e) = self

@@ -578,7 +578,7 @@ pub fn decide(view: TriggerView<'_>, children: &[Child], now: Timestamp) -> Deci
         }
         set_stalled(&mut status, inv.reason, &inv.message, gen, now);
     } else if !rejected {
-        let (reason, message) = summary(spec, &status, schedule.as_ref());
+        let ReadySummary { reason, message } = summary(spec, &status, schedule.as_ref());
         set_ready(&mut status, reason, &message, gen, now);
     }
 
@@ -600,12 +600,18 @@ fn missed_note(earlier: usize) -> String {
     }
 }
 
-/// `Ready=True` reason and message for a working trigger.
+/// `Ready=True` reason and message of a working trigger.
+struct ReadySummary {
+    reason: Reason,
+    message: String,
+}
+
+/// What a working trigger's `Ready=True` condition says.
 fn summary(
     spec: &DbtCloudJobTriggerSpec,
     status: &DbtCloudJobTriggerStatus,
     schedule: Option<&Schedule>,
-) -> (Reason, String) {
+) -> ReadySummary {
     let mut parts = Vec::new();
     let reason = if spec.suspend {
         parts.push("suspended: no runs are started".to_string());
@@ -627,7 +633,10 @@ fn summary(
     if let Some(last) = &status.last_revision {
         parts.push(format!("last revision {}", quote(last)));
     }
-    (reason, parts.join("; "))
+    ReadySummary {
+        reason,
+        message: parts.join("; "),
+    }
 }
 
 fn set_ready(

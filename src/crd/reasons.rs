@@ -315,3 +315,46 @@ mod tests {
         }
     }
 }
+
+/// What the operator was doing when it published an Event (the Event's `action`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EventAction {
+    /// Reconciling the object (deciding and following).
+    Reconcile,
+    /// Triggering a dbt Cloud run.
+    Trigger,
+    /// Handling the object's deletion (cancelling its dbt Cloud run).
+    Delete,
+    /// Validating credentials against dbt Cloud.
+    Validate,
+}
+
+impl EventAction {
+    /// The wire string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventAction::Reconcile => "Reconcile",
+            EventAction::Trigger => "Trigger",
+            EventAction::Delete => "Delete",
+            EventAction::Validate => "Validate",
+        }
+    }
+}
+
+#[cfg(test)]
+mod action_tests {
+    use super::EventAction;
+
+    #[test]
+    fn actions_are_camel_case_words() {
+        for a in [
+            EventAction::Reconcile,
+            EventAction::Trigger,
+            EventAction::Delete,
+            EventAction::Validate,
+        ] {
+            assert!(a.as_str().chars().all(|c| c.is_ascii_alphabetic()));
+            assert_eq!(format!("{a:?}"), a.as_str());
+        }
+    }
+}
