@@ -1598,11 +1598,16 @@ impl<'a> Decider<'a> {
                 } else {
                     (phase.into(), false)
                 };
-                // Starting to wait on something (credentials, a lookup, a user fix) is an Event.
+                // Starting to wait on something (credentials, a lookup, a user fix) is an Event,
+                // except for credentials not validated *yet* (the operator starting, or a key
+                // being checked): that passes by itself within seconds, and the condition says it.
                 let blocked = self.stalled.is_some() || self.waiting.is_some();
                 let old_reason =
                     conditions::find(c.list(), conditions::READY).map(|r| r.reason.as_str());
-                if blocked && old_reason != Some(reason.as_str()) {
+                if blocked
+                    && old_reason != Some(reason.as_str())
+                    && reason != Reason::CredentialsNotValidated
+                {
                     self.events
                         .push(EventNote::warning(reason, message.clone()));
                 }

@@ -1699,3 +1699,29 @@ fn attempt_status_reads_back_what_status_shows() {
     assert_eq!(a.status, "Unknown");
     assert_eq!(attempt_status(&a), None);
 }
+
+/// Waiting for credentials that are not validated *yet* (the operator starting) is said by the
+/// condition only; a real credentials problem is also an Event.
+#[test]
+fn credentials_not_validated_yet_is_not_an_event() {
+    let obj = object(spec(), None);
+    let obs = Observation::new(
+        ts(0),
+        CredentialsState::NotReady {
+            reason: Reason::CredentialsNotValidated,
+            message: "not validated yet".into(),
+            stalled: false,
+        },
+    );
+    let d = decide(&obj, &obs, &settings());
+    assert!(matches!(d.action, Action::Settle { .. }), "{:?}", d.action);
+    assert!(d.events.is_empty(), "{:?}", d.events);
+    let ready = conditions::find(&d.status.conditions, conditions::READY).unwrap();
+    assert_eq!(ready.reason, "CredentialsNotValidated");
+    // The same wait for a rejected key is announced.
+    let d = decide(&obj, &not_ready(0), &settings());
+    assert_eq!(
+        d.events.iter().map(|e| e.reason).collect::<Vec<_>>(),
+        vec![Reason::Unauthorized]
+    );
+}
