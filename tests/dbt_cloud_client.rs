@@ -713,11 +713,14 @@ async fn a_trigger_is_not_sent_after_its_deadline() {
     s.set_default(canned(200, ok_env(run_json(1, 1))));
     let req = TriggerRunRequest::new("x").unwrap();
     let far = std::time::Instant::now() + Duration::from_secs(60);
-    c.trigger_run_by(7, &req, Some(far)).await.unwrap();
+    c.trigger_run_by(7, &req, Some(far), None).await.unwrap();
     assert_eq!(s.requests().len(), 1);
     // The bucket is empty: the next token comes after the deadline below.
     let soon = std::time::Instant::now() + Duration::from_millis(20);
-    let e = c.trigger_run_by(7, &req, Some(soon)).await.unwrap_err();
+    let e = c
+        .trigger_run_by(7, &req, Some(soon), None)
+        .await
+        .unwrap_err();
     assert!(matches!(e, DbtCloudError::NotSent { .. }), "{e:?}");
     assert_eq!(e.reason(), "NotSent");
     assert!(!e.is_ambiguous_for_trigger(), "nothing left: not ambiguous");
@@ -725,9 +728,24 @@ async fn a_trigger_is_not_sent_after_its_deadline() {
     assert_eq!(s.requests().len(), 1, "nothing reached dbt Cloud");
     // A retry's POST keeps the same rule.
     let past = std::time::Instant::now();
-    let e = c.retry_run_by(8, Some(past)).await.unwrap_err();
+    let e = c.retry_run_by(8, Some(past), None).await.unwrap_err();
     assert!(matches!(e, DbtCloudError::NotSent { .. }), "{e:?}");
     assert_eq!(s.requests().len(), 1);
+    // The operator takes the budget first (waiting as long as the account needs), then records
+    // the intent: the send is then not held back again, and its deadline is not missed.
+    let stats = registry.for_account("cloud.getdbt.com", 1).admin().stats();
+    let reserved = c.reserve().await;
+    let soon = std::time::Instant::now() + Duration::from_millis(20);
+    c.trigger_run_by(7, &req, Some(soon), Some(reserved))
+        .await
+        .expect("sent at once with the budget already taken");
+    assert_eq!(s.requests().len(), 2);
+    let after = registry.for_account("cloud.getdbt.com", 1).admin().stats();
+    assert_eq!(
+        after.permits,
+        stats.permits + 1,
+        "one permit for the reserved send"
+    );
 }
 
 #[tokio::test]

@@ -30,8 +30,8 @@ use crate::crd::job_run::{
 use crate::crd::reasons::{EventAction, Reason};
 use crate::crd::{DbtCloudJobRun, DbtCloudJobRunStatus};
 use crate::dbt_cloud::{
-    parse_timestamp, DbtCloudClient, DbtCloudError, ListJobsParams, ListRunsParams, RunStatus,
-    TriggerRunRequest,
+    parse_timestamp, DbtCloudClient, DbtCloudError, ListJobsParams, ListRunsParams, Reservation,
+    RunStatus, TriggerRunRequest,
 };
 use crate::{Error, InStage, Result, Stage};
 
@@ -275,6 +275,7 @@ async fn apply(run: Arc<DbtCloudJobRun>, ctx: &Context) -> Result<Action> {
     let obj_ref = ObjectRef::from_obj(run.as_ref());
     let interval = Duration::from_secs(run.spec.poll_interval_seconds.max(1) as u64);
     let mut notes = Vec::new();
+    let mut reserved: Option<Reservation> = None;
     for _ in 0..10 {
         let decision = lifecycle::decide(&run, &obs, &ctx.config.lifecycle);
         let action = decision.action.clone();
@@ -364,13 +365,21 @@ async fn apply(run: Arc<DbtCloudJobRun>, ctx: &Context) -> Result<Action> {
                 obs.current_run = Some(lifecycle::after_cancel_accepted(observe(&answer)));
             }
             lifecycle::Action::StartAttempt(request) => {
+                let Some(reserved) = reserved.take() else {
+                    // The account's budget first (a busy account may make this wait), then the
+                    // start is decided again at the time after the wait: the intent's time, from
+                    // which its send deadline counts, is then a moment it can be sent at.
+                    reserved = Some(client.reserve().await);
+                    obs.now = Timestamp::now();
+                    continue;
+                };
                 let credentials = obs.credentials.clone();
                 return start_attempt(
                     ctx,
                     &run,
                     client,
                     &decision,
-                    request,
+                    ReservedStart { request, reserved },
                     PollTarget {
                         obj_ref: &obj_ref,
                         interval,
@@ -571,6 +580,12 @@ fn trigger_request(overrides: Option<&TriggerOverrides>, cause: &str) -> Result<
     Ok(req)
 }
 
+/// A start request with the account's budget for it already taken.
+struct ReservedStart {
+    request: StartRequest,
+    reserved: Reservation,
+}
+
 /// The object a started run is followed for, and how often it is polled.
 struct PollTarget<'a> {
     obj_ref: &'a ObjectRef<DbtCloudJobRun>,
@@ -582,11 +597,12 @@ async fn start_attempt(
     run: &DbtCloudJobRun,
     client: &DbtCloudClient,
     decision: &lifecycle::Decision,
-    request: StartRequest,
+    start: ReservedStart,
     polled: PollTarget<'_>,
     credentials: CredentialsState,
 ) -> Result<Action> {
     let PollTarget { obj_ref, interval } = polled;
+    let ReservedStart { request, reserved } = start;
     // 1. Record the intent, with the finalizer, in one write; fails if anyone changed the object
     //    since we read it.
     let Some(pending) = decision.status.pending_trigger.as_ref() else {
@@ -617,9 +633,15 @@ async fn start_attempt(
     let result = match &request {
         StartRequest::Trigger { job_id, cause } => {
             let body = trigger_request(run.spec.trigger.as_ref(), cause)?;
-            client.trigger_run_by(*job_id, &body, Some(send_by)).await
+            client
+                .trigger_run_by(*job_id, &body, Some(send_by), Some(reserved))
+                .await
         }
-        StartRequest::Retry { run_id, .. } => client.retry_run_by(*run_id, Some(send_by)).await,
+        StartRequest::Retry { run_id, .. } => {
+            client
+                .retry_run_by(*run_id, Some(send_by), Some(reserved))
+                .await
+        }
     };
     let now = Timestamp::now();
     // 3. Record the outcome (a crash before this is resolved by the pending-trigger search). The

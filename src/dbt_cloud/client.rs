@@ -125,6 +125,10 @@ pub fn http_client(config: &ClientConfig) -> Result<reqwest::Client, DbtCloudErr
         .map_err(|e| DbtCloudError::invalid_request(format!("cannot build HTTP client: {e}")))
 }
 
+/// One request's worth of an account's budget, already taken ([`DbtCloudClient::reserve`]).
+#[derive(Debug)]
+pub struct Reservation(());
+
 struct Call {
     endpoint: &'static str,
     method: Method,
@@ -133,6 +137,8 @@ struct Call {
     retry: bool,
     /// Not sent at all once this has passed (checked after the rate limiter).
     send_by: Option<Instant>,
+    /// The account's budget was already taken for it ([`Reservation`]).
+    prepaid: bool,
     accept: &'static str,
     /// Largest success body read.
     max_body: u64,
@@ -226,6 +232,22 @@ impl DbtCloudClient {
         self.inner.account_id
     }
 
+    /// Takes one request's worth of the account's budget now, waiting for the rate limiter as
+    /// long as it takes, for a request sent soon after (a trigger: its send deadline then counts
+    /// from after the wait, not from before it).
+    pub async fn reserve(&self) -> Reservation {
+        self.take_budget().await;
+        Reservation(())
+    }
+
+    async fn take_budget(&self) -> Duration {
+        let waited = self.inner.limits.admin().acquire().await;
+        if !waited.is_zero() {
+            self.inner.observer.on_rate_limit_wait(waited);
+        }
+        waited
+    }
+
     /// The dbt Cloud deployment and account this client calls: `(access host, account id)`.
     pub fn account(&self) -> (&str, i64) {
         (self.inner.host.as_str(), self.inner.account_id)
@@ -301,24 +323,25 @@ impl DbtCloudClient {
         job_id: i64,
         request: &TriggerRunRequest,
     ) -> Result<Run, DbtCloudError> {
-        self.trigger_run_by(job_id, request, None).await
+        self.trigger_run_by(job_id, request, None, None).await
     }
 
     /// [`Self::trigger_run`], sent only if it can leave before `send_by` (after waiting for the
-    /// account's rate limit); otherwise nothing is sent and the error is
-    /// [`DbtCloudError::NotSent`]. Together with the request timeout this bounds when dbt Cloud
-    /// can receive a trigger recorded at a known time.
+    /// account's rate limit, unless `reserved` already paid it); otherwise nothing is sent and the
+    /// error is [`DbtCloudError::NotSent`]. Together with the request timeout this bounds when
+    /// dbt Cloud can receive a trigger recorded at a known time.
     pub async fn trigger_run_by(
         &self,
         job_id: i64,
         request: &TriggerRunRequest,
         send_by: Option<Instant>,
+        reserved: Option<Reservation>,
     ) -> Result<Run, DbtCloudError> {
         request.validate()?;
         let body = serde_json::to_vec(request)
             .map_err(|e| DbtCloudError::invalid_request(format!("cannot encode request: {e}")))?;
         let url = self.v2_url(&format!("jobs/{job_id}/run/"), &[])?;
-        self.post_json("trigger_run", url, body, false, send_by)
+        self.post_json("trigger_run", url, body, false, send_by, reserved)
             .await
     }
 
@@ -366,13 +389,13 @@ impl DbtCloudClient {
     /// `POST /api/v2/accounts/{a}/runs/{r}/cancel/` (idempotent: retried).
     pub async fn cancel_run(&self, run_id: i64) -> Result<Run, DbtCloudError> {
         let url = self.v2_url(&format!("runs/{run_id}/cancel/"), &[])?;
-        self.post_json("cancel_run", url, b"{}".to_vec(), true, None)
+        self.post_json("cancel_run", url, b"{}".to_vec(), true, None, None)
             .await
     }
 
     /// `POST /api/v2/accounts/{a}/runs/{r}/retry/`: retry a failed run. Never retried.
     pub async fn retry_run(&self, run_id: i64) -> Result<Run, DbtCloudError> {
-        self.retry_run_by(run_id, None).await
+        self.retry_run_by(run_id, None, None).await
     }
 
     /// [`Self::retry_run`] with a send deadline, as [`Self::trigger_run_by`].
@@ -380,9 +403,10 @@ impl DbtCloudClient {
         &self,
         run_id: i64,
         send_by: Option<Instant>,
+        reserved: Option<Reservation>,
     ) -> Result<Run, DbtCloudError> {
         let url = self.v2_url(&format!("runs/{run_id}/retry/"), &[])?;
-        self.post_json("retry_run", url, b"{}".to_vec(), false, send_by)
+        self.post_json("retry_run", url, b"{}".to_vec(), false, send_by, reserved)
             .await
     }
 
@@ -437,6 +461,7 @@ impl DbtCloudClient {
                 body: None,
                 retry: true,
                 send_by: None,
+                prepaid: false,
                 accept: ACCEPT_JSON,
                 max_body: self.inner.config.max_response_bytes,
             })
@@ -451,6 +476,7 @@ impl DbtCloudClient {
         body: Vec<u8>,
         retry: bool,
         send_by: Option<Instant>,
+        reserved: Option<Reservation>,
     ) -> Result<T, DbtCloudError> {
         let bytes = self
             .execute(Call {
@@ -460,6 +486,7 @@ impl DbtCloudClient {
                 body: Some(body),
                 retry,
                 send_by,
+                prepaid: reserved.is_some(),
                 accept: ACCEPT_JSON,
                 max_body: self.inner.config.max_response_bytes,
             })
@@ -475,6 +502,7 @@ impl DbtCloudClient {
             body: None,
             retry: true,
             send_by: None,
+            prepaid: false,
             accept: ACCEPT_ARTIFACT,
             max_body: self.inner.config.max_artifact_bytes,
         })
@@ -570,10 +598,11 @@ impl DbtCloudClient {
 
     async fn attempt(&self, call: &Call) -> Result<Vec<u8>, DbtCloudError> {
         let inner = &self.inner;
-        let waited = inner.limits.admin().acquire().await;
-        if !waited.is_zero() {
-            inner.observer.on_rate_limit_wait(waited);
-        }
+        let waited = if call.prepaid {
+            Duration::ZERO
+        } else {
+            self.take_budget().await
+        };
         if call.send_by.is_some_and(|by| Instant::now() >= by) {
             tracing::debug!(
                 endpoint = call.endpoint,

@@ -24,7 +24,7 @@ mod rate_limit;
 mod types;
 
 pub use client::{
-    http_client, ApiObserver, ClientConfig, DbtCloudClient, NoopObserver,
+    http_client, ApiObserver, ClientConfig, DbtCloudClient, NoopObserver, Reservation,
     DEFAULT_MAX_ARTIFACT_BYTES, DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_RETRY_AFTER_CEILING,
     MAX_PAGE_SIZE, USER_AGENT_VALUE,
 };
