@@ -58,6 +58,15 @@ fn rss_mib(pid: u32) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
+/// The value of label `key` in a Prometheus sample's `labels` (empty when absent).
+fn label(labels: &str, key: &str) -> String {
+    labels
+        .split(',')
+        .find_map(|kv| kv.strip_prefix(&format!("{key}=\"")))
+        .map(|v| v.trim_end_matches('"').to_string())
+        .unwrap_or_default()
+}
+
 /// Mutating requests the API server counted, by `verb resource[/subresource]`, for the
 /// `dbtcloud.io` resources and Events.
 fn apiserver_writes(env: &TestEnv) -> BTreeMap<String, f64> {
@@ -71,13 +80,7 @@ fn apiserver_writes(env: &TestEnv) -> BTreeMap<String, f64> {
         let Some((labels, value)) = rest.rsplit_once("} ") else {
             continue;
         };
-        let get = |k: &str| {
-            labels
-                .split(',')
-                .find_map(|kv| kv.strip_prefix(&format!("{k}=\"")))
-                .map(|v| v.trim_end_matches('"').to_string())
-                .unwrap_or_default()
-        };
+        let get = |k: &str| label(labels, k);
         let (verb, group, resource, sub) = (
             get("verb"),
             get("group"),
@@ -126,13 +129,7 @@ fn server_durations(env: &TestEnv) -> BTreeMap<String, (f64, f64)> {
         let Some((labels, value)) = rest.rsplit_once("} ") else {
             continue;
         };
-        let get = |k: &str| {
-            labels
-                .split(',')
-                .find_map(|kv| kv.strip_prefix(&format!("{k}=\"")))
-                .map(|v| v.trim_end_matches('"').to_string())
-                .unwrap_or_default()
-        };
+        let get = |k: &str| label(labels, k);
         let key = if name == "api" {
             let (group, resource, sub) = (get("group"), get("resource"), get("subresource"));
             if group != "dbtcloud.io" && resource != "events" && resource != "leases" {
